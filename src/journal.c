@@ -1,0 +1,711 @@
+/*
+ * The write-ahead journal.
+ *
+ * Workers of several processes append to one journal at once: each
+ * reserves a byte range with an atomic compare-and-swap on the shared
+ * insert position, builds its frame in private memory, and copies it into
+ * the shared mapping of the segment file, the first eight bytes last.  A
+ * reader that sees a valid first word therefore sees the whole frame; a
+ * zero first word means "not written (yet)".  The syncer makes frames
+ * durable with fdatasync and the flusher replays them into PostgreSQL.
+ *
+ * All integers are little-endian.  LSNs are byte positions in one endless
+ * logical stream; segment file k holds LSNs [k * S, (k + 1) * S) where S is
+ * the segment size, and is named after its first LSN as 16 upper-case hex
+ * digits followed by ".seg".
+ *
+ * Segment header (JOURNAL_SEG_HDR = 256 bytes, at offset 0 of each file):
+ *
+ *	  0   8	magic "TALLYJNL"
+ *	  8   4	version (JOURNAL_VERSION)
+ *	 12   4	header length (256)
+ *	 16   8	first LSN of the segment (its base)
+ *	 24   8	segment size S
+ *	 32  16	epoch: random bytes made when the journal was created
+ *	 48 128	node name, NUL-padded
+ *	176  76	zero
+ *	252   4	CRC-32 (zlib) of bytes 0..251
+ *
+ * Frame (starts at an 8-byte aligned LSN after the segment header; its
+ * length is a multiple of 8; a frame never crosses a segment boundary):
+ *
+ *	  0   4	magic 0x46594c54 ("TLYF")
+ *	  4   2	version (JOURNAL_VERSION)
+ *	  6   2	flags: 0x0001 padding (no records; skip the frame)
+ *	  8   4	frame length, header and padding included
+ *	 12   4	payload length (lz4 block bytes)
+ *	 16   8	LSN of this frame: a stale frame read at another position,
+ *		or after the journal was recreated, never validates
+ *	 24   4	uncompressed payload length
+ *	 28   4	number of records
+ *	 32   4	first four bytes of the epoch, for the same reason
+ *	 36   4	CRC-32 of bytes 0..35 and of the payload
+ *	 40   .	payload: one lz4 block of the records, then zeros up to the
+ *		frame length
+ *
+ * Record (uncompressed, packed back to back inside the payload):
+ *
+ *	  0   8	value, signed
+ *	  8   8	time, microseconds since 1970 (UTC)
+ *	 16   2	key length (1..4096)
+ *	 18   1	idempotency key length (0: none)
+ *	 19   1	flags (zero)
+ *	 20   .	key bytes, then idempotency key bytes
+ *
+ * A torn frame (power loss) fails its CRC.  A frame whose first word was
+ * never published is all zero.  The distinction between a torn tail and
+ * corruption further back is made by recovery (recovery.c).
+ */
+#include <sys/types.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lz4.h>
+#include <zlib.h>
+
+#include "journal.h"
+#include "log.h"
+
+#define SEG_MAGIC	"TALLYJNL"
+#define FRAME_MAGIC	0x46594c54U
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = v >> (8 * i);
+}
+
+static void
+put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = v >> (8 * i);
+}
+
+static uint16_t
+get16(const uint8_t *p)
+{
+	return p[0] | (uint16_t)p[1] << 8;
+}
+
+static uint32_t
+get32(const uint8_t *p)
+{
+	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	    (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+get64(const uint8_t *p)
+{
+	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+uint32_t
+journal_crc(uint32_t crc, const void *p, size_t len)
+{
+	return crc32_z(crc, p, len);
+}
+
+/* --- records --- */
+
+size_t
+journal_record_size(size_t key_len, size_t idem_len)
+{
+	return JOURNAL_REC_HDR + key_len + idem_len;
+}
+
+size_t
+journal_record_put(uint8_t *dst, const struct journal_record *r)
+{
+	put64(dst, (uint64_t)r->value);
+	put64(dst + 8, r->time_us);
+	put16(dst + 16, r->key_len);
+	dst[18] = r->idem ? r->idem_len : 0;
+	dst[19] = 0;
+	memcpy(dst + JOURNAL_REC_HDR, r->key, r->key_len);
+	if (r->idem && r->idem_len)
+		memcpy(dst + JOURNAL_REC_HDR + r->key_len, r->idem,
+		    r->idem_len);
+	return journal_record_size(r->key_len, r->idem ? r->idem_len : 0);
+}
+
+int
+journal_record_next(const uint8_t **pp, const uint8_t *end,
+    struct journal_record *r)
+{
+	const uint8_t *p = *pp;
+	size_t klen, ilen;
+
+	if (p == end)
+		return 0;
+	if (end - p < JOURNAL_REC_HDR)
+		return -1;
+	klen = get16(p + 16);
+	ilen = p[18];
+	if (klen == 0 || p[19] != 0 ||
+	    (size_t)(end - p) < journal_record_size(klen, ilen))
+		return -1;
+	r->value = (int64_t)get64(p);
+	r->time_us = get64(p + 8);
+	r->key = (const char *)p + JOURNAL_REC_HDR;
+	r->key_len = klen;
+	r->idem = ilen ? r->key + klen : NULL;
+	r->idem_len = ilen;
+	*pp = p + journal_record_size(klen, ilen);
+	return 1;
+}
+
+/* --- frames --- */
+
+static size_t
+align8(size_t n)
+{
+	return (n + JOURNAL_ALIGN - 1) & ~(size_t)(JOURNAL_ALIGN - 1);
+}
+
+size_t
+journal_frame_bound(size_t raw_len)
+{
+	return align8(JOURNAL_FRAME_HDR + LZ4_compressBound(raw_len));
+}
+
+static uint32_t
+frame_crc(const uint8_t *hdr, const uint8_t *payload, size_t len)
+{
+	uint32_t crc = journal_crc(0, hdr, 36);
+
+	return journal_crc(crc, payload, len);
+}
+
+static void
+frame_header(uint8_t *dst, uint16_t flags, uint32_t len, uint32_t plen,
+    uint64_t lsn, uint32_t raw_len, uint32_t nrec, const uint8_t *epoch)
+{
+	put32(dst, FRAME_MAGIC);
+	put16(dst + 4, JOURNAL_VERSION);
+	put16(dst + 6, flags);
+	put32(dst + 8, len);
+	put32(dst + 12, plen);
+	put64(dst + 16, lsn);
+	put32(dst + 24, raw_len);
+	put32(dst + 28, nrec);
+	memcpy(dst + 32, epoch, 4);
+	put32(dst + 36, frame_crc(dst, dst + JOURNAL_FRAME_HDR, plen));
+}
+
+size_t
+journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
+    size_t raw_len, uint32_t nrecords)
+{
+	int plen;
+	size_t len;
+
+	if (raw_len > JOURNAL_MAX_RAW || dstcap < journal_frame_bound(raw_len))
+		return 0;
+	plen = LZ4_compress_default((const char *)raw,
+	    (char *)dst + JOURNAL_FRAME_HDR, raw_len,
+	    dstcap - JOURNAL_FRAME_HDR);
+	if (plen <= 0)
+		return 0;
+	len = align8(JOURNAL_FRAME_HDR + plen);
+	memset(dst + JOURNAL_FRAME_HDR + plen, 0,
+	    len - JOURNAL_FRAME_HDR - plen);
+	frame_header(dst, 0, len, plen, lsn, raw_len, nrecords, epoch);
+	return len;
+}
+
+void
+journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN])
+{
+	frame_header(dst, JOURNAL_FLAG_PADDING, len, 0, lsn, 0, 0, epoch);
+}
+
+void
+journal_frame_publish(uint8_t *at, const uint8_t *frame, size_t len)
+{
+	uint64_t first;
+
+	memcpy(at + 8, frame + 8, len - 8);
+	memcpy(&first, frame, 8);
+	/* Readers load this word with acquire: it makes the rest visible. */
+	__atomic_store_n((uint64_t *)(void *)at, first, __ATOMIC_RELEASE);
+}
+
+enum frame_status
+journal_frame_check(const uint8_t *p, size_t avail, uint64_t lsn,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN], struct frame_info *fi)
+{
+	uint64_t first;
+	uint8_t w[8];
+
+	memset(fi, 0, sizeof(*fi));
+	fi->lsn = lsn;
+	if (avail < JOURNAL_FRAME_HDR) {
+		fi->why = "no room for a frame header";
+		return FRAME_BAD;
+	}
+	first = __atomic_load_n((const uint64_t *)(const void *)p,
+	    __ATOMIC_ACQUIRE);
+	if (first == 0) {
+		fi->why = "empty";
+		return FRAME_EMPTY;
+	}
+	memcpy(w, &first, 8);
+	if (get32(w) != FRAME_MAGIC) {
+		fi->why = "bad frame magic";
+		return FRAME_BAD;
+	}
+	if (get16(w + 4) != JOURNAL_VERSION) {
+		fi->why = "unknown frame version";
+		return FRAME_BAD;
+	}
+	fi->flags = get16(w + 6);
+	fi->len = get32(p + 8);
+	fi->payload_len = get32(p + 12);
+	fi->raw_len = get32(p + 24);
+	fi->nrecords = get32(p + 28);
+	if (fi->len < JOURNAL_FRAME_HDR || fi->len % JOURNAL_ALIGN ||
+	    fi->len > avail || fi->payload_len > fi->len - JOURNAL_FRAME_HDR) {
+		fi->why = "bad frame length";
+		return FRAME_BAD;
+	}
+	if (get64(p + 16) != lsn) {
+		fi->why = "frame LSN does not match its position";
+		return FRAME_BAD;
+	}
+	if (memcmp(p + 32, epoch, 4) != 0) {
+		fi->why = "frame from another journal epoch";
+		return FRAME_BAD;
+	}
+	if (fi->flags & ~JOURNAL_FLAG_PADDING) {
+		fi->why = "unknown frame flags";
+		return FRAME_BAD;
+	}
+	{
+		uint8_t hdr[36];
+
+		memcpy(hdr, w, 8);
+		memcpy(hdr + 8, p + 8, 28);
+		if (frame_crc(hdr, p + JOURNAL_FRAME_HDR, fi->payload_len) !=
+		    get32(p + 36)) {
+			fi->why = "frame CRC mismatch";
+			return FRAME_BAD;
+		}
+	}
+	if (fi->flags & JOURNAL_FLAG_PADDING) {
+		if (fi->payload_len != 0 || fi->nrecords != 0) {
+			fi->why = "padding frame with payload";
+			return FRAME_BAD;
+		}
+		return FRAME_PADDING;
+	}
+	if (fi->raw_len > JOURNAL_MAX_RAW || fi->nrecords == 0) {
+		fi->why = "bad uncompressed length or record count";
+		return FRAME_BAD;
+	}
+	return FRAME_OK;
+}
+
+int
+journal_frame_decode(const uint8_t *p, const struct frame_info *fi,
+    uint8_t *raw)
+{
+	const uint8_t *q, *end;
+	struct journal_record r;
+	uint32_t n = 0;
+	int got;
+
+	got = LZ4_decompress_safe((const char *)p + JOURNAL_FRAME_HDR,
+	    (char *)raw, fi->payload_len, JOURNAL_MAX_RAW);
+	if (got < 0 || (uint32_t)got != fi->raw_len)
+		return -1;
+	/* The CRC proves what was written; this proves it parses. */
+	q = raw;
+	end = raw + got;
+	while ((got = journal_record_next(&q, end, &r)) == 1)
+		n++;
+	if (got < 0 || n != fi->nrecords)
+		return -1;
+	return 0;
+}
+
+/* --- LSN arithmetic --- */
+
+uint64_t
+journal_lsn_normalize(uint64_t seg_size, uint64_t lsn)
+{
+	uint64_t off = lsn % seg_size;
+
+	if (off < JOURNAL_SEG_HDR)
+		return lsn - off + JOURNAL_SEG_HDR;
+	if (seg_size - off < JOURNAL_FRAME_HDR)
+		return lsn - off + seg_size + JOURNAL_SEG_HDR;
+	return lsn;
+}
+
+uint64_t
+journal_reserve(uint64_t *insert, uint64_t seg_size, uint32_t len,
+    uint64_t *pad_lsn, uint32_t *pad_len)
+{
+	uint64_t pos, start, seg_end, next;
+
+	pos = __atomic_load_n(insert, __ATOMIC_RELAXED);
+	for (;;) {
+		start = journal_lsn_normalize(seg_size, pos);
+		seg_end = journal_seg_base(seg_size, start) + seg_size;
+		*pad_lsn = pos;
+		*pad_len = 0;
+		if (start + len > seg_end) {
+			/* Does not fit: pad out this segment, use the next. */
+			start = seg_end + JOURNAL_SEG_HDR;
+			if (seg_end - pos >= JOURNAL_FRAME_HDR)
+				*pad_len = seg_end - pos;
+		}
+		next = start + len;
+		if (__atomic_compare_exchange_n(insert, &pos, next, 0,
+		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			return start;
+	}
+}
+
+/* --- segment files --- */
+
+void
+journal_seg_name(char *buf, size_t len, uint64_t base)
+{
+	snprintf(buf, len, "%016" PRIX64 ".seg", base);
+}
+
+int
+journal_open(struct journal *j, const char *dir, uint64_t seg_size,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN], const char *node)
+{
+	memset(j, 0, sizeof(*j));
+	if (strlen(dir) >= sizeof(j->dir)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(j->dir, dir);
+	j->seg_size = seg_size;
+	memcpy(j->epoch, epoch, JOURNAL_EPOCH_LEN);
+	snprintf(j->node, sizeof(j->node), "%s", node ? node : "");
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++) {
+		j->maps[i].index = UINT64_MAX;
+		j->maps[i].fd = -1;
+	}
+	if ((j->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return -1;
+	return 0;
+}
+
+static void
+map_drop(struct journal *j, struct journal_seg_map *m)
+{
+	if (m->base)
+		munmap(m->base, j->seg_size);
+	if (m->fd != -1)
+		close(m->fd);
+	m->base = NULL;
+	m->fd = -1;
+	m->index = UINT64_MAX;
+}
+
+void
+journal_close(struct journal *j)
+{
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++)
+		map_drop(j, &j->maps[i]);
+	if (j->dirfd != -1)
+		close(j->dirfd);
+	j->dirfd = -1;
+}
+
+static void
+seg_header(const struct journal *j, uint64_t base, uint8_t *h)
+{
+	memset(h, 0, JOURNAL_SEG_HDR);
+	memcpy(h, SEG_MAGIC, 8);
+	put32(h + 8, JOURNAL_VERSION);
+	put32(h + 12, JOURNAL_SEG_HDR);
+	put64(h + 16, base);
+	put64(h + 24, j->seg_size);
+	memcpy(h + 32, j->epoch, JOURNAL_EPOCH_LEN);
+	strncpy((char *)h + 48, j->node, JOURNAL_NODE_LEN - 1);
+	put32(h + 252, journal_crc(0, h, 252));
+}
+
+/*
+ * Create the segment file.  Every creator writes identical bytes, so two
+ * processes racing here both succeed.  Preallocation makes a full disk
+ * fail now, with ENOSPC, rather than as SIGBUS on a later store.
+ */
+static int
+seg_create(struct journal *j, uint64_t base, const char *name)
+{
+	uint8_t h[JOURNAL_SEG_HDR];
+	int fd, rc;
+
+	fd = openat(j->dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd == -1)
+		return -1;
+	if ((rc = posix_fallocate(fd, 0, j->seg_size)) != 0) {
+		close(fd);
+		/* Leave no short file behind for a later start to trip on. */
+		unlinkat(j->dirfd, name, 0);
+		errno = rc;
+		return -1;
+	}
+	seg_header(j, base, h);
+	if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+	    fdatasync(fd) == -1 || fsync(j->dirfd) == -1) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+uint8_t *
+journal_at(struct journal *j, uint64_t lsn, int create)
+{
+	uint64_t index = lsn / j->seg_size;
+	struct journal_seg_map *m, *victim = &j->maps[0];
+	char name[32];
+	struct stat st;
+	int fd;
+
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++) {
+		m = &j->maps[i];
+		if (m->index == index) {
+			m->used = ++j->tick;
+			return m->base + lsn % j->seg_size;
+		}
+		if (m->used < victim->used)
+			victim = m;
+	}
+	journal_seg_name(name, sizeof(name), index * j->seg_size);
+	fd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
+	if (fd == -1 && errno == ENOENT && create)
+		fd = seg_create(j, index * j->seg_size, name);
+	if (fd == -1)
+		return NULL;
+	/* A short file would turn stores into SIGBUS: refuse it. */
+	if (fstat(fd, &st) == -1 || (uint64_t)st.st_size < j->seg_size) {
+		close(fd);
+		errno = EINVAL;
+		return NULL;
+	}
+	map_drop(j, victim);
+	victim->base = mmap(NULL, j->seg_size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED, fd, 0);
+	if (victim->base == MAP_FAILED) {
+		int e = errno;
+
+		victim->base = NULL;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	victim->fd = fd;
+	victim->index = index;
+	victim->used = ++j->tick;
+	return victim->base + lsn % j->seg_size;
+}
+
+int
+journal_sync(struct journal *j, uint64_t from, uint64_t to)
+{
+	uint64_t first = from / j->seg_size, last;
+
+	if (to <= from)
+		return 0;
+	last = (to - 1) / j->seg_size;
+	for (uint64_t k = first; k <= last; k++) {
+		struct journal_seg_map *m = NULL;
+
+		if (journal_at(j, k * j->seg_size, 0) == NULL)
+			return -1;
+		for (int i = 0; i < JOURNAL_MAP_CACHE; i++)
+			if (j->maps[i].index == k)
+				m = &j->maps[i];
+		if (m == NULL || fdatasync(m->fd) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Sorted bases of the segment files in dir; -1 with errno. */
+static int
+list_segments(const char *dir, uint64_t **out)
+{
+	DIR *d;
+	struct dirent *de;
+	uint64_t *v = NULL, base;
+	int n = 0, cap = 0;
+	char *end;
+
+	*out = NULL;
+	if ((d = opendir(dir)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (strlen(de->d_name) != 20 ||
+		    strcmp(de->d_name + 16, ".seg") != 0)
+			continue;
+		errno = 0;
+		base = strtoull(de->d_name, &end, 16);
+		if (errno || end != de->d_name + 16)
+			continue;
+		if (n == cap) {
+			uint64_t *nv;
+
+			cap = cap ? cap * 2 : 16;
+			if ((nv = realloc(v, cap * sizeof(*v))) == NULL) {
+				free(v);
+				closedir(d);
+				return -1;
+			}
+			v = nv;
+		}
+		v[n++] = base;
+	}
+	closedir(d);
+	qsort(v, n, sizeof(*v), cmp_u64);
+	*out = v;
+	return n;
+}
+
+int
+journal_recycle(struct journal *j, uint64_t below_lsn)
+{
+	uint64_t *bases;
+	char name[32];
+	int n, removed = 0;
+
+	if ((n = list_segments(j->dir, &bases)) == -1)
+		return -1;
+	for (int i = 0; i < n; i++) {
+		if (bases[i] + j->seg_size > below_lsn)
+			break;
+		/* Never remove the last segment: it carries the epoch. */
+		if (i == n - 1)
+			break;
+		for (int k = 0; k < JOURNAL_MAP_CACHE; k++)
+			if (j->maps[k].index == bases[i] / j->seg_size)
+				map_drop(j, &j->maps[k]);
+		journal_seg_name(name, sizeof(name), bases[i]);
+		if (unlinkat(j->dirfd, name, 0) == -1) {
+			log_warn("journal: cannot remove segment %s/%s",
+			    j->dir, name);
+			break;
+		}
+		removed++;
+	}
+	free(bases);
+	return removed;
+}
+
+int
+journal_scan_dir(const char *dir, uint64_t **bases,
+    uint8_t epoch[JOURNAL_EPOCH_LEN], char node[JOURNAL_NODE_LEN],
+    uint64_t *seg_size, char *err, size_t errlen)
+{
+	uint8_t h[JOURNAL_SEG_HDR];
+	char name[32], path[1100];
+	int n, fd;
+	ssize_t got;
+
+	if ((n = list_segments(dir, bases)) == -1) {
+		snprintf(err, errlen, "cannot list journal directory %s: %s",
+		    dir, strerror(errno));
+		return -1;
+	}
+	if (n == 0)
+		return 0;
+	journal_seg_name(name, sizeof(name), (*bases)[0]);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		snprintf(err, errlen, "cannot open %s: %s", path,
+		    strerror(errno));
+		goto fail;
+	}
+	got = pread(fd, h, sizeof(h), 0);
+	close(fd);
+	if (got != (ssize_t)sizeof(h) || memcmp(h, SEG_MAGIC, 8) != 0) {
+		snprintf(err, errlen, "%s: not a tallyd journal segment "
+		    "(bad magic)", path);
+		goto fail;
+	}
+	if (get32(h + 8) != JOURNAL_VERSION) {
+		snprintf(err, errlen, "%s: journal version %u, this tallyd "
+		    "reads version %u", path, get32(h + 8), JOURNAL_VERSION);
+		free(*bases);
+		*bases = NULL;
+		return -2;
+	}
+	if (get32(h + 252) != journal_crc(0, h, 252) ||
+	    get32(h + 12) != JOURNAL_SEG_HDR || get64(h + 16) != (*bases)[0]) {
+		snprintf(err, errlen, "%s: segment header is corrupt", path);
+		goto fail;
+	}
+	*seg_size = get64(h + 24);
+	if (*seg_size < 2 * JOURNAL_SEG_HDR || (*bases)[0] % *seg_size) {
+		snprintf(err, errlen, "%s: bad segment size", path);
+		goto fail;
+	}
+	memcpy(epoch, h + 32, JOURNAL_EPOCH_LEN);
+	memcpy(node, h + 48, JOURNAL_NODE_LEN);
+	node[JOURNAL_NODE_LEN - 1] = '\0';
+	return n;
+fail:
+	free(*bases);
+	*bases = NULL;
+	return -1;
+}
+
+int
+journal_new_epoch(uint8_t epoch[JOURNAL_EPOCH_LEN])
+{
+	if (getrandom(epoch, JOURNAL_EPOCH_LEN, 0) != JOURNAL_EPOCH_LEN)
+		return -1;
+	/* An all-zero first word would read as "nothing written". */
+	epoch[0] |= 1;
+	return 0;
+}
+
+void
+journal_epoch_hex(const uint8_t epoch[JOURNAL_EPOCH_LEN], char out[33])
+{
+	for (int i = 0; i < JOURNAL_EPOCH_LEN; i++)
+		snprintf(out + 2 * i, 3, "%02x", epoch[i]);
+}

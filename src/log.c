@@ -1,0 +1,118 @@
+/*
+ * Logging.  One line per event, prefixed with the process role so that the
+ * interleaved output of the master and its children stays readable.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static int		 log_foreground = 1;
+static enum log_level	 log_level = LOG_LEVEL_INFO;
+static const char	*log_role = "master";
+
+void
+log_init(int foreground, const char *ident, int facility)
+{
+	log_foreground = foreground;
+	if (!foreground)
+		openlog(ident, LOG_PID | LOG_NDELAY, facility);
+}
+
+void
+log_set_level(enum log_level level)
+{
+	log_level = level;
+}
+
+void
+log_set_role(const char *role)
+{
+	log_role = role;
+}
+
+void
+log_reopen(void)
+{
+	/* syslog reconnects by itself; stderr needs nothing. */
+}
+
+static void
+log_emit(enum log_level level, const char *fmt, va_list ap, const char *err)
+{
+	static const char *names[] = { "error", "warning", "info", "debug" };
+	static const int prio[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+	char msg[2048];
+
+	if (level > log_level)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (log_foreground) {
+		struct timespec ts;
+		struct tm tm;
+		char when[32];
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+		fprintf(stderr, "%s.%03ldZ tallyd[%d] %s %s: %s%s%s\n", when,
+		    ts.tv_nsec / 1000000, (int)getpid(), log_role,
+		    names[level], msg, err ? ": " : "", err ? err : "");
+	} else
+		syslog(prio[level], "%s %s: %s%s%s", log_role, names[level],
+		    msg, err ? ": " : "", err ? err : "");
+}
+
+#define LOG_BODY(level, err) do {		\
+	va_list ap;				\
+	va_start(ap, fmt);			\
+	log_emit(level, fmt, ap, err);		\
+	va_end(ap);				\
+} while (0)
+
+void
+log_warn(const char *fmt, ...)
+{
+	const char *err = strerror(errno);
+
+	LOG_BODY(LOG_LEVEL_WARN, err);
+}
+
+void
+log_warnx(const char *fmt, ...)
+{
+	LOG_BODY(LOG_LEVEL_WARN, NULL);
+}
+
+void
+log_info(const char *fmt, ...)
+{
+	LOG_BODY(LOG_LEVEL_INFO, NULL);
+}
+
+void
+log_debug(const char *fmt, ...)
+{
+	LOG_BODY(LOG_LEVEL_DEBUG, NULL);
+}
+
+void
+fatal(int code, const char *fmt, ...)
+{
+	const char *err = strerror(errno);
+
+	LOG_BODY(LOG_LEVEL_ERROR, err);
+	exit(code);
+}
+
+void
+fatalx(int code, const char *fmt, ...)
+{
+	LOG_BODY(LOG_LEVEL_ERROR, NULL);
+	exit(code);
+}

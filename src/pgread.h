@@ -1,0 +1,27 @@
+/*
+ * Asynchronous PostgreSQL look-ups for a worker's event loop: GET of a key
+ * the shared table does not hold.  One non-blocking libpq connection per
+ * worker, queries queued and sent one at a time; the loop never waits on
+ * PostgreSQL.
+ */
+#ifndef TALLY_PGREAD_H
+#define TALLY_PGREAD_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+#include <stdint.h>
+
+#include "config.h"
+
+struct pgread;
+
+/* status: 1 found (value set), 0 no such key, -1 PostgreSQL unavailable. */
+typedef void (*pgread_cb)(void *arg, int status, int64_t value);
+
+struct pgread *pgread_new(h2o_loop_t *loop, const struct config *cf);
+/* Queue a look-up; cb runs later on the loop, exactly once. */
+void	pgread_lookup(struct pgread *p, const char *key, size_t len,
+	    pgread_cb cb, void *arg);
+void	pgread_free(struct pgread *p);
+
+#endif

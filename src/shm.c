@@ -1,0 +1,47 @@
+/*
+ * The shared region: one anonymous shared mapping, header first, the
+ * counter table after it.  Anonymous memory is zero-filled and only the
+ * pages touched cost memory, so a large max_keys is cheap until used.
+ */
+#include <sys/mman.h>
+
+#include <errno.h>
+#include <string.h>
+
+#include "shm.h"
+
+static size_t
+hdr_size(void)
+{
+	return (sizeof(struct shm_hdr) + 4095) & ~(size_t)4095;
+}
+
+int
+shm_create(struct shm *s, const struct config *cf)
+{
+	size_t csize = counters_size(cf->max_keys, cf->max_key_bytes);
+
+	memset(s, 0, sizeof(*s));
+	s->size = hdr_size() + csize;
+	s->base = mmap(NULL, s->size, PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->base == MAP_FAILED) {
+		s->base = NULL;
+		return -1;
+	}
+	s->hdr = s->base;
+	s->hdr->magic = SHM_MAGIC;
+	s->hdr->syncer_efd = -1;
+	s->hdr->flusher_efd = -1;
+	s->counters = counters_init((char *)s->base + hdr_size(),
+	    cf->max_keys, cf->max_key_bytes);
+	return 0;
+}
+
+void
+shm_destroy(struct shm *s)
+{
+	if (s->base)
+		munmap(s->base, s->size);
+	memset(s, 0, sizeof(*s));
+}

@@ -1,0 +1,103 @@
+/*
+ * The shared region.  The master maps it (anonymous, MAP_SHARED) before
+ * forking, so every child inherits the same pages; the master itself only
+ * reads it.  It is a cache and a notice board, never the source of truth:
+ * a restart rebuilds it from PostgreSQL and the journal.
+ */
+#ifndef TALLY_SHM_H
+#define TALLY_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config.h"
+#include "counters.h"
+#include "journal.h"
+
+#define SHM_MAGIC	0x54414c4c59534d31ULL	/* "TALLYSM1" */
+
+/* Per worker slot: its pid, its eventfd, its in-flight journal write. */
+struct shm_slot {
+	pid_t		pid;		/* 0: free */
+	int		efd;		/* eventfd the syncer writes to wake it */
+	uint64_t	res_start;	/* reservation being written, 0: none */
+	uint64_t	res_end;
+};
+
+/* Counters summed over all processes; each is only ever added to. */
+struct shm_stats {
+	uint64_t	requests;
+	uint64_t	increments;
+	uint64_t	frames;
+	uint64_t	journal_bytes;
+	uint64_t	fsyncs;
+	uint64_t	flushes;
+	uint64_t	rows_upserted;
+	uint64_t	pg_errors;
+	uint64_t	restarts;
+};
+
+struct shm_hdr {
+	uint64_t	magic;
+	/* Journal positions; each only moves forward. */
+	uint64_t	insert_lsn;	/* next free byte (reservations) */
+	uint64_t	written_lsn;	/* end of the contiguous complete frames */
+	uint64_t	durable_lsn;	/* fdatasync'ed up to here */
+	uint64_t	checkpoint_lsn;	/* PostgreSQL holds everything below */
+	uint64_t	start_lsn;	/* oldest byte still in the journal */
+	uint64_t	seg_size;
+	uint8_t		epoch[JOURNAL_EPOCH_LEN];
+	int		journal_errno;	/* sticky I/O error: refuse increments */
+	int		pg_up;		/* flusher's last word on PostgreSQL */
+	uint64_t	flush_seq;	/* bumped to ask the flusher to run now */
+	uint64_t	flush_done;	/* flush_seq value last served */
+	int		syncer_efd;	/* eventfd: a frame was published */
+	int		flusher_efd;	/* eventfd: flush requested */
+	uint32_t	nslots;
+	struct shm_stats stats;
+	struct shm_slot	slots[CONFIG_MAX_WORKERS];
+};
+
+struct shm {
+	struct shm_hdr	*hdr;
+	struct counters	*counters;
+	void		*base;
+	size_t		 size;
+};
+
+/* Map and initialise the region for cf.  -1 with errno on failure. */
+int	shm_create(struct shm *s, const struct config *cf);
+void	shm_destroy(struct shm *s);
+
+/* Relaxed-enough helpers for the shared positions. */
+static inline uint64_t
+shm_load(const uint64_t *p)
+{
+	return __atomic_load_n(p, __ATOMIC_ACQUIRE);
+}
+
+static inline void
+shm_store(uint64_t *p, uint64_t v)
+{
+	__atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
+
+/* Move *p forward to v unless it is already there. */
+static inline void
+shm_advance(uint64_t *p, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(p, __ATOMIC_RELAXED);
+
+	while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0,
+	    __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+		;
+}
+
+static inline void
+shm_count(uint64_t *p, uint64_t n)
+{
+	__atomic_fetch_add(p, n, __ATOMIC_RELAXED);
+}
+
+#endif
