@@ -139,6 +139,7 @@ find(struct counters *c, const char *key, size_t len, int insert)
 			memcpy(e->key, key, len);
 			e->committed = 0;
 			e->unflushed = 0;
+			e->pending = 0;
 			e->committed_known = 0;
 			__atomic_store_n(&e->state, COUNTER_READY,
 			    __ATOMIC_RELEASE);
@@ -168,6 +169,27 @@ void
 counters_add(struct counter_entry *e, int64_t delta)
 {
 	__atomic_fetch_add(&e->unflushed, delta, __ATOMIC_RELAXED);
+}
+
+int
+counters_reserve(struct counter_entry *e, int64_t delta)
+{
+	int64_t c, u, p, t;
+
+	p = __atomic_add_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
+	counters_read(e, &c, &u);
+	if (__builtin_add_overflow(c, u, &t) ||
+	    __builtin_add_overflow(t, p, &t)) {
+		__atomic_sub_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
+		return -1;
+	}
+	return 0;
+}
+
+void
+counters_unreserve(struct counter_entry *e, int64_t delta)
+{
+	__atomic_sub_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
 }
 
 void

@@ -19,6 +19,7 @@ struct counter_entry {
 	uint64_t	hash;
 	int64_t		committed;	/* as PostgreSQL last returned it */
 	int64_t		unflushed;	/* durable, not yet in PostgreSQL */
+	int64_t		pending;	/* accepted, not yet durable */
 	uint16_t	key_len;
 	uint8_t		committed_known; /* committed came from PostgreSQL */
 	uint8_t		pad[5];
@@ -50,8 +51,16 @@ struct counter_entry *counters_lookup(struct counters *c, const char *key,
 struct counter_entry *counters_get(struct counters *c, const char *key,
 	    size_t len);
 
-/* Worker: a durable delta for this key (atomic add). */
+/* A durable delta for this key (atomic add). */
 void	counters_add(struct counter_entry *e, int64_t delta);
+/*
+ * Worker, before journaling: count delta as pending, so that concurrent
+ * requests cannot together push the total out of int64.  -1 (nothing
+ * changed) when committed + unflushed + pending + delta would overflow.
+ */
+int	counters_reserve(struct counter_entry *e, int64_t delta);
+/* Undo counters_reserve: the delta became durable, or was refused. */
+void	counters_unreserve(struct counter_entry *e, int64_t delta);
 /* A consistent (committed, unflushed) pair. */
 void	counters_read(const struct counter_entry *e, int64_t *committed,
 	    int64_t *unflushed);

@@ -235,6 +235,14 @@ journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 }
 
 void
+journal_frame_relocate(uint8_t *frame, uint64_t lsn)
+{
+	put64(frame + 16, lsn);
+	put32(frame + 36, frame_crc(frame, frame + JOURNAL_FRAME_HDR,
+	    get32(frame + 12)));
+}
+
+void
 journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
     const uint8_t epoch[JOURNAL_EPOCH_LEN])
 {
@@ -691,6 +699,37 @@ fail:
 	free(*bases);
 	*bases = NULL;
 	return -1;
+}
+
+int
+journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
+    uint64_t *found)
+{
+	struct frame_info fi;
+	const uint8_t *f;
+	uint64_t p = (from + JOURNAL_ALIGN - 1) & ~(uint64_t)(JOURNAL_ALIGN - 1);
+
+	while (p < end) {
+		uint64_t q = journal_lsn_normalize(j->seg_size, p);
+
+		if (q != p) {
+			p = q;
+			continue;
+		}
+		if ((f = journal_at(j, p, 0)) == NULL) {
+			/* A missing segment: go on with the next one. */
+			p = journal_seg_base(j->seg_size, p) + j->seg_size;
+			continue;
+		}
+		if (*(const uint64_t *)(const void *)f != 0 &&
+		    journal_frame_check(f, j->seg_size - p % j->seg_size, p,
+		    j->epoch, &fi) <= FRAME_PADDING) {
+			*found = p;
+			return 1;
+		}
+		p += JOURNAL_ALIGN;
+	}
+	return 0;
 }
 
 int

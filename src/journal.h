@@ -90,6 +90,8 @@ size_t	journal_frame_bound(size_t raw_len);
 size_t	journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 	    const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
 	    size_t raw_len, uint32_t nrecords);
+/* Move a built frame to another LSN (rewrites the LSN and the CRC). */
+void	journal_frame_relocate(uint8_t *frame, uint64_t lsn);
 /* A padding frame covering len bytes at lsn (len >= JOURNAL_FRAME_HDR). */
 void	journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
 	    const uint8_t epoch[JOURNAL_EPOCH_LEN]);
@@ -158,6 +160,15 @@ int	journal_recycle(struct journal *j, uint64_t below_lsn);
 int	journal_scan_dir(const char *dir, uint64_t **bases, uint8_t
 	    epoch[JOURNAL_EPOCH_LEN], char node[JOURNAL_NODE_LEN],
 	    uint64_t *seg_size, char *err, size_t errlen);
+
+/*
+ * The first valid frame (or padding) at or after from, below end, found
+ * by trying every 8-byte boundary: frames carry their own LSN, so this
+ * finds them without knowing how long a damaged frame before them was.
+ * Returns 1 and sets *found, or 0.
+ */
+int	journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
+	    uint64_t *found);
 
 /* Create a fresh random epoch. */
 int	journal_new_epoch(uint8_t epoch[JOURNAL_EPOCH_LEN]);

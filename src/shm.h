@@ -57,6 +57,14 @@ struct shm_hdr {
 	uint32_t	nslots;
 	struct shm_stats stats;
 	struct shm_slot	slots[CONFIG_MAX_WORKERS];
+	/*
+	 * Reservations of workers that died before publishing them, copied
+	 * here by the master when it reaps the worker; the syncer covers
+	 * them with padding so the journal does not stall.  0: none.
+	 */
+	uint64_t	orphan_start[CONFIG_MAX_WORKERS];
+	uint64_t	orphan_end[CONFIG_MAX_WORKERS];
+	int		sync_failed;	/* an fdatasync failed: never ack again */
 };
 
 struct shm {

@@ -1,0 +1,579 @@
+/*
+ * The master process.
+ *
+ * It owns what must outlive any child: the lock on the state directory,
+ * the listening sockets, the shared region and the eventfds.  It never
+ * reads a request and never touches the journal, so no client and no
+ * journal damage can crash it.  Its life is a small state machine:
+ *
+ *	STARTING	the startup child runs recovery; nothing listens yet
+ *	RUNNING		children serve; a dead child is respawned into its
+ *			slot with back-off, unless it exited PROC_EXIT_FATAL
+ *	STOP_WORKERS	(SIGTERM/SIGINT) workers stop accepting, answer what
+ *			is in flight and exit
+ *	STOP_SYNCER	the syncer makes the last frames durable and exits
+ *	STOP_FLUSHER	the flusher flushes everything to PostgreSQL and exits
+ *	FAST_STOP	(SIGQUIT) every child is told to go now; the journal
+ *			makes that safe
+ *
+ * Signals are blocked and taken synchronously with sigtimedwait(), so
+ * there are no handlers at all: the loop does the work.
+ */
+#include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netdb.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "master.h"
+#include "proc.h"
+#include "shm.h"
+#include "syncer.h"
+
+#define STOP_PHASE_MS	30000	/* then SIGKILL the phase's children */
+#define FAST_STOP_MS	5000
+#define BACKOFF_MIN_MS	100
+#define BACKOFF_MAX_MS	5000
+#define STABLE_MS	10000	/* a child that lived this long was healthy */
+
+enum master_state {
+	STARTING, RUNNING, STOP_WORKERS, STOP_SYNCER, STOP_FLUSHER, FAST_STOP
+};
+
+struct child {
+	enum proc_role	role;
+	int		slot;
+	pid_t		pid;
+	uint64_t	started_ms;
+	uint64_t	respawn_ms;	/* when to start again; 0: not due */
+	int		failures;	/* consecutive short lives */
+	int		fatal;		/* exited PROC_EXIT_FATAL: leave it */
+};
+
+static struct master {
+	struct config		*cf;
+	struct shm		 shm;
+	struct proc_env		 env;
+	int			 listen_fds[CONFIG_MAX_LISTEN];
+	int			 nlisten;
+	struct child		 children[CONFIG_MAX_WORKERS + 2];
+	int			 nchildren;
+	enum master_state	 state;
+	uint64_t		 phase_ms;
+	int			 lock_fd;
+	int			 exit_code;
+	int			 pid_file_written;
+} M;
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+master_bind_one(const char *spec)
+{
+	char host[128], *port;
+	struct addrinfo hints, *res, *ai;
+	int fd = -1, on = 1, rc;
+
+	snprintf(host, sizeof(host), "%s", spec);
+	if ((port = strrchr(host, ':')) == NULL)
+		fatalx(PROC_EXIT_FATAL, "listen address '%s' has no port", spec);
+	*port++ = '\0';
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = '\0';
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	rc = getaddrinfo(strcmp(host, "*") == 0 || host[0] == '\0' ? NULL :
+	    host, port, &hints, &res);
+	if (rc != 0)
+		fatalx(PROC_EXIT_FATAL, "listen address '%s': %s", spec,
+		    gai_strerror(rc));
+	for (ai = res; ai; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK |
+		    SOCK_CLOEXEC, 0);
+		if (fd == -1)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+		    listen(fd, 4096) == 0)
+			break;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd == -1)
+		fatal(PROC_EXIT_FATAL, "cannot listen on %s", spec);
+	return fd;
+}
+
+/*
+ * One tallyd per state directory: an flock on state_dir/tallyd.lock,
+ * held by the master and inherited by its children, so a restart is
+ * refused while even an orphaned child still runs.
+ */
+static void master_lock_pid(void);
+
+static void
+master_lock(void)
+{
+	char path[1100], buf[32];
+	int n;
+
+	if (mkdir(M.cf->state_dir, 0700) == -1 && errno != EEXIST)
+		fatal(PROC_EXIT_FATAL, "cannot create state directory %s",
+		    M.cf->state_dir);
+	snprintf(path, sizeof(path), "%s/tallyd.lock", M.cf->state_dir);
+	if ((M.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot open lock file %s", path);
+	if (flock(M.lock_fd, LOCK_EX | LOCK_NB) == -1) {
+		n = pread(M.lock_fd, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		fatalx(PROC_EXIT_FATAL, "another tallyd (pid %s) is running on "
+		    "state directory %s", buf[0] ? buf : "?", M.cf->state_dir);
+	}
+	master_lock_pid();
+}
+
+/* The lock file names the master, for the refusal message above. */
+static void
+master_lock_pid(void)
+{
+	char buf[32];
+	int n;
+
+	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (ftruncate(M.lock_fd, 0) == -1 || pwrite(M.lock_fd, buf, n, 0) != n)
+		log_warn("cannot write lock file in %s", M.cf->state_dir);
+}
+
+static void
+master_pid_file(void)
+{
+	FILE *f;
+
+	if ((f = fopen(M.cf->pid_file, "w")) == NULL) {
+		log_warn("cannot write pid file %s", M.cf->pid_file);
+		return;
+	}
+	fprintf(f, "%d\n", (int)getpid());
+	fclose(f);
+	M.pid_file_written = 1;
+}
+
+static void
+master_user(void)
+{
+	struct passwd *pw;
+	struct group *gr;
+
+	M.env.uid = (uid_t)-1;
+	M.env.gid = (gid_t)-1;
+	if (M.cf->user[0] == '\0')
+		return;
+	if ((pw = getpwnam(M.cf->user)) == NULL)
+		fatalx(PROC_EXIT_FATAL, "unknown user '%s' (server.user)",
+		    M.cf->user);
+	M.env.uid = pw->pw_uid;
+	M.env.gid = pw->pw_gid;
+	if (M.cf->group[0]) {
+		if ((gr = getgrnam(M.cf->group)) == NULL)
+			fatalx(PROC_EXIT_FATAL, "unknown group '%s' "
+			    "(server.group)", M.cf->group);
+		M.env.gid = gr->gr_gid;
+	}
+	/* The children write here after dropping privileges. */
+	if (mkdir(M.cf->journal_dir, 0700) == -1 && errno != EEXIST)
+		fatal(PROC_EXIT_FATAL, "cannot create journal directory %s",
+		    M.cf->journal_dir);
+	if (chown(M.cf->state_dir, M.env.uid, M.env.gid) == -1 ||
+	    chown(M.cf->journal_dir, M.env.uid, M.env.gid) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot hand %s to user %s",
+		    M.cf->state_dir, M.cf->user);
+}
+
+static struct child *
+child_by_pid(pid_t pid)
+{
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].pid == pid)
+			return &M.children[i];
+	return NULL;
+}
+
+static void
+child_start(struct child *c)
+{
+	pid_t pid;
+
+	if (c->role == PROC_WORKER) {
+		struct shm_slot *s = &M.shm.hdr->slots[c->slot];
+
+		s->res_start = s->res_end = 0;
+	}
+	pid = proc_fork(c->role, c->slot, &M.env);
+	if (pid == -1) {
+		log_warn("cannot fork %s", proc_name(c->role));
+		c->respawn_ms = now_ms() + BACKOFF_MAX_MS;
+		return;
+	}
+	c->pid = pid;
+	c->started_ms = now_ms();
+	c->respawn_ms = 0;
+	if (c->role == PROC_WORKER)
+		M.shm.hdr->slots[c->slot].pid = pid;
+}
+
+static void
+master_signal_role(enum proc_role role, int sig)
+{
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].role == role && M.children[i].pid > 0)
+			kill(M.children[i].pid, sig);
+}
+
+static int
+master_alive(enum proc_role role)
+{
+	int n = 0;
+
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].role == role && M.children[i].pid > 0)
+			n++;
+	return n;
+}
+
+static void
+master_fast_stop(int code)
+{
+	if (M.state == FAST_STOP)
+		return;
+	M.state = FAST_STOP;
+	M.phase_ms = now_ms();
+	M.exit_code = code;
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].pid > 0)
+			kill(M.children[i].pid, SIGQUIT);
+}
+
+/* A child is gone: say how, and decide whether it comes back. */
+static void
+master_reaped(struct child *c, int status)
+{
+	struct shm_hdr *h = M.shm.hdr;
+	uint64_t lived = now_ms() - c->started_ms;
+	int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+	int stopping = M.state != RUNNING;
+
+	if (WIFSIGNALED(status))
+		log_warnx("%s (pid %d) killed by signal %d (%s)",
+		    proc_name(c->role), (int)c->pid, WTERMSIG(status),
+		    strsignal(WTERMSIG(status)));
+	else if (code != 0 || !stopping)
+		log_warnx("%s (pid %d) exited with code %d",
+		    proc_name(c->role), (int)c->pid, code);
+	if (c->role == PROC_WORKER) {
+		struct shm_slot *s = &h->slots[c->slot];
+
+		/* Its half-written frame, if any, is the syncer's to pad. */
+		if (s->res_start != 0 && h->orphan_start[c->slot] == 0) {
+			h->orphan_end[c->slot] = s->res_end;
+			shm_store(&h->orphan_start[c->slot], s->res_start);
+			syncer_kick(h->syncer_efd);
+		}
+		s->res_start = s->res_end = 0;
+		s->pid = 0;
+	}
+	c->pid = 0;
+	if (stopping)
+		return;
+	shm_count(&h->stats.restarts, 1);
+	if (code == PROC_EXIT_FATAL) {
+		c->fatal = 1;
+		log_warnx("%s exited with the fatal code: not restarting it",
+		    proc_name(c->role));
+		if (c->role != PROC_WORKER || master_alive(PROC_WORKER) == 0)
+			master_fast_stop(PROC_EXIT_FATAL);
+		return;
+	}
+	c->failures = lived < STABLE_MS ? c->failures + 1 : 0;
+	{
+		uint64_t delay = BACKOFF_MIN_MS;
+
+		for (int i = 1; i < c->failures && delay < BACKOFF_MAX_MS; i++)
+			delay *= 2;
+		if (delay > BACKOFF_MAX_MS)
+			delay = BACKOFF_MAX_MS;
+		c->respawn_ms = now_ms() + delay;
+		log_info("restarting %s in %llu ms", proc_name(c->role),
+		    (unsigned long long)delay);
+	}
+}
+
+static void
+master_reap(void)
+{
+	struct child *c;
+	pid_t pid;
+	int status;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+		if ((c = child_by_pid(pid)) != NULL)
+			master_reaped(c, status);
+}
+
+static void
+master_graceful(void)
+{
+	if (M.state != RUNNING)
+		return;
+	log_info("graceful stop: workers finish what is in flight, then the "
+	    "journal is synced and flushed to PostgreSQL");
+	M.state = STOP_WORKERS;
+	M.phase_ms = now_ms();
+	master_signal_role(PROC_WORKER, SIGTERM);
+}
+
+/* Move the stop along as each phase's children are gone. */
+static int
+master_advance(void)
+{
+	uint64_t t = now_ms();
+
+	switch (M.state) {
+	case STOP_WORKERS:
+		if (master_alive(PROC_WORKER) == 0) {
+			M.state = STOP_SYNCER;
+			M.phase_ms = t;
+			master_signal_role(PROC_SYNCER, SIGTERM);
+		} else if (t - M.phase_ms > STOP_PHASE_MS)
+			master_signal_role(PROC_WORKER, SIGKILL);
+		return 0;
+	case STOP_SYNCER:
+		if (master_alive(PROC_SYNCER) == 0) {
+			M.state = STOP_FLUSHER;
+			M.phase_ms = t;
+			master_signal_role(PROC_FLUSHER, SIGTERM);
+		} else if (t - M.phase_ms > STOP_PHASE_MS)
+			master_signal_role(PROC_SYNCER, SIGKILL);
+		return 0;
+	case STOP_FLUSHER:
+		if (master_alive(PROC_FLUSHER) == 0)
+			return 1;
+		if (t - M.phase_ms > STOP_PHASE_MS)
+			master_signal_role(PROC_FLUSHER, SIGKILL);
+		return 0;
+	case FAST_STOP:
+		for (int i = 0; i < M.nchildren; i++)
+			if (M.children[i].pid > 0) {
+				if (t - M.phase_ms > FAST_STOP_MS)
+					kill(M.children[i].pid, SIGKILL);
+				return 0;
+			}
+		return 1;
+	default:
+		for (int i = 0; i < M.nchildren; i++) {
+			struct child *c = &M.children[i];
+
+			if (c->pid == 0 && !c->fatal && c->respawn_ms &&
+			    t >= c->respawn_ms)
+				child_start(c);
+		}
+		return 0;
+	}
+}
+
+/* Run recovery in a child, as PostgreSQL's postmaster does. */
+static void
+master_recover(void)
+{
+	pid_t pid;
+	int status;
+
+	M.state = STARTING;
+	if ((pid = proc_fork(PROC_STARTUP, 0, &M.env)) == -1)
+		fatal(1, "cannot fork the startup process");
+	while (waitpid(pid, &status, 0) == -1)
+		if (errno != EINTR)
+			fatal(1, "waitpid");
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return;
+	if (WIFSIGNALED(status))
+		fatalx(1, "recovery (pid %d) killed by signal %d", (int)pid,
+		    WTERMSIG(status));
+	fatalx(WEXITSTATUS(status) == PROC_EXIT_FATAL ? PROC_EXIT_FATAL : 1,
+	    "recovery failed; not starting");
+}
+
+static int
+master_eventfd(void)
+{
+	int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+	if (fd == -1)
+		fatal(1, "eventfd");
+	return fd;
+}
+
+/*
+ * Detach as a daemon.  The parent waits on a pipe until the master says
+ * it serves, so "tallyd" run from an init script fails when start-up
+ * fails rather than after.
+ */
+static int
+master_daemonize(void)
+{
+	int p[2], fd;
+	pid_t pid;
+	char c;
+
+	if (pipe(p) == -1)
+		fatal(1, "pipe");
+	if ((pid = fork()) == -1)
+		fatal(1, "fork");
+	if (pid != 0) {
+		close(p[1]);
+		_exit(read(p[0], &c, 1) == 1 ? 0 : 1);
+	}
+	close(p[0]);
+	setsid();
+	if (chdir("/") == -1)
+		fatal(1, "chdir /");
+	if ((fd = open("/dev/null", O_RDWR)) != -1) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		dup2(fd, STDERR_FILENO);
+		if (fd > STDERR_FILENO)
+			close(fd);
+	}
+	return p[1];
+}
+
+int
+master_main(struct config *cf, int foreground)
+{
+	struct shm_hdr *h;
+	sigset_t set;
+	siginfo_t si;
+	struct timespec tick = { 0, 250 * 1000000 };
+	int ready_fd = -1, sig, n;
+
+	M.cf = cf;
+	M.exit_code = 0;
+	log_init(1, "tallyd", LOG_DAEMON);
+	log_set_role("master");
+	/* Refusals that need no daemon are said on the terminal. */
+	master_lock();
+	for (M.nlisten = 0; M.nlisten < cf->nlisten; M.nlisten++)
+		M.listen_fds[M.nlisten] = master_bind_one(cf->listen[M.nlisten]);
+	master_user();
+	if (!foreground) {
+		ready_fd = master_daemonize();
+		log_init(0, "tallyd", LOG_DAEMON);
+		master_lock_pid();
+	}
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGQUIT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (shm_create(&M.shm, cf) == -1)
+		fatal(1, "cannot map %zu bytes of shared memory for %llu keys",
+		    counters_size(cf->max_keys, cf->max_key_bytes),
+		    (unsigned long long)cf->max_keys);
+	h = M.shm.hdr;
+	h->syncer_efd = master_eventfd();
+	h->flusher_efd = master_eventfd();
+	h->nslots = cf->workers;
+	for (int i = 0; i < cf->workers; i++)
+		h->slots[i].efd = master_eventfd();
+	M.env.cf = cf;
+	M.env.shm = &M.shm;
+	M.env.listen_fds = M.listen_fds;
+	M.env.nlisten = M.nlisten;
+	if (!foreground)
+		master_pid_file();
+
+	master_recover();
+
+	n = 0;
+	M.children[n++] = (struct child){ .role = PROC_SYNCER };
+	M.children[n++] = (struct child){ .role = PROC_FLUSHER };
+	for (int i = 0; i < cf->workers; i++)
+		M.children[n++] = (struct child){ .role = PROC_WORKER,
+		    .slot = i };
+	M.nchildren = n;
+	M.state = RUNNING;
+	for (int i = 0; i < M.nchildren; i++)
+		child_start(&M.children[i]);
+	log_info("serving on %s%s with %d workers, journal %s, sync = %s",
+	    cf->listen[0], cf->nlisten > 1 ? " and more" : "", cf->workers,
+	    cf->journal_dir, cf->sync == SYNC_GROUP ? "group" : "interval");
+	if (ready_fd != -1) {
+		(void)write(ready_fd, "", 1);
+		close(ready_fd);
+	}
+
+	for (;;) {
+		sig = sigtimedwait(&set, &si, &tick);
+		switch (sig) {
+		case SIGCHLD:
+			break;
+		case SIGTERM:
+		case SIGINT:
+			master_graceful();
+			break;
+		case SIGQUIT:
+			log_info("fast stop: children exit now; the journal is "
+			    "replayed at the next start");
+			master_fast_stop(0);
+			break;
+		case SIGHUP:
+			log_info("SIGHUP: reopening logs");
+			log_reopen();
+			break;
+		default:
+			break;
+		}
+		master_reap();
+		if (master_advance())
+			break;
+	}
+	if (M.pid_file_written)
+		unlink(cf->pid_file);
+	log_info("stopped");
+	return M.exit_code;
+}

@@ -1,0 +1,94 @@
+/*
+ * Forking children.  Every child starts the same way: the master's signal
+ * mask and handlers are undone, the child arranges to die with the master
+ * so a restart never finds orphans holding the port or the journal, and
+ * privileges are dropped before any client byte is read.
+ */
+#include <sys/prctl.h>
+
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "flusher.h"
+#include "log.h"
+#include "proc.h"
+#include "recovery.h"
+#include "syncer.h"
+#include "worker.h"
+
+static const struct {
+	enum proc_role	 role;
+	const char	*name;
+} proc_table[] = {
+	{ PROC_STARTUP,	"startup" },
+	{ PROC_SYNCER,	"syncer" },
+	{ PROC_FLUSHER,	"flusher" },
+	{ PROC_WORKER,	"worker" },
+};
+
+const char *
+proc_name(enum proc_role role)
+{
+	for (size_t i = 0; i < sizeof(proc_table) / sizeof(proc_table[0]); i++)
+		if (proc_table[i].role == role)
+			return proc_table[i].name;
+	return "?";
+}
+
+static void
+proc_drop(const struct proc_env *env)
+{
+	if (env->uid == (uid_t)-1)
+		return;
+	if (setgroups(1, &env->gid) == -1 || setgid(env->gid) == -1 ||
+	    setuid(env->uid) == -1)
+		fatal(PROC_EXIT_FATAL, "%s: cannot drop privileges to uid %d",
+		    __func__, (int)env->uid);
+}
+
+static int
+proc_run(enum proc_role role, int slot, const struct proc_env *env)
+{
+	switch (role) {
+	case PROC_STARTUP:
+		return recovery_run(env->cf, env->shm);
+	case PROC_SYNCER:
+		return syncer_main(env->cf, env->shm);
+	case PROC_FLUSHER:
+		return flusher_main(env->cf, env->shm);
+	case PROC_WORKER:
+		return worker_main(env->cf, env->shm, slot, env->listen_fds,
+		    env->nlisten);
+	}
+	return PROC_EXIT_FATAL;
+}
+
+pid_t
+proc_fork(enum proc_role role, int slot, const struct proc_env *env)
+{
+	pid_t master = getpid(), pid;
+	struct sigaction sa;
+	sigset_t none;
+	int sigs[] = { SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGCHLD, SIGPIPE };
+
+	if ((pid = fork()) != 0)
+		return pid;
+	log_set_role(proc_name(role));
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = SIG_DFL;
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
+	/* SIGQUIT is a fast stop: the journal makes it safe. */
+	if (prctl(PR_SET_PDEATHSIG, SIGQUIT) == -1)
+		log_warn("%s: prctl", __func__);
+	if (getppid() != master)
+		_exit(PROC_EXIT_OK);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	proc_drop(env);
+	exit(proc_run(role, slot, env));
+}

@@ -1,0 +1,283 @@
+/*
+ * Recovery.
+ *
+ * Runs in the startup child, as PostgreSQL's startup process does, so a
+ * crash here cannot take the master down.  It decides where the journal
+ * ends and rebuilds the shared counter table; the flusher then reads the
+ * checkpoint from PostgreSQL and replays from there.
+ *
+ * Where the journal ends: walk the frames from the local checkpoint.  An
+ * unwritten (all-zero) frame header ends the journal: a worker's frame
+ * becomes durable, and so acknowledged, only when every frame before it
+ * is complete, so nothing after a hole was ever acknowledged.  A frame
+ * with a header but a bad CRC ends it too when nothing valid follows (a
+ * tail torn by a power loss); when valid frames do follow, it is
+ * corruption, and recovery refuses to guess: it names the segment and
+ * offset and exits with the fatal code.
+ *
+ * The cut tail is zeroed and synced, so that no stale frame from before
+ * the crash can later validate where new frames are being written.
+ */
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "log.h"
+#include "recovery.h"
+
+struct rec_state {
+	const struct config	*cf;
+	struct shm		*shm;
+	struct journal		 j;
+	uint64_t		*bases;
+	int			 nseg;
+	uint8_t			*raw;
+	uint64_t		 frames, records;
+};
+
+static uint64_t
+seg_last(const struct rec_state *rs)
+{
+	return rs->bases[rs->nseg - 1] + rs->j.seg_size;
+}
+
+/* Add every record of a frame to the shared table. */
+static int
+recovery_apply(struct rec_state *rs, const uint8_t *f,
+    const struct frame_info *fi)
+{
+	struct journal_record r;
+	const uint8_t *p, *end;
+	struct counter_entry *e;
+
+	if (journal_frame_decode(f, fi, rs->raw) == -1)
+		return -1;
+	p = rs->raw;
+	end = rs->raw + fi->raw_len;
+	while (journal_record_next(&p, end, &r) == 1) {
+		if ((e = counters_get(rs->shm->counters, r.key, r.key_len)) ==
+		    NULL) {
+			log_warnx("recovery: counter table full (max_keys %llu) "
+			    "at LSN %llu; raise counters.max_keys",
+			    (unsigned long long)rs->cf->max_keys,
+			    (unsigned long long)fi->lsn);
+			return -2;
+		}
+		counters_add(e, r.value);
+		rs->records++;
+	}
+	rs->frames++;
+	return 0;
+}
+
+/* Zero [from, end of its segment) where not already zero, then sync. */
+static int
+recovery_cut(struct rec_state *rs, uint64_t from)
+{
+	uint64_t base = journal_seg_base(rs->j.seg_size, from);
+	uint64_t off = from % rs->j.seg_size, last = 0;
+	uint8_t *seg;
+	char name[32];
+
+	if ((seg = journal_at(&rs->j, base + JOURNAL_SEG_HDR, 0)) != NULL) {
+		seg -= JOURNAL_SEG_HDR;
+		for (uint64_t i = off; i < rs->j.seg_size; i += 8)
+			if (*(uint64_t *)(void *)(seg + i) != 0)
+				last = i + 8;
+		if (last > off) {
+			memset(seg + off, 0, last - off);
+			if (journal_sync(&rs->j, base, base + rs->j.seg_size))
+				return -1;
+			log_info("recovery: cut %llu bytes of unfinished "
+			    "journal tail at LSN %llu",
+			    (unsigned long long)(last - off),
+			    (unsigned long long)from);
+		}
+	}
+	/* Later segments hold nothing acknowledged either. */
+	for (int i = 0; i < rs->nseg; i++) {
+		if (rs->bases[i] <= base)
+			continue;
+		journal_seg_name(name, sizeof(name), rs->bases[i]);
+		if (unlinkat(rs->j.dirfd, name, 0) == -1)
+			return -1;
+		log_info("recovery: removed segment %s past the journal end",
+		    name);
+	}
+	return fsync(rs->j.dirfd);
+}
+
+static int
+recovery_mkdir(const char *dir)
+{
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		log_warn("recovery: cannot create directory %s", dir);
+		return -1;
+	}
+	return 0;
+}
+
+/* No journal yet: make one with a new epoch. */
+static int
+recovery_create(struct rec_state *rs)
+{
+	struct shm_hdr *h = rs->shm->hdr;
+	uint64_t start = JOURNAL_SEG_HDR;
+	char hex[33];
+
+	if (journal_new_epoch(h->epoch) == -1) {
+		log_warn("recovery: cannot make a journal epoch");
+		return 1;
+	}
+	h->seg_size = rs->cf->segment_size;
+	if (journal_open(&rs->j, rs->cf->journal_dir, h->seg_size, h->epoch,
+	    rs->cf->node) == -1 || journal_at(&rs->j, start, 1) == NULL) {
+		log_warn("recovery: cannot create journal in %s",
+		    rs->cf->journal_dir);
+		return 1;
+	}
+	journal_epoch_hex(h->epoch, hex);
+	log_info("recovery: created journal %s, epoch %s", rs->cf->journal_dir,
+	    hex);
+	h->start_lsn = h->checkpoint_lsn = start;
+	h->insert_lsn = h->written_lsn = h->durable_lsn = start;
+	return 0;
+}
+
+static int
+recovery_replay(struct rec_state *rs)
+{
+	struct shm_hdr *h = rs->shm->hdr;
+	struct checkpoint cp;
+	struct frame_info fi;
+	enum frame_status st;
+	const uint8_t *f;
+	uint64_t p, found, start;
+	struct timespec t0, t1;
+	int rc;
+
+	start = journal_lsn_normalize(h->seg_size, rs->bases[0]);
+	h->start_lsn = start;
+	h->checkpoint_lsn = start;
+	rc = checkpoint_read(rs->cf->state_dir, &cp);
+	if (rc == -1) {
+		log_warn("recovery: ignoring unreadable %s/checkpoint",
+		    rs->cf->state_dir);
+	} else if (rc == 1 && memcmp(cp.epoch, h->epoch,
+	    JOURNAL_EPOCH_LEN) == 0 && cp.lsn > start)
+		h->checkpoint_lsn = cp.lsn;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	p = h->checkpoint_lsn;
+	for (;;) {
+		p = journal_lsn_normalize(h->seg_size, p);
+		if (p >= seg_last(rs) || (f = journal_at(&rs->j, p, 0)) == NULL) {
+			st = FRAME_EMPTY;
+			break;
+		}
+		st = journal_frame_check(f, h->seg_size - p % h->seg_size, p,
+		    h->epoch, &fi);
+		if (st == FRAME_OK) {
+			if ((rc = recovery_apply(rs, f, &fi)) == -2)
+				return 1;
+			if (rc == -1) {
+				st = FRAME_BAD;
+				fi.why = "records do not decode";
+			}
+		}
+		if (st != FRAME_OK && st != FRAME_PADDING)
+			break;
+		p += fi.len;
+	}
+	if (st == FRAME_BAD &&
+	    journal_find_valid(&rs->j, p + JOURNAL_ALIGN, seg_last(rs), &found)) {
+		char name[32];
+
+		journal_seg_name(name, sizeof(name),
+		    journal_seg_base(h->seg_size, p));
+		log_warnx("recovery: journal corrupt in %s/%s at offset %llu "
+		    "(LSN %llu): %s; a valid frame follows at LSN %llu, so "
+		    "this is not a torn tail. Refusing to start; inspect with "
+		    "'tallyctl journal verify'", rs->cf->journal_dir, name,
+		    (unsigned long long)(p % h->seg_size),
+		    (unsigned long long)p, fi.why, (unsigned long long)found);
+		return 2;
+	}
+	if (recovery_cut(rs, p) == -1) {
+		log_warn("recovery: cannot cut the journal tail at LSN %llu",
+		    (unsigned long long)p);
+		return 1;
+	}
+	if (p < h->checkpoint_lsn) {
+		/* Only possible if the journal lost its tail on its own. */
+		log_warnx("recovery: journal ends at LSN %llu, before the "
+		    "checkpoint %llu; continuing after the checkpoint",
+		    (unsigned long long)p,
+		    (unsigned long long)h->checkpoint_lsn);
+		p = h->checkpoint_lsn;
+	}
+	h->insert_lsn = h->written_lsn = h->durable_lsn = p;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	log_info("recovery: replayed %llu records in %llu frames from LSN "
+	    "%llu to %llu in %.3f s; %llu keys held",
+	    (unsigned long long)rs->records, (unsigned long long)rs->frames,
+	    (unsigned long long)h->checkpoint_lsn, (unsigned long long)p,
+	    (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9,
+	    (unsigned long long)counters_count(rs->shm->counters));
+	return 0;
+}
+
+int
+recovery_run(const struct config *cf, struct shm *shm)
+{
+	struct rec_state rs;
+	struct shm_hdr *h = shm->hdr;
+	char err[1200], node[JOURNAL_NODE_LEN];
+	int rc;
+
+	log_set_role("startup");
+	memset(&rs, 0, sizeof(rs));
+	rs.cf = cf;
+	rs.shm = shm;
+	rs.j.dirfd = -1;
+	if (recovery_mkdir(cf->state_dir) == -1 ||
+	    recovery_mkdir(cf->journal_dir) == -1)
+		return 2;
+	rs.nseg = journal_scan_dir(cf->journal_dir, &rs.bases, h->epoch, node,
+	    &h->seg_size, err, sizeof(err));
+	if (rs.nseg < 0) {
+		log_warnx("recovery: %s", err);
+		return 2;
+	}
+	if (rs.nseg == 0) {
+		rc = recovery_create(&rs);
+		goto done;
+	}
+	if (strcmp(node, cf->node) != 0)
+		log_warnx("recovery: journal %s was written by node '%s', this "
+		    "is node '%s'", cf->journal_dir, node, cf->node);
+	if (h->seg_size != cf->segment_size)
+		log_info("recovery: journal %s keeps its segment size %llu",
+		    cf->journal_dir, (unsigned long long)h->seg_size);
+	if (journal_open(&rs.j, cf->journal_dir, h->seg_size, h->epoch,
+	    cf->node) == -1) {
+		log_warn("recovery: cannot open journal %s", cf->journal_dir);
+		rc = 1;
+		goto done;
+	}
+	if ((rs.raw = malloc(JOURNAL_MAX_RAW)) == NULL) {
+		rc = 1;
+		goto done;
+	}
+	rc = recovery_replay(&rs);
+done:
+	free(rs.raw);
+	free(rs.bases);
+	if (rs.j.dirfd != -1)
+		journal_close(&rs.j);
+	return rc;
+}

@@ -1,0 +1,249 @@
+/*
+ * The syncer.
+ *
+ * Workers publish frames in any order (each reserved its range up front),
+ * so the syncer walks forward from the last position it knows to be
+ * complete and stops at the first frame not yet published: everything
+ * before that point is contiguous, and with sync = group one fdatasync of
+ * it makes every waiting request durable at once (group commit).  Frames
+ * that arrive during the fdatasync simply wait for the next pass.
+ *
+ * The durable position only moves forward and only after a successful
+ * fdatasync.  Once an fdatasync fails the journal's state on disk is
+ * unknown (the kernel may have dropped the dirty pages), so, as PostgreSQL
+ * does, nothing is ever acknowledged as durable again by this process
+ * lifetime: sync_failed is set and workers refuse.
+ */
+#include <sys/eventfd.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "syncer.h"
+
+static volatile sig_atomic_t syncer_stop;	/* 1 graceful, 2 fast */
+
+static void
+syncer_signal(int sig)
+{
+	syncer_stop = sig == SIGQUIT ? 2 : 1;
+}
+
+void
+syncer_kick(int efd)
+{
+	uint64_t one = 1;
+
+	/* A full counter still wakes the reader: ignoring EAGAIN is fine. */
+	(void)write(efd, &one, sizeof(one));
+}
+
+static uint64_t
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * Cover [from, to) with padding frames, one per segment piece.  The range
+ * belonged to a worker that died before publishing it.
+ */
+static int
+syncer_pad(struct journal *j, const uint8_t *epoch, uint64_t from,
+    uint64_t to)
+{
+	uint8_t frame[JOURNAL_FRAME_HDR];
+	uint64_t p = journal_lsn_normalize(j->seg_size, from), end;
+	uint8_t *at;
+
+	while (p < to) {
+		end = journal_seg_base(j->seg_size, p) + j->seg_size;
+		if (end > to)
+			end = to;
+		if (end - p >= JOURNAL_FRAME_HDR) {
+			if ((at = journal_at(j, p, 1)) == NULL)
+				return -1;
+			journal_frame_build_padding(frame, p, end - p, epoch);
+			journal_frame_publish(at, frame, sizeof(frame));
+		}
+		p = journal_lsn_normalize(j->seg_size, end);
+	}
+	return 0;
+}
+
+/* If a dead worker's reservation holds up position p, pad it out. */
+static int
+syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
+{
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		uint64_t s = shm_load(&h->orphan_start[i]);
+		uint64_t e = shm_load(&h->orphan_end[i]);
+
+		if (s == 0)
+			continue;
+		if (e <= p) {
+			/* Its owner got further than we feared: nothing to do. */
+			shm_store(&h->orphan_start[i], 0);
+			continue;
+		}
+		if (p < journal_lsn_normalize(j->seg_size, s))
+			continue;
+		if (syncer_pad(j, h->epoch, p, e) == -1) {
+			log_warn("syncer: cannot pad dead worker's journal "
+			    "range %llu..%llu", (unsigned long long)p,
+			    (unsigned long long)e);
+			return 0;
+		}
+		log_info("syncer: padded journal range %llu..%llu left by a "
+		    "dead worker", (unsigned long long)p, (unsigned long long)e);
+		shm_store(&h->orphan_start[i], 0);
+		return 1;
+	}
+	return 0;
+}
+
+/* Walk the complete frames from 'from'; returns the end of the run. */
+static uint64_t
+syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
+{
+	uint64_t p = from, limit = shm_load(&h->insert_lsn);
+	struct frame_info fi;
+	enum frame_status st;
+	const uint8_t *f;
+
+	for (;;) {
+		uint64_t q = journal_lsn_normalize(j->seg_size, p);
+
+		if (q >= limit)
+			break;
+		if ((f = journal_at(j, q, 0)) == NULL)
+			break;	/* its writer has not created the segment yet */
+		st = journal_frame_check(f, j->seg_size - q % j->seg_size, q,
+		    h->epoch, &fi);
+		if (st == FRAME_OK || st == FRAME_PADDING) {
+			p = q + fi.len;
+			continue;
+		}
+		if (st == FRAME_EMPTY && syncer_fill_orphan(j, h, q))
+			continue;
+		if (st == FRAME_BAD)
+			log_warnx("syncer: bad frame at LSN %llu: %s",
+			    (unsigned long long)q, fi.why);
+		break;
+	}
+	return p;
+}
+
+static void
+syncer_wake_workers(struct shm_hdr *h)
+{
+	for (uint32_t i = 0; i < h->nslots; i++)
+		if (h->slots[i].pid != 0 && h->slots[i].efd != -1)
+			syncer_kick(h->slots[i].efd);
+}
+
+/*
+ * Create the next segment before any worker needs it, so that the
+ * preallocation never runs on a worker's event loop.
+ */
+static void
+syncer_prepare_next(struct journal *j, struct shm_hdr *h)
+{
+	uint64_t ins = shm_load(&h->insert_lsn);
+	uint64_t next = journal_seg_base(j->seg_size, ins) + j->seg_size;
+
+	if (ins % j->seg_size > j->seg_size / 2 &&
+	    journal_at(j, next + JOURNAL_SEG_HDR, 1) == NULL &&
+	    h->journal_errno == 0) {
+		log_warn("syncer: cannot create journal segment at LSN %llu "
+		    "in %s", (unsigned long long)next, j->dir);
+		h->journal_errno = errno;
+	}
+}
+
+static int
+syncer_sync(struct journal *j, struct shm_hdr *h, uint64_t to)
+{
+	uint64_t from = shm_load(&h->durable_lsn);
+	uint64_t t0 = now_us();
+
+	if (to <= from)
+		return 0;
+	if (journal_sync(j, from, to) == -1) {
+		log_warn("syncer: fdatasync of journal %s LSN %llu..%llu "
+		    "failed; refusing all further acknowledgements", j->dir,
+		    (unsigned long long)from, (unsigned long long)to);
+		h->journal_errno = errno ? errno : EIO;
+		__atomic_store_n(&h->sync_failed, 1, __ATOMIC_RELEASE);
+		return -1;
+	}
+	shm_advance(&h->durable_lsn, to);
+	shm_count(&h->stats.fsyncs, 1);
+	(void)t0;
+	return 0;
+}
+
+int
+syncer_main(const struct config *cf, struct shm *shm)
+{
+	struct shm_hdr *h = shm->hdr;
+	struct journal j;
+	struct sigaction sa;
+	struct pollfd pfd;
+	uint64_t last_sync = now_us(), buf, written;
+	int group = cf->sync == SYNC_GROUP;
+
+	log_set_role("syncer");
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = syncer_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
+	if (journal_open(&j, cf->journal_dir, h->seg_size, h->epoch,
+	    cf->node) == -1)
+		fatal(1, "syncer: cannot open journal directory %s",
+		    cf->journal_dir);
+	pfd.fd = h->syncer_efd;
+	pfd.events = POLLIN;
+	for (;;) {
+		int timeout = 50;
+
+		if (!group) {
+			uint64_t due = last_sync + cf->sync_interval_us, t = now_us();
+
+			timeout = due > t ? (int)((due - t + 999) / 1000) : 0;
+			if (timeout > 50)
+				timeout = 50;
+		}
+		if (syncer_stop == 2)
+			break;
+		if (poll(&pfd, 1, syncer_stop ? 0 : timeout) > 0)
+			(void)read(h->syncer_efd, &buf, sizeof(buf));
+		written = syncer_scan(&j, h, shm_load(&h->written_lsn));
+		if (written > shm_load(&h->written_lsn)) {
+			shm_advance(&h->written_lsn, written);
+			if (!group)
+				syncer_wake_workers(h);
+		}
+		if (!h->sync_failed && (group || syncer_stop ||
+		    now_us() - last_sync >= cf->sync_interval_us)) {
+			if (syncer_sync(&j, h, written) == 0 && group)
+				syncer_wake_workers(h);
+			last_sync = now_us();
+		}
+		if (syncer_stop == 1)
+			break;
+		syncer_prepare_next(&j, h);
+	}
+	journal_close(&j);
+	return 0;
+}

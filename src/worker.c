@@ -1,0 +1,726 @@
+/*
+ * The worker: HTTP in, journal frames out, 202 once durable.
+ *
+ * Requests that arrive in one pass of the event loop share one batch; at
+ * the end of the pass (or after commit_delay) the batch becomes one frame,
+ * reserved in the shared journal with a compare-and-swap and copied into
+ * the mapped segment.  The worker then goes back to its loop: it never
+ * waits for the disk.  The syncer's fdatasync covers the frames of every
+ * worker at once and its wake-up (an eventfd) brings the worker back to
+ * answer every request whose frame is now durable, in journal order.
+ *
+ * A request is counted in the shared table only once durable, and it is
+ * answered after that, so a GET on this node that follows a 202 sees it.
+ * Until then its value is "pending" in the table, which lets concurrent
+ * requests be refused before together they push a total out of int64.
+ */
+#include <sys/eventfd.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+
+#include "journal.h"
+#include "log.h"
+#include "pgread.h"
+#include "request.h"
+#include "syncer.h"
+#include "worker.h"
+
+#define BATCH_MAX_REQS	4096
+#define RESP_MAX	(REQUEST_MAX_KEY_BYTES * 6 + 128)
+#define STOP_GRACE_MS	10000
+
+struct waiter {
+	h2o_req_t		*req;	/* NULL once the client went away */
+	struct waiter_token	*tok;
+	struct counter_entry	*e;
+	int64_t			 value;
+};
+
+/* Lives in the request's pool; tells us when h2o frees the request. */
+struct waiter_token {
+	struct waiter	*w;
+};
+
+struct batch {
+	struct batch	*next;
+	uint64_t	 end_lsn;	/* acknowledged once durable up to here */
+	size_t		 raw_len;
+	uint32_t	 nw;
+	struct waiter	 w[BATCH_MAX_REQS];
+	uint8_t		 raw[JOURNAL_MAX_RAW];
+};
+
+/* A GET waiting for PostgreSQL. */
+struct lookup {
+	h2o_req_t	*req;
+	char		 key[REQUEST_MAX_KEY_BYTES];
+	size_t		 key_len;
+};
+
+struct lookup_token {
+	struct lookup	*l;
+};
+
+static struct worker {
+	const struct config	*cf;
+	struct shm		*shm;
+	struct shm_hdr		*h;
+	struct shm_slot		*slot;
+	int			 slotno;
+	struct journal		 j;
+	h2o_globalconf_t	 h2o;
+	h2o_context_t		 ctx;
+	h2o_accept_ctx_t	 accept;
+	h2o_evloop_t		*loop;
+	h2o_socket_t		*listeners[CONFIG_MAX_LISTEN];
+	int			 nlisten;
+	h2o_socket_t		*wake;
+	h2o_timeout_t		 close_timeout;
+	h2o_timeout_entry_t	 close_entry;
+	struct batch		*open;		/* collecting requests */
+	struct batch		*wait_head;	/* written, awaiting sync */
+	struct batch		*wait_tail;
+	struct batch		*free;
+	uint8_t			*frame;		/* scratch for one frame */
+	size_t			 frame_cap;
+	struct pgread		*pg;
+	int			 lookups;	/* GETs waiting on PostgreSQL */
+	int			 group;
+} W;
+
+static volatile sig_atomic_t worker_stop;	/* 1 graceful, 2 fast */
+
+static void
+worker_signal(int sig)
+{
+	worker_stop = sig == SIGQUIT ? 2 : 1;
+}
+
+/* --- responses --- */
+
+static const char *
+status_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 202: return "Accepted";
+	case 400: return "Bad Request";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 415: return "Unsupported Media Type";
+	case 422: return "Unprocessable Content";
+	case 429: return "Too Many Requests";
+	case 503: return "Service Unavailable";
+	default: return "Internal Server Error";
+	}
+}
+
+static void
+respond(h2o_req_t *req, int status, const char *body, size_t len)
+{
+	shm_count(&W.h->stats.requests, 1);
+	req->res.status = status;
+	req->res.reason = status_reason(status);
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
+	    NULL, H2O_STRLIT("application/json"));
+	req->res.content_length = len;
+	h2o_send_inline(req, body, len);
+}
+
+static int
+respond_error(h2o_req_t *req, int status, const char *msg)
+{
+	char buf[512];
+	size_t off = 0;
+
+	if (json_format_error(buf, sizeof(buf), &off, msg) == -1)
+		off = 0;
+	respond(req, status, buf, off);
+	return 0;
+}
+
+static int
+respond_retry(h2o_req_t *req, const char *msg)
+{
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER,
+	    NULL, H2O_STRLIT("1"));
+	return respond_error(req, 503, msg);
+}
+
+static int
+respond_method(h2o_req_t *req, const char *allow)
+{
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL,
+	    allow, strlen(allow));
+	return respond_error(req, 405, "method not allowed");
+}
+
+static void
+respond_total(h2o_req_t *req, int status, const char *key, size_t key_len,
+    int64_t total, int get)
+{
+	char buf[RESP_MAX];
+	size_t off = 0;
+	int rc;
+
+	rc = get ? json_format_get(buf, sizeof(buf), &off, key, key_len, total)
+	    : json_format_total(buf, sizeof(buf), &off, key, key_len, total);
+	if (rc == -1) {
+		respond_error(req, 500, "response too large");
+		return;
+	}
+	respond(req, status, buf, off);
+}
+
+/* --- batches and the journal --- */
+
+static struct batch *
+batch_new(void)
+{
+	struct batch *b = W.free;
+
+	if (b)
+		W.free = b->next;
+	else if ((b = malloc(sizeof(*b))) == NULL)
+		return NULL;
+	b->next = NULL;
+	b->raw_len = 0;
+	b->nw = 0;
+	b->end_lsn = 0;
+	return b;
+}
+
+static void
+batch_free(struct batch *b)
+{
+	b->next = W.free;
+	W.free = b;
+}
+
+static void
+waiter_dispose(void *p)
+{
+	struct waiter_token *t = p;
+
+	if (t->w)
+		t->w->req = NULL;
+}
+
+/* Answer every request of a batch the same way (refusals). */
+static void
+batch_refuse(struct batch *b, const char *msg)
+{
+	for (uint32_t i = 0; i < b->nw; i++) {
+		struct waiter *w = &b->w[i];
+
+		counters_unreserve(w->e, w->value);
+		if (w->req) {
+			w->tok->w = NULL;
+			respond_retry(w->req, msg);
+		}
+	}
+}
+
+/* The batch's frame is durable: count it, then answer. */
+static void
+batch_ack(struct batch *b)
+{
+	int overflow;
+
+	for (uint32_t i = 0; i < b->nw; i++) {
+		struct waiter *w = &b->w[i];
+
+		counters_add(w->e, w->value);
+		counters_unreserve(w->e, w->value);
+	}
+	shm_count(&W.h->stats.increments, b->nw);
+	for (uint32_t i = 0; i < b->nw; i++) {
+		struct waiter *w = &b->w[i];
+
+		if (w->req == NULL)
+			continue;
+		w->tok->w = NULL;
+		respond_total(w->req, 202, w->e->key, w->e->key_len,
+		    counters_total(w->e, &overflow), 0);
+	}
+}
+
+static void
+worker_ack(void)
+{
+	uint64_t target;
+	struct batch *b;
+
+	if (__atomic_load_n(&W.h->sync_failed, __ATOMIC_ACQUIRE)) {
+		/* Durability is unknown: never claim it. */
+		while ((b = W.wait_head) != NULL) {
+			W.wait_head = b->next;
+			batch_refuse(b, "journal sync failed");
+			batch_free(b);
+		}
+		W.wait_tail = NULL;
+		return;
+	}
+	target = shm_load(W.group ? &W.h->durable_lsn : &W.h->written_lsn);
+	while ((b = W.wait_head) != NULL && b->end_lsn <= target) {
+		W.wait_head = b->next;
+		if (W.wait_head == NULL)
+			W.wait_tail = NULL;
+		batch_ack(b);
+		batch_free(b);
+	}
+}
+
+static void
+worker_on_wake(h2o_socket_t *sock, const char *err)
+{
+	uint64_t n;
+
+	(void)read(W.h->slots[W.slotno].efd, &n, sizeof(n));
+	worker_ack();
+}
+
+/*
+ * Turn the open batch into a frame in the journal.  The reservation is
+ * recorded in our shm slot while we copy, so that if we die here the
+ * master can hand the range to the syncer to pad.
+ */
+static void
+worker_write(struct batch *b)
+{
+	uint64_t lsn, pad_lsn;
+	uint32_t pad_len;
+	uint8_t pad[JOURNAL_FRAME_HDR], *at, *pat = NULL;
+	size_t len;
+
+	len = journal_frame_build(W.frame, W.frame_cap, 0, W.h->epoch, b->raw,
+	    b->raw_len, b->nw);
+	if (len == 0) {
+		log_warnx("worker: cannot build a journal frame of %zu bytes",
+		    b->raw_len);
+		batch_refuse(b, "journal error");
+		batch_free(b);
+		return;
+	}
+	lsn = journal_reserve(&W.h->insert_lsn, W.h->seg_size, len, &pad_lsn,
+	    &pad_len);
+	W.slot->res_end = lsn + len;
+	__atomic_store_n(&W.slot->res_start, pad_lsn, __ATOMIC_RELEASE);
+	journal_frame_relocate(W.frame, lsn);
+	if (pad_len)
+		pat = journal_at(&W.j, pad_lsn, 1);
+	at = journal_at(&W.j, lsn, 1);
+	if (at == NULL || (pad_len && pat == NULL)) {
+		int e = errno;
+
+		log_warn("worker: cannot map journal %s at LSN %llu",
+		    W.j.dir, (unsigned long long)lsn);
+		W.h->journal_errno = e ? e : EIO;
+		/* Leave the range to the syncer, as if we had died. */
+		if (W.h->orphan_start[W.slotno] == 0) {
+			W.h->orphan_end[W.slotno] = lsn + len;
+			shm_store(&W.h->orphan_start[W.slotno], pad_lsn);
+		}
+		__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
+		batch_refuse(b, "journal unavailable");
+		batch_free(b);
+		return;
+	}
+	if (pad_len) {
+		journal_frame_build_padding(pad, pad_lsn, pad_len, W.h->epoch);
+		journal_frame_publish(pat, pad, sizeof(pad));
+	}
+	journal_frame_publish(at, W.frame, len);
+	__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
+	syncer_kick(W.h->syncer_efd);
+	shm_count(&W.h->stats.frames, 1);
+	shm_count(&W.h->stats.journal_bytes, len);
+
+	b->end_lsn = lsn + len;
+	if (W.wait_tail)
+		W.wait_tail->next = b;
+	else
+		W.wait_head = b;
+	W.wait_tail = b;
+}
+
+static void
+worker_close_batch(h2o_timeout_entry_t *entry)
+{
+	struct batch *b = W.open;
+
+	W.open = NULL;
+	if (b && b->nw)
+		worker_write(b);
+	else if (b)
+		batch_free(b);
+}
+
+/* --- routes --- */
+
+static int
+content_type_ok(h2o_req_t *req)
+{
+	ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+	const char *v;
+	size_t n;
+
+	if (i == -1)
+		return 1;
+	v = req->headers.entries[i].value.base;
+	n = req->headers.entries[i].value.len;
+	if (n < 16 || strncasecmp(v, "application/json", 16) != 0)
+		return 0;
+	return n == 16 || v[16] == ';' || v[16] == ' ' || v[16] == '\t';
+}
+
+static int
+backlog_full(void)
+{
+	uint64_t ins = shm_load(&W.h->insert_lsn);
+	uint64_t ck = shm_load(&W.h->checkpoint_lsn);
+
+	return ins > ck && ins - ck > W.cf->max_size;
+}
+
+static int
+handle_post(h2o_req_t *req)
+{
+	struct increment_req in;
+	struct journal_record r;
+	struct counter_entry *e;
+	struct waiter *w;
+	struct timespec ts;
+	char err[128];
+	size_t need;
+
+	if (req->entity.base == NULL)
+		return respond_error(req, 400, "body is not valid JSON");
+	if (!content_type_ok(req))
+		return respond_error(req, 415, "content type must be "
+		    "application/json");
+	if (req->entity.len > W.cf->max_body)
+		return respond_error(req, 413, "body too large");
+	if (request_parse_increment(req->entity.base, req->entity.len,
+	    W.cf->max_key_bytes, &in, err, sizeof(err)) == -1)
+		return respond_error(req, 400, err);
+	if (W.h->journal_errno || W.h->sync_failed)
+		return respond_retry(req, "journal unavailable");
+	if (backlog_full())
+		return respond_retry(req, "journal full: PostgreSQL is behind");
+	if ((e = counters_get(W.shm->counters, in.key, in.key_len)) == NULL)
+		return respond_retry(req, "counter table full");
+	if (counters_reserve(e, in.value) == -1)
+		return respond_error(req, 422, "total would leave int64");
+
+	need = journal_record_size(in.key_len, 0);
+	if (W.open && (W.open->nw == BATCH_MAX_REQS ||
+	    W.open->raw_len + need > JOURNAL_MAX_RAW)) {
+		worker_close_batch(NULL);
+		h2o_timeout_unlink(&W.close_entry);
+	}
+	if (W.open == NULL) {
+		if ((W.open = batch_new()) == NULL) {
+			counters_unreserve(e, in.value);
+			return respond_retry(req, "out of memory");
+		}
+		h2o_timeout_link(W.loop, &W.close_timeout, &W.close_entry);
+	}
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	r.value = in.value;
+	r.time_us = (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	r.key = in.key;
+	r.key_len = in.key_len;
+	r.idem = NULL;
+	r.idem_len = 0;
+	W.open->raw_len += journal_record_put(W.open->raw + W.open->raw_len,
+	    &r);
+	w = &W.open->w[W.open->nw++];
+	w->req = req;
+	w->e = e;
+	w->value = in.value;
+	w->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*w->tok),
+	    waiter_dispose);
+	w->tok->w = w;
+	return 0;
+}
+
+static void
+lookup_dispose(void *p)
+{
+	struct lookup_token *t = p;
+
+	if (t->l)
+		t->l->req = NULL;
+}
+
+static void
+lookup_done(void *arg, int status, int64_t value)
+{
+	struct lookup *l = arg;
+
+	W.lookups--;
+	if (l->req) {
+		h2o_req_t *req = l->req;
+
+		l->req = NULL;
+		if (status == 1)
+			respond_total(req, 200, l->key, l->key_len, value, 1);
+		else if (status == 0)
+			respond_error(req, 404, "no such key");
+		else
+			respond_retry(req, "PostgreSQL unavailable");
+	}
+	free(l);
+}
+
+static int
+handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
+{
+	char key[REQUEST_MAX_KEY_BYTES];
+	struct counter_entry *e;
+	struct lookup *l;
+	struct lookup_token *t;
+	ssize_t n;
+	int overflow;
+
+	n = request_decode_key(raw, raw_len, key, W.cf->max_key_bytes);
+	if (n <= 0)
+		return respond_error(req, 400, "bad key in path");
+	if ((e = counters_lookup(W.shm->counters, key, n)) != NULL) {
+		int64_t total = counters_total(e, &overflow);
+
+		if (!overflow) {
+			respond_total(req, 200, key, n, total, 1);
+			return 0;
+		}
+	}
+	if ((l = malloc(sizeof(*l))) == NULL)
+		return respond_retry(req, "out of memory");
+	memcpy(l->key, key, n);
+	l->key_len = n;
+	l->req = req;
+	t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), lookup_dispose);
+	t->l = l;
+	W.lookups++;
+	pgread_lookup(W.pg, key, n, lookup_done, l);
+	return 0;
+}
+
+static int
+handle_readyz(h2o_req_t *req)
+{
+	struct shm_hdr *h = W.h;
+	char buf[1024];
+	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
+	int ready = h->pg_up && !h->journal_errno && !h->sync_failed;
+	int n;
+
+	n = snprintf(buf, sizeof(buf),
+	    "{\"ready\":%s,\"journal\":{\"insert_lsn\":%llu,"
+	    "\"written_lsn\":%llu,\"durable_lsn\":%llu,\"checkpoint_lsn\":%llu,"
+	    "\"backlog_bytes\":%llu,\"max_size\":%llu,\"error\":%s%s%s,"
+	    "\"sync_failed\":%s},\"postgres\":{\"up\":%s},"
+	    "\"counters\":{\"keys\":%llu,\"capacity\":%llu}}",
+	    ready ? "true" : "false", (unsigned long long)ins,
+	    (unsigned long long)shm_load(&h->written_lsn),
+	    (unsigned long long)shm_load(&h->durable_lsn),
+	    (unsigned long long)ck,
+	    (unsigned long long)(ins > ck ? ins - ck : 0),
+	    (unsigned long long)W.cf->max_size,
+	    h->journal_errno ? "\"" : "",
+	    h->journal_errno ? strerror(h->journal_errno) : "null",
+	    h->journal_errno ? "\"" : "",
+	    h->sync_failed ? "true" : "false", h->pg_up ? "true" : "false",
+	    (unsigned long long)counters_count(W.shm->counters),
+	    (unsigned long long)W.shm->counters->capacity);
+	respond(req, ready ? 200 : 503, buf, n);
+	return 0;
+}
+
+static int
+path_is(h2o_iovec_t p, const char *s)
+{
+	size_t n = strlen(s);
+
+	return p.len == n && memcmp(p.base, s, n) == 0;
+}
+
+static int
+method_is(h2o_req_t *req, const char *m)
+{
+	return h2o_memis(req->method.base, req->method.len, m, strlen(m));
+}
+
+static int
+worker_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+	h2o_iovec_t p = req->path;
+	size_t q;
+
+	/* Route on the raw path: keys are percent-decoded exactly once. */
+	for (q = 0; q < p.len && p.base[q] != '?'; q++)
+		;
+	p.len = q;
+	if (p.len >= 7 && memcmp(p.base, "/api/v1", 7) == 0 &&
+	    (p.len == 7 || p.base[7] == '/')) {
+		p.base += 7;
+		p.len -= 7;
+	}
+	if (path_is(p, "/increment")) {
+		if (!method_is(req, "POST"))
+			return respond_method(req, "POST");
+		return handle_post(req);
+	}
+	if (p.len > 11 && memcmp(p.base, "/increment/", 11) == 0) {
+		if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+			return respond_method(req, "GET, HEAD");
+		return handle_get(req, p.base + 11, p.len - 11);
+	}
+	if (path_is(p, "/healthz")) {
+		if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+			return respond_method(req, "GET, HEAD");
+		respond(req, 200, "{\"status\":\"ok\"}", 15);
+		return 0;
+	}
+	if (path_is(p, "/readyz")) {
+		if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+			return respond_method(req, "GET, HEAD");
+		return handle_readyz(req);
+	}
+	return respond_error(req, 404, "no such path");
+}
+
+/* --- sockets and the loop --- */
+
+static void
+worker_on_accept(h2o_socket_t *listener, const char *err)
+{
+	h2o_socket_t *sock;
+
+	if (err != NULL)
+		return;
+	/* Drain the backlog: one readiness event may stand for many. */
+	while ((sock = h2o_evloop_socket_accept(listener)) != NULL)
+		h2o_accept(&W.accept, sock);
+}
+
+static void
+worker_setup_h2o(void)
+{
+	h2o_hostconf_t *host;
+	h2o_pathconf_t *path;
+	h2o_handler_t *handler;
+
+	h2o_config_init(&W.h2o);
+	/* Bodies over max_body get our JSON 413; h2o cuts off far beyond. */
+	W.h2o.max_request_entity_size = W.cf->max_body * 4 + 65536;
+	host = h2o_config_register_host(&W.h2o,
+	    h2o_iovec_init(H2O_STRLIT("default")), 65535);
+	path = h2o_config_register_path(host, "/", 0);
+	handler = h2o_create_handler(path, sizeof(*handler));
+	handler->on_req = worker_on_req;
+	W.loop = h2o_evloop_create();
+	h2o_context_init(&W.ctx, W.loop, &W.h2o);
+	W.accept.ctx = &W.ctx;
+	W.accept.hosts = W.h2o.hosts;
+	h2o_timeout_init(W.loop, &W.close_timeout,
+	    W.cf->commit_delay_us / 1000);
+	W.close_entry.cb = worker_close_batch;
+}
+
+static void
+worker_stop_accepting(void)
+{
+	for (int i = 0; i < W.nlisten; i++) {
+		if (W.listeners[i]) {
+			h2o_socket_read_stop(W.listeners[i]);
+			h2o_socket_close(W.listeners[i]);
+			W.listeners[i] = NULL;
+		}
+	}
+}
+
+int
+worker_main(const struct config *cf, struct shm *shm, int slot,
+    const int *listen_fds, int nlisten)
+{
+	struct sigaction sa;
+	struct timespec t0 = { 0, 0 }, t;
+	int stopping = 0;
+
+	log_set_role("worker");
+	memset(&W, 0, sizeof(W));
+	W.cf = cf;
+	W.shm = shm;
+	W.h = shm->hdr;
+	W.slotno = slot;
+	W.slot = &shm->hdr->slots[slot];
+	W.group = cf->sync == SYNC_GROUP;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = worker_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGPIPE, &sa, NULL);
+
+	if (journal_open(&W.j, cf->journal_dir, W.h->seg_size, W.h->epoch,
+	    cf->node) == -1)
+		fatal(1, "worker: cannot open journal directory %s",
+		    cf->journal_dir);
+	W.frame_cap = journal_frame_bound(JOURNAL_MAX_RAW);
+	if ((W.frame = malloc(W.frame_cap)) == NULL)
+		fatal(1, "worker: out of memory");
+	worker_setup_h2o();
+	if ((W.pg = pgread_new(W.loop, cf)) == NULL)
+		fatalx(1, "worker: cannot set up PostgreSQL look-ups");
+	W.wake = h2o_evloop_socket_create(W.loop, W.slot->efd,
+	    H2O_SOCKET_FLAG_DONT_READ);
+	h2o_socket_read_start(W.wake, worker_on_wake);
+	W.nlisten = nlisten;
+	for (int i = 0; i < nlisten; i++) {
+		W.listeners[i] = h2o_evloop_socket_create(W.loop,
+		    listen_fds[i], H2O_SOCKET_FLAG_DONT_READ);
+		h2o_socket_read_start(W.listeners[i], worker_on_accept);
+	}
+
+	while (worker_stop != 2) {
+		if (worker_stop == 1) {
+			if (!stopping) {
+				worker_stop_accepting();
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+				stopping = 1;
+			}
+			/* Answer what is in flight, then go. */
+			if (W.open == NULL && W.wait_head == NULL &&
+			    W.lookups == 0)
+				break;
+			clock_gettime(CLOCK_MONOTONIC, &t);
+			if ((t.tv_sec - t0.tv_sec) * 1000 +
+			    (t.tv_nsec - t0.tv_nsec) / 1000000 > STOP_GRACE_MS) {
+				log_warnx("worker: stopping with requests "
+				    "still unanswered");
+				break;
+			}
+		}
+		if (h2o_evloop_run(W.loop, 100) != 0 && errno != EINTR)
+			log_warn("worker: event loop");
+		/* In case a wake-up raced with our last check. */
+		worker_ack();
+	}
+	return 0;
+}
