@@ -463,6 +463,23 @@ seg_header(const struct journal *j, uint64_t base, uint8_t *h)
 	put32(h + 252, journal_crc(0, h, 252));
 }
 
+static int
+seg_zero(int fd, uint64_t size)
+{
+	static const uint8_t zeros[65536];
+	uint64_t off = 0;
+	ssize_t n;
+
+	while (off < size) {
+		n = pwrite(fd, zeros, size - off < sizeof(zeros) ?
+		    size - off : sizeof(zeros), off);
+		if (n <= 0)
+			return -1;
+		off += n;
+	}
+	return 0;
+}
+
 /*
  * Create the segment file.  Every creator writes identical bytes, so two
  * processes racing here both succeed.  Preallocation makes a full disk
@@ -482,6 +499,20 @@ seg_create(struct journal *j, uint64_t base, const char *name)
 		/* Leave no short file behind for a later start to trip on. */
 		unlinkat(j->dirfd, name, 0);
 		errno = rc;
+		return -1;
+	}
+	/*
+	 * Write the zeros out: an allocated but unwritten extent would make
+	 * every first write to it a metadata change, and every fdatasync a
+	 * file system journal commit.  PostgreSQL fills its WAL segments the
+	 * same way.
+	 */
+	if (seg_zero(fd, j->seg_size) == -1) {
+		int e = errno;
+
+		close(fd);
+		unlinkat(j->dirfd, name, 0);
+		errno = e;
 		return -1;
 	}
 	seg_header(j, base, h);
@@ -728,6 +759,27 @@ journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
 			return 1;
 		}
 		p += JOURNAL_ALIGN;
+	}
+	return 0;
+}
+
+int
+journal_pad(struct journal *j, uint64_t from, uint64_t to)
+{
+	uint8_t frame[JOURNAL_FRAME_HDR], *at;
+	uint64_t p = journal_lsn_normalize(j->seg_size, from), end;
+
+	while (p < to) {
+		end = journal_seg_base(j->seg_size, p) + j->seg_size;
+		if (end > to)
+			end = to;
+		if (end - p >= JOURNAL_FRAME_HDR) {
+			if ((at = journal_at(j, p, 1)) == NULL)
+				return -1;
+			journal_frame_build_padding(frame, p, end - p, j->epoch);
+			journal_frame_publish(at, frame, sizeof(frame));
+		}
+		p = journal_lsn_normalize(j->seg_size, end);
 	}
 	return 0;
 }

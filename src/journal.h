@@ -170,6 +170,12 @@ int	journal_scan_dir(const char *dir, uint64_t **bases, uint8_t
 int	journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
 	    uint64_t *found);
 
+/*
+ * Cover [from, to) with padding frames, one per segment piece: the range
+ * of a writer that died before publishing it.  -1 with errno.
+ */
+int	journal_pad(struct journal *j, uint64_t from, uint64_t to);
+
 /* Create a fresh random epoch. */
 int	journal_new_epoch(uint8_t epoch[JOURNAL_EPOCH_LEN]);
 void	journal_epoch_hex(const uint8_t epoch[JOURNAL_EPOCH_LEN], char out[33]);

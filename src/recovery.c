@@ -6,12 +6,12 @@
  * ends and rebuilds the shared counter table; the flusher then reads the
  * checkpoint from PostgreSQL and replays from there.
  *
- * Where the journal ends: walk the frames from the local checkpoint.  An
- * unwritten (all-zero) frame header ends the journal: a worker's frame
- * becomes durable, and so acknowledged, only when every frame before it
- * is complete, so nothing after a hole was ever acknowledged.  A frame
- * with a header but a bad CRC ends it too when nothing valid follows (a
- * tail torn by a power loss); when valid frames do follow, it is
+ * Where the journal ends: walk the frames from the local checkpoint to
+ * the last valid frame.  An unwritten (all-zero) frame header with valid
+ * frames after it is the reservation of a worker that died while copying
+ * its frame: it was never acknowledged, and it is padded over.  A frame
+ * with a header but a bad CRC ends the journal when nothing valid follows
+ * (a tail torn by a power loss); when valid frames do follow, it is
  * corruption, and recovery refuses to guess: it names the segment and
  * offset and exits with the fatal code.
  *
@@ -158,6 +158,7 @@ recovery_replay(struct rec_state *rs)
 	enum frame_status st;
 	const uint8_t *f;
 	uint64_t p, found, start;
+
 	struct timespec t0, t1;
 	int rc;
 
@@ -175,10 +176,8 @@ recovery_replay(struct rec_state *rs)
 	p = h->checkpoint_lsn;
 	for (;;) {
 		p = journal_lsn_normalize(h->seg_size, p);
-		if (p >= seg_last(rs) || (f = journal_at(&rs->j, p, 0)) == NULL) {
-			st = FRAME_EMPTY;
+		if (p >= seg_last(rs) || (f = journal_at(&rs->j, p, 0)) == NULL)
 			break;
-		}
 		st = journal_frame_check(f, h->seg_size - p % h->seg_size, p,
 		    h->epoch, &fi);
 		if (st == FRAME_OK) {
@@ -189,23 +188,41 @@ recovery_replay(struct rec_state *rs)
 				fi.why = "records do not decode";
 			}
 		}
-		if (st != FRAME_OK && st != FRAME_PADDING)
-			break;
-		p += fi.len;
-	}
-	if (st == FRAME_BAD &&
-	    journal_find_valid(&rs->j, p + JOURNAL_ALIGN, seg_last(rs), &found)) {
-		char name[32];
+		if (st == FRAME_OK || st == FRAME_PADDING) {
+			p += fi.len;
+			continue;
+		}
+		if (!journal_find_valid(&rs->j, p + JOURNAL_ALIGN, seg_last(rs),
+		    &found))
+			break;	/* the end, or a tail torn by a power loss */
+		if (st == FRAME_BAD) {
+			char name[32];
 
-		journal_seg_name(name, sizeof(name),
-		    journal_seg_base(h->seg_size, p));
-		log_warnx("recovery: journal corrupt in %s/%s at offset %llu "
-		    "(LSN %llu): %s; a valid frame follows at LSN %llu, so "
-		    "this is not a torn tail. Refusing to start; inspect with "
-		    "'tallyctl journal verify'", rs->cf->journal_dir, name,
-		    (unsigned long long)(p % h->seg_size),
-		    (unsigned long long)p, fi.why, (unsigned long long)found);
-		return 2;
+			journal_seg_name(name, sizeof(name),
+			    journal_seg_base(h->seg_size, p));
+			log_warnx("recovery: journal corrupt in %s/%s at offset "
+			    "%llu (LSN %llu): %s; a valid frame follows at LSN "
+			    "%llu, so this is not a torn tail. Refusing to "
+			    "start; inspect with 'tallyctl journal verify'",
+			    rs->cf->journal_dir, name,
+			    (unsigned long long)(p % h->seg_size),
+			    (unsigned long long)p, fi.why,
+			    (unsigned long long)found);
+			return 2;
+		}
+		/*
+		 * A writer died before publishing its frame while others
+		 * went on: the hole held nothing acknowledged.  Pad it so
+		 * every later reader walks straight over it.
+		 */
+		if (journal_pad(&rs->j, p, found) == -1) {
+			log_warn("recovery: cannot pad unfinished frame at LSN "
+			    "%llu", (unsigned long long)p);
+			return 1;
+		}
+		log_info("recovery: padded unfinished frame at LSN %llu..%llu",
+		    (unsigned long long)p, (unsigned long long)found);
+		p = found;
 	}
 	if (recovery_cut(rs, p) == -1) {
 		log_warn("recovery: cannot cut the journal tail at LSN %llu",

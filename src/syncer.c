@@ -53,33 +53,6 @@ now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/*
- * Cover [from, to) with padding frames, one per segment piece.  The range
- * belonged to a worker that died before publishing it.
- */
-static int
-syncer_pad(struct journal *j, const uint8_t *epoch, uint64_t from,
-    uint64_t to)
-{
-	uint8_t frame[JOURNAL_FRAME_HDR];
-	uint64_t p = journal_lsn_normalize(j->seg_size, from), end;
-	uint8_t *at;
-
-	while (p < to) {
-		end = journal_seg_base(j->seg_size, p) + j->seg_size;
-		if (end > to)
-			end = to;
-		if (end - p >= JOURNAL_FRAME_HDR) {
-			if ((at = journal_at(j, p, 1)) == NULL)
-				return -1;
-			journal_frame_build_padding(frame, p, end - p, epoch);
-			journal_frame_publish(at, frame, sizeof(frame));
-		}
-		p = journal_lsn_normalize(j->seg_size, end);
-	}
-	return 0;
-}
-
 /* If a dead worker's reservation holds up position p, pad it out. */
 static int
 syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
@@ -97,7 +70,7 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 		}
 		if (p < journal_lsn_normalize(j->seg_size, s))
 			continue;
-		if (syncer_pad(j, h->epoch, p, e) == -1) {
+		if (journal_pad(j, p, e) == -1) {
 			log_warn("syncer: cannot pad dead worker's journal "
 			    "range %llu..%llu", (unsigned long long)p,
 			    (unsigned long long)e);

@@ -9,6 +9,9 @@
  * worker at once and its wake-up (an eventfd) brings the worker back to
  * answer every request whose frame is now durable, in journal order.
  *
+ * With sync = interval the wait ends as soon as the frame is in the
+ * mapped file (the page cache survives a process crash).
+ *
  * A request is counted in the shared table only once durable, and it is
  * answered after that, so a GET on this node that follows a 202 sees it.
  * Until then its value is "pending" in the table, which lets concurrent
@@ -348,6 +351,16 @@ worker_write(struct batch *b)
 	shm_count(&W.h->stats.frames, 1);
 	shm_count(&W.h->stats.journal_bytes, len);
 
+	if (!W.group) {
+		/*
+		 * sync = interval: the frame is in the page cache, which
+		 * outlives any process crash, and recovery steps over the
+		 * holes of writers that died mid-frame: acknowledge now.
+		 */
+		batch_ack(b);
+		batch_free(b);
+		return;
+	}
 	b->end_lsn = lsn + len;
 	if (W.wait_tail)
 		W.wait_tail->next = b;
