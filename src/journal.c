@@ -459,7 +459,7 @@ seg_header(const struct journal *j, uint64_t base, uint8_t *h)
 	put64(h + 16, base);
 	put64(h + 24, j->seg_size);
 	memcpy(h + 32, j->epoch, JOURNAL_EPOCH_LEN);
-	strncpy((char *)h + 48, j->node, JOURNAL_NODE_LEN - 1);
+	memcpy(h + 48, j->node, strnlen(j->node, JOURNAL_NODE_LEN - 1));
 	put32(h + 252, journal_crc(0, h, 252));
 }
 

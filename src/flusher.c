@@ -1,0 +1,940 @@
+/*
+ * The flusher process.
+ *
+ * It replays durable journal frames into PostgreSQL.  A batch is the run
+ * of frames from the checkpoint up to (at most) the durable position,
+ * summed per key in a private hash map, and goes to PostgreSQL as ONE
+ * transaction: one upsert statement for all its keys, and this node's
+ * checkpoint row set to the end of the batch.  The data and the position
+ * therefore commit together or not at all, which is what makes the
+ * replay exactly-once: after any crash the checkpoint in PostgreSQL says
+ * precisely which frames it already holds.
+ *
+ * Only after COMMIT does the shared table learn the new committed values
+ * (and lose the flushed deltas), then the checkpoint is published in
+ * shared memory, written to the local file, and the journal segments
+ * wholly below it are removed.  A crash between COMMIT and the local file
+ * leaves the local checkpoint behind PostgreSQL's; on connect the flusher
+ * compares the two and takes the frames in between out of the table.
+ *
+ * PostgreSQL down or failing is an ordinary state: the journal holds
+ * everything, the checkpoint does not move, and the same frames are tried
+ * again after a capped exponential back-off.
+ */
+#include <sys/mman.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "flusher.h"
+#include "log.h"
+#include "pg.h"
+
+#define FL_BATCH_KEYS		50000	/* end a batch after this many keys */
+#define FL_LOOKUP_CHUNK		5000	/* keys per committed-value query */
+#define FL_REFRESH_KEYS		20000	/* held keys refreshed per cycle */
+#define FL_REFRESH_SLOTS	(1 << 22) /* slots scanned per cycle, at most */
+#define FL_BACKOFF_MIN_MS	100
+#define FL_BACKOFF_MAX_MS	5000
+#define FL_STOP_GRACE_US	5000000	/* PostgreSQL failing at stop: wait */
+#define FL_WAIT_SLICE_MS	1000
+#define FL_MINCORE_PAGES	1024	/* residency asked per call */
+#define FL_MIN_INTERVAL_US	10000
+
+/* 1: graceful stop (SIGTERM, SIGINT), 2: fast stop (SIGQUIT). */
+static volatile sig_atomic_t flusher_signal;
+
+/* One key of the batch being built. */
+struct fl_ent {
+	uint64_t	hash;
+	size_t		off;		/* key bytes in the arena */
+	uint32_t	len;
+	int64_t		sum;		/* delta of this batch */
+	int64_t		total;		/* PostgreSQL's answer */
+	int		returned;
+};
+
+/* Keys summed per batch: insertion-ordered entries and an index. */
+struct fl_batch {
+	struct fl_ent	*ents;
+	size_t		 n, cap;
+	uint32_t	*index;		/* entry number + 1; 0: free */
+	size_t		 icap;		/* power of two */
+	char		*arena;
+	size_t		 alen, acap;
+	struct pg_kv	*kv;
+	size_t		 kvcap;
+};
+
+struct flusher {
+	const struct config	*cf;
+	struct shm		*shm;
+	struct shm_hdr		*h;
+	struct journal		 j;
+	struct pg		 pg;
+	struct fl_batch		 b;
+	uint8_t			*raw;
+	char			 epoch_hex[33];
+	int			 connected;
+	int			 outage_logged;
+	char			 last_err[600];	/* last error logged */
+	uint64_t		 bad_lsn;	/* flushing stops here */
+	uint64_t		 refresh_slot;	/* round-robin cursor */
+	uint64_t		 backoff_ms;
+	uint64_t		 retry_at_us;
+	uint64_t		 stop_deadline_us;
+	int			 ckp_warned;
+	/* For the committed-value lookups. */
+	struct counter_entry	**lk_ents;
+	struct pg_kv		*lk_kv;
+	/* Which table pages exist (mincore), for the slot scans. */
+	uintptr_t		 pagesize;
+	unsigned char		*mc_vec;
+	uintptr_t		 mc_base;
+	size_t			 mc_pages;
+};
+
+static void
+flusher_on_signal(int sig)
+{
+	if (sig == SIGQUIT)
+		flusher_signal = 2;
+	else if (flusher_signal == 0)
+		flusher_signal = 1;
+}
+
+static uint64_t
+flusher_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* 0: run, 1: graceful stop requested, 2: stop now. */
+static int
+flusher_stopping(struct flusher *fl)
+{
+	if (flusher_signal == 1 && fl->stop_deadline_us == 0)
+		fl->stop_deadline_us = flusher_now_us() + FL_STOP_GRACE_US;
+	return flusher_signal;
+}
+
+/* A graceful stop that has waited long enough for PostgreSQL. */
+static int
+flusher_stop_expired(struct flusher *fl)
+{
+	return flusher_stopping(fl) == 2 || (flusher_stopping(fl) == 1 &&
+	    flusher_now_us() >= fl->stop_deadline_us);
+}
+
+/*
+ * Asked by pg.c while it waits.  A fast stop gives up at once; a graceful
+ * one lets a healthy statement finish, but not one stuck past the grace.
+ */
+static int
+flusher_pg_abort(void *arg, uint64_t waited_us)
+{
+	struct flusher *fl = arg;
+
+	if (flusher_stopping(fl) == 2)
+		return 1;
+	return flusher_stopping(fl) == 1 && flusher_stop_expired(fl) &&
+	    waited_us >= FL_STOP_GRACE_US;
+}
+
+/* --- the batch map --- */
+
+static void
+batch_reset(struct fl_batch *b)
+{
+	b->n = 0;
+	b->alen = 0;
+	if (b->index)
+		memset(b->index, 0, b->icap * sizeof(*b->index));
+}
+
+static void
+batch_free(struct fl_batch *b)
+{
+	free(b->ents);
+	free(b->index);
+	free(b->arena);
+	free(b->kv);
+	memset(b, 0, sizeof(*b));
+}
+
+static int
+batch_grow_index(struct fl_batch *b)
+{
+	size_t ncap = b->icap ? b->icap * 2 : 4096;
+	uint32_t *ni;
+
+	if ((ni = calloc(ncap, sizeof(*ni))) == NULL)
+		return -1;
+	for (size_t i = 0; i < b->n; i++) {
+		size_t s = b->ents[i].hash & (ncap - 1);
+
+		while (ni[s] != 0)
+			s = (s + 1) & (ncap - 1);
+		ni[s] = i + 1;
+	}
+	free(b->index);
+	b->index = ni;
+	b->icap = ncap;
+	return 0;
+}
+
+/* The entry for key; with create, added with a zero sum.  NULL: no memory. */
+static struct fl_ent *
+batch_find(struct fl_batch *b, const char *key, size_t len, int create)
+{
+	uint64_t hash = counters_hash(key, len);
+	struct fl_ent *e;
+	size_t s;
+
+	if (b->icap == 0 || (create && (b->n + 1) * 2 > b->icap)) {
+		if (!create)
+			return NULL;
+		if (batch_grow_index(b) == -1)
+			return NULL;
+	}
+	for (s = hash & (b->icap - 1); b->index[s] != 0;
+	    s = (s + 1) & (b->icap - 1)) {
+		e = &b->ents[b->index[s] - 1];
+		if (e->hash == hash && e->len == len &&
+		    memcmp(b->arena + e->off, key, len) == 0)
+			return e;
+	}
+	if (!create)
+		return NULL;
+	if (b->n == b->cap) {
+		size_t ncap = b->cap ? b->cap * 2 : 1024;
+		struct fl_ent *ne = realloc(b->ents, ncap * sizeof(*ne));
+
+		if (ne == NULL)
+			return NULL;
+		b->ents = ne;
+		b->cap = ncap;
+	}
+	if (b->alen + len > b->acap) {
+		size_t ncap = b->acap ? b->acap : 65536;
+		char *na;
+
+		while (ncap < b->alen + len)
+			ncap *= 2;
+		if ((na = realloc(b->arena, ncap)) == NULL)
+			return NULL;
+		b->arena = na;
+		b->acap = ncap;
+	}
+	memcpy(b->arena + b->alen, key, len);
+	e = &b->ents[b->n];
+	memset(e, 0, sizeof(*e));
+	e->hash = hash;
+	e->off = b->alen;
+	e->len = len;
+	b->alen += len;
+	b->index[s] = ++b->n;
+	return e;
+}
+
+static int
+kv_cmp(const void *a, const void *b)
+{
+	const struct pg_kv *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->key, y->key, n);
+
+	if (c != 0)
+		return c;
+	return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/*
+ * The batch as an array for pg_upsert, sorted by key: two nodes that flush
+ * overlapping keys then lock them in the same order and cannot deadlock.
+ */
+static struct pg_kv *
+batch_kv(struct fl_batch *b)
+{
+	if (b->n > b->kvcap) {
+		struct pg_kv *nk = realloc(b->kv, b->n * sizeof(*nk));
+
+		if (nk == NULL)
+			return NULL;
+		b->kv = nk;
+		b->kvcap = b->n;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		b->kv[i].key = b->arena + b->ents[i].off;
+		b->kv[i].len = b->ents[i].len;
+		b->kv[i].value = b->ents[i].sum;
+	}
+	qsort(b->kv, b->n, sizeof(*b->kv), kv_cmp);
+	return b->kv;
+}
+
+/* --- reading the journal --- */
+
+enum fl_read {
+	FL_READ_OK,		/* reached the limit or a full batch */
+	FL_READ_STUCK,		/* corrupt or poison frame: cannot go on */
+	FL_READ_NOMEM
+};
+
+/* Name the place of a bad frame once, loudly; flushing stops there. */
+static void
+flusher_corrupt(struct flusher *fl, uint64_t lsn, const char *why, int err)
+{
+	char name[32];
+
+	if (fl->bad_lsn == lsn)
+		return;
+	fl->bad_lsn = lsn;
+	journal_seg_name(name, sizeof(name),
+	    journal_seg_base(fl->h->seg_size, lsn));
+	log_warnx("journal corrupt in %s/%s at offset %llu (LSN %llu): %s%s%s;"
+	    " flushing to PostgreSQL stops here until this is repaired "
+	    "(inspect with 'tallyctl journal verify')", fl->cf->journal_dir,
+	    name, (unsigned long long)(lsn % fl->h->seg_size),
+	    (unsigned long long)lsn, why, err ? ": " : "",
+	    err ? strerror(err) : "");
+}
+
+/*
+ * Sum the frames from 'from' (a checkpoint, not normalised) towards
+ * 'limit' into the batch.  *upto is the end of the last frame taken: the
+ * batch's checkpoint.  A frame whose records would carry a key's batch sum
+ * out of int64 is left for the next batch.
+ */
+static enum fl_read
+flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
+{
+	uint64_t seg = fl->h->seg_size, p;
+	struct journal_record r;
+	struct frame_info fi;
+	enum frame_status st;
+	const uint8_t *f, *q, *end;
+	struct fl_ent *e;
+	int overflow = 0;
+
+	batch_reset(&fl->b);
+	*upto = from;
+	for (p = journal_lsn_normalize(seg, from); p < limit;
+	    p = journal_lsn_normalize(seg, *upto)) {
+		if (fl->b.n >= FL_BATCH_KEYS)
+			break;
+		if ((f = journal_at(&fl->j, p, 0)) == NULL) {
+			flusher_corrupt(fl, p, "cannot map the segment", errno);
+			return FL_READ_STUCK;
+		}
+		st = journal_frame_check(f, seg - p % seg, p, fl->h->epoch,
+		    &fi);
+		if (st == FRAME_PADDING) {
+			*upto = p + fi.len;
+			continue;
+		}
+		if (st == FRAME_OK && journal_frame_decode(f, &fi, fl->raw)) {
+			st = FRAME_BAD;
+			fi.why = "records do not decode";
+		}
+		if (st != FRAME_OK) {
+			/* Below the durable position nothing may be missing. */
+			flusher_corrupt(fl, p, st == FRAME_EMPTY ? "no frame "
+			    "(all zero) below the durable position" : fi.why,
+			    0);
+			return FL_READ_STUCK;
+		}
+		q = fl->raw;
+		end = fl->raw + fi.raw_len;
+		while (journal_record_next(&q, end, &r) == 1) {
+			if ((e = batch_find(&fl->b, r.key, r.key_len, 1)) ==
+			    NULL)
+				return FL_READ_NOMEM;
+			if (__builtin_add_overflow(e->sum, r.value, &e->sum))
+				overflow = 1;
+		}
+		if (overflow)
+			break;
+		*upto = p + fi.len;
+	}
+	if (!overflow)
+		return FL_READ_OK;
+	if (p == journal_lsn_normalize(seg, from)) {
+		/*
+		 * One frame alone sums a key beyond int64 (its deltas are
+		 * each valid, but not together).  It needs the per-record
+		 * path; until then it stops the flush like a bad frame.
+		 */
+		flusher_corrupt(fl, p, "a key's deltas in this frame sum "
+		    "beyond int64", 0);
+		return FL_READ_STUCK;
+	}
+	/* The sums are spoilt: read again up to the frame that overflowed. */
+	return flusher_read(fl, from, p, upto);
+}
+
+/* --- PostgreSQL --- */
+
+static void
+flusher_pg_failed(struct flusher *fl, const char *what)
+{
+	char msg[600];
+
+	shm_count(&fl->h->stats.pg_errors, 1);
+	if (fl->pg.conn == NULL) {
+		fl->connected = 0;
+		fl->h->pg_up = 0;
+	}
+	if (flusher_stopping(fl) == 2)
+		return;
+	snprintf(msg, sizeof(msg), "%s|%s", fl->pg.sqlstate, fl->pg.err);
+	/* Once per distinct error, not once per retry. */
+	if (strcmp(msg, fl->last_err) == 0)
+		return;
+	snprintf(fl->last_err, sizeof(fl->last_err), "%s", msg);
+	if (fl->pg.sqlstate[0])
+		log_warnx("PostgreSQL: %s failed: %s (SQLSTATE %s); retrying",
+		    what, fl->pg.err, fl->pg.sqlstate);
+	else
+		log_warnx("PostgreSQL: %s failed: %s; retrying", what,
+		    fl->pg.err);
+	if (fl->pg.conn == NULL)
+		fl->outage_logged = 1;
+}
+
+static void
+flusher_backoff(struct flusher *fl)
+{
+	fl->backoff_ms = fl->backoff_ms ? fl->backoff_ms * 2 :
+	    FL_BACKOFF_MIN_MS;
+	if (fl->backoff_ms > FL_BACKOFF_MAX_MS)
+		fl->backoff_ms = FL_BACKOFF_MAX_MS;
+	fl->retry_at_us = flusher_now_us() + fl->backoff_ms * 1000;
+}
+
+struct fl_lookup {
+	struct counter_entry	**ents;
+};
+
+static void
+flusher_lookup_cb(void *arg, size_t i, int found, int64_t value)
+{
+	struct fl_lookup *lk = arg;
+
+	counters_set_committed(lk->ents[i], found ? value : 0);
+}
+
+/* Learn PostgreSQL's value of n held keys.  -1 on a PostgreSQL error. */
+static int
+flusher_lookup(struct flusher *fl, size_t n)
+{
+	struct fl_lookup lk = { fl->lk_ents };
+
+	if (pg_lookup(&fl->pg, fl->lk_kv, n, flusher_lookup_cb, &lk) == -1) {
+		flusher_pg_failed(fl, "reading committed values");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Whether slot i can hold a key, found without touching its page when it
+ * cannot.  The table is shared anonymous memory, where merely reading an
+ * untouched page allocates it: a scan of a large, mostly empty table
+ * would commit all of it.  A slot ever written lies on a resident page
+ * (or a swapped-out one; such keys get their value at their next flush).
+ */
+static int
+flusher_slot_resident(struct flusher *fl, uint64_t i)
+{
+	struct counters *c = fl->shm->counters;
+	uintptr_t addr = (uintptr_t)(c->slots + i * c->stride);
+	uintptr_t page = addr & ~(fl->pagesize - 1);
+	uintptr_t end = (uintptr_t)(c->slots + c->nslots * c->stride);
+	size_t npages;
+
+	if (fl->mc_pages == 0 || page < fl->mc_base ||
+	    page >= fl->mc_base + fl->mc_pages * fl->pagesize) {
+		npages = (end - page + fl->pagesize - 1) / fl->pagesize;
+		if (npages > FL_MINCORE_PAGES)
+			npages = FL_MINCORE_PAGES;
+		if (mincore((void *)page, npages * fl->pagesize,
+		    fl->mc_vec) == -1) {
+			fl->mc_pages = 0;
+			return 1;	/* cannot tell: look */
+		}
+		fl->mc_base = page;
+		fl->mc_pages = npages;
+	}
+	return fl->mc_vec[(page - fl->mc_base) / fl->pagesize] & 1;
+}
+
+/*
+ * Refresh the committed value of held keys from slot *cursor on, at most
+ * maxkeys keys and maxslots slots; advances *cursor (wrapping).
+ */
+static int
+flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
+    uint64_t maxslots)
+{
+	struct counters *c = fl->shm->counters;
+	struct counter_entry *e;
+	uint64_t keys = 0, slots = 0, i;
+	size_t n = 0;
+
+	fl->mc_pages = 0;	/* pages appear as keys arrive */
+	while (keys < maxkeys && slots < maxslots && slots < c->nslots) {
+		if (*cursor >= c->nslots)
+			*cursor = 0;
+		i = (*cursor)++;
+		slots++;
+		if (!flusher_slot_resident(fl, i) ||
+		    (e = counters_slot(c, i)) == NULL)
+			continue;
+		fl->lk_ents[n] = e;
+		fl->lk_kv[n].key = e->key;
+		fl->lk_kv[n].len = e->key_len;
+		fl->lk_kv[n].value = 0;
+		keys++;
+		if (++n == FL_LOOKUP_CHUNK) {
+			if (flusher_lookup(fl, n) == -1)
+				return -1;
+			n = 0;
+		}
+	}
+	return n ? flusher_lookup(fl, n) : 0;
+}
+
+static void
+flusher_write_checkpoint(struct flusher *fl, uint64_t lsn)
+{
+	struct checkpoint cp;
+
+	memcpy(cp.epoch, fl->h->epoch, JOURNAL_EPOCH_LEN);
+	cp.lsn = lsn;
+	if (checkpoint_write(fl->cf->state_dir, &cp) == -1) {
+		/* PostgreSQL has the checkpoint; this copy only saves work. */
+		if (!fl->ckp_warned)
+			log_warn("cannot write %s/checkpoint (LSN %llu)",
+			    fl->cf->state_dir, (unsigned long long)lsn);
+		fl->ckp_warned = 1;
+	} else
+		fl->ckp_warned = 0;
+}
+
+/*
+ * PostgreSQL's checkpoint is ahead of ours: a crash came between its
+ * COMMIT and the local file.  The frames in between are in PostgreSQL
+ * already, so their deltas leave the table's unflushed part.
+ */
+static int
+flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
+{
+	uint64_t seg = fl->h->seg_size, p;
+	struct journal_record r;
+	struct frame_info fi;
+	enum frame_status st;
+	const uint8_t *f, *q, *end;
+	struct counter_entry *e;
+	int64_t c, u;
+
+	for (p = journal_lsn_normalize(seg, from); p < journal_lsn_normalize(
+	    seg, to); p = journal_lsn_normalize(seg, p + fi.len)) {
+		if ((f = journal_at(&fl->j, p, 0)) == NULL)
+			return -1;
+		st = journal_frame_check(f, seg - p % seg, p, fl->h->epoch,
+		    &fi);
+		if (st == FRAME_PADDING)
+			continue;
+		if (st != FRAME_OK || journal_frame_decode(f, &fi, fl->raw))
+			return -1;
+		q = fl->raw;
+		end = fl->raw + fi.raw_len;
+		while (journal_record_next(&q, end, &r) == 1) {
+			if ((e = counters_lookup(fl->shm->counters, r.key,
+			    r.key_len)) == NULL)
+				continue;
+			/*
+			 * Keep the total as it was; the committed value is
+			 * read from PostgreSQL right after this.
+			 */
+			counters_read(e, &c, &u);
+			counters_commit(e, (int64_t)((uint64_t)c +
+			    (uint64_t)r.value), r.value);
+		}
+	}
+	return 0;
+}
+
+/* Compare PostgreSQL's checkpoint for this node with ours. */
+static int
+flusher_reconcile(struct flusher *fl)
+{
+	struct shm_hdr *h = fl->h;
+	uint64_t seg = h->seg_size, cur, durable, pgl;
+	char epoch[33];
+	int rc;
+
+	if ((rc = pg_checkpoint_get(&fl->pg, epoch, &pgl)) == -1) {
+		flusher_pg_failed(fl, "reading the checkpoint");
+		return -1;
+	}
+	if (rc == 0 || strcmp(epoch, fl->epoch_hex) != 0)
+		return 0;	/* nothing flushed from this journal yet */
+	cur = shm_load(&h->checkpoint_lsn);
+	durable = shm_load(&h->durable_lsn);
+	if (journal_lsn_normalize(seg, pgl) == journal_lsn_normalize(seg, cur))
+		return 0;
+	if (pgl < cur) {
+		log_warnx("PostgreSQL's checkpoint for node '%s' (LSN %llu) is "
+		    "behind the local one (LSN %llu): was PostgreSQL restored "
+		    "from a backup? Increments between the two are not "
+		    "replayed; continuing from the local checkpoint",
+		    fl->cf->node, (unsigned long long)pgl,
+		    (unsigned long long)cur);
+		return 0;
+	}
+	if (pgl > durable) {
+		log_warnx("PostgreSQL's checkpoint for node '%s' (LSN %llu) is "
+		    "past the end of the local journal (LSN %llu): the journal "
+		    "lost its tail; continuing from the local checkpoint "
+		    "(LSN %llu)", fl->cf->node, (unsigned long long)pgl,
+		    (unsigned long long)durable, (unsigned long long)cur);
+		return 0;
+	}
+	if (flusher_skip_flushed(fl, cur, pgl) == -1) {
+		log_warnx("cannot read journal LSN %llu..%llu to match "
+		    "PostgreSQL's checkpoint; continuing from the local "
+		    "checkpoint", (unsigned long long)cur,
+		    (unsigned long long)pgl);
+		return 0;
+	}
+	log_info("PostgreSQL already holds journal LSN %llu..%llu; "
+	    "checkpoint moved to %llu", (unsigned long long)cur,
+	    (unsigned long long)pgl, (unsigned long long)pgl);
+	shm_store(&h->checkpoint_lsn, pgl);
+	flusher_write_checkpoint(fl, pgl);
+	return 0;
+}
+
+static int
+flusher_connect(struct flusher *fl)
+{
+	uint64_t cursor = 0;
+
+	if (pg_connect(&fl->pg, fl->cf->dsn, "tallyd-flusher",
+	    fl->cf->schema) == -1) {
+		shm_count(&fl->h->stats.pg_errors, 1);
+		fl->h->pg_up = 0;
+		if (!fl->outage_logged && flusher_stopping(fl) != 2)
+			log_warnx("cannot connect to PostgreSQL: %s; retrying "
+			    "with back-off", fl->pg.err);
+		fl->outage_logged = 1;
+		return -1;
+	}
+	if (pg_ensure_schema(&fl->pg) == -1) {
+		flusher_pg_failed(fl, "creating the schema");
+		pg_close(&fl->pg);
+		return -1;
+	}
+	if (flusher_reconcile(fl) == -1 ||
+	    flusher_refresh(fl, &cursor, UINT64_MAX, UINT64_MAX) == -1) {
+		pg_close(&fl->pg);
+		return -1;
+	}
+	fl->connected = 1;
+	fl->h->pg_up = 1;
+	fl->outage_logged = 0;
+	fl->last_err[0] = '\0';
+	fl->backoff_ms = 0;
+	log_info("connected to PostgreSQL (database %s on %s, port %s)",
+	    PQdb(fl->pg.conn), PQhost(fl->pg.conn), PQport(fl->pg.conn));
+	return 0;
+}
+
+static void
+flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
+{
+	struct fl_ent *e = batch_find(arg, key, len, 0);
+
+	if (e) {
+		e->total = value;
+		e->returned = 1;
+	}
+}
+
+/* The batch in the table: ONE transaction with the checkpoint. */
+static int
+flusher_commit(struct flusher *fl, uint64_t upto)
+{
+	struct fl_batch *b = &fl->b;
+	struct shm_hdr *h = fl->h;
+	struct counter_entry *ce;
+	struct pg_kv *kv;
+	int64_t c, u;
+
+	if ((kv = batch_kv(b)) == NULL && b->n > 0) {
+		log_warnx("out of memory for a batch of %zu keys", b->n);
+		return -1;
+	}
+	if (pg_begin(&fl->pg) == -1) {
+		flusher_pg_failed(fl, "BEGIN");
+		return -1;
+	}
+	/*
+	 * One statement for the whole batch.  A batch PostgreSQL refuses
+	 * for its data will go key by key from here, parking what fails.
+	 */
+	if (pg_upsert(&fl->pg, kv, b->n, flusher_row_cb, b) == -1) {
+		flusher_pg_failed(fl, "upserting counters");
+		pg_rollback(&fl->pg);
+		return -1;
+	}
+	if (pg_checkpoint_put(&fl->pg, fl->epoch_hex, upto) == -1) {
+		flusher_pg_failed(fl, "writing the checkpoint");
+		pg_rollback(&fl->pg);
+		return -1;
+	}
+	if (pg_commit(&fl->pg) == -1) {
+		/*
+		 * If the connection broke during COMMIT its outcome is
+		 * unknown; the checkpoint comparison on reconnect settles it.
+		 */
+		flusher_pg_failed(fl, "COMMIT");
+		pg_rollback(&fl->pg);
+		return -1;
+	}
+	/*
+	 * Should this process die inside this loop, the respawned flusher
+	 * subtracts the whole batch again on connect: the shared table (a
+	 * cache) may then be off until the next restart, PostgreSQL never.
+	 */
+	for (size_t i = 0; i < b->n; i++) {
+		struct fl_ent *e = &b->ents[i];
+
+		if ((ce = counters_lookup(fl->shm->counters, b->arena + e->off,
+		    e->len)) == NULL)
+			continue;
+		if (e->returned)
+			counters_commit(ce, e->total, e->sum);
+		else {
+			counters_read(ce, &c, &u);
+			counters_commit(ce, (int64_t)((uint64_t)c +
+			    (uint64_t)e->sum), e->sum);
+		}
+	}
+	shm_store(&h->checkpoint_lsn, upto);
+	flusher_write_checkpoint(fl, upto);
+	if (journal_recycle(&fl->j, upto) >= 0)
+		shm_advance(&h->start_lsn, journal_lsn_normalize(h->seg_size,
+		    journal_seg_base(h->seg_size, upto)));
+	shm_count(&h->stats.flushes, 1);
+	shm_count(&h->stats.rows_upserted, b->n);
+	fl->last_err[0] = '\0';
+	return 0;
+}
+
+/*
+ * Flush everything durable now.  0 when caught up (or stuck at a bad
+ * frame, which is logged), -1 on a PostgreSQL error.
+ */
+static int
+flusher_flush(struct flusher *fl)
+{
+	struct shm_hdr *h = fl->h;
+	uint64_t seq = shm_load(&h->flush_seq);
+	uint64_t end = shm_load(&h->durable_lsn);
+	uint64_t from, upto;
+	enum fl_read rd;
+
+	for (;;) {
+		if (flusher_stopping(fl) == 2)
+			return -1;
+		from = shm_load(&h->checkpoint_lsn);
+		if (journal_lsn_normalize(h->seg_size, from) >= end)
+			break;
+		rd = flusher_read(fl, from, end, &upto);
+		if (rd == FL_READ_NOMEM) {
+			log_warnx("out of memory summing journal LSN "
+			    "%llu..%llu", (unsigned long long)from,
+			    (unsigned long long)end);
+			return -1;
+		}
+		if (upto == from)
+			break;		/* stuck at a bad frame */
+		if (flusher_commit(fl, upto) == -1)
+			return -1;
+		if (rd == FL_READ_STUCK)
+			break;
+	}
+	shm_store(&h->flush_done, seq);
+	return 0;
+}
+
+/*
+ * Sleep until due (monotonic microseconds), a flush request, or a new stop
+ * signal.  A graceful stop already under way shortens a back-off to its
+ * deadline but does not end it: retries stay paced.
+ */
+static void
+flusher_wait(struct flusher *fl, uint64_t due)
+{
+	struct pollfd pfd;
+	uint64_t now, buf;
+	int was = flusher_stopping(fl), ms;
+
+	if (was == 1 && due > fl->stop_deadline_us)
+		due = fl->stop_deadline_us;
+	pfd.fd = fl->h->flusher_efd;
+	pfd.events = POLLIN;
+	while (flusher_stopping(fl) == was && (now = flusher_now_us()) < due) {
+		ms = (due - now + 999) / 1000;
+		if (ms > FL_WAIT_SLICE_MS)
+			ms = FL_WAIT_SLICE_MS;
+		pfd.revents = 0;
+		if (poll(&pfd, 1, ms) > 0 && (pfd.revents & POLLIN)) {
+			/* An eventfd read clears it. */
+			if (read(pfd.fd, &buf, sizeof(buf)) == -1 &&
+			    errno != EAGAIN && errno != EINTR)
+				log_warn("reading the flush eventfd");
+			return;
+		}
+	}
+}
+
+static int
+flusher_setup(struct flusher *fl, const struct config *cf, struct shm *shm)
+{
+	memset(fl, 0, sizeof(*fl));
+	fl->cf = cf;
+	fl->shm = shm;
+	fl->h = shm->hdr;
+	fl->j.dirfd = -1;
+	journal_epoch_hex(fl->h->epoch, fl->epoch_hex);
+	if (journal_open(&fl->j, cf->journal_dir, fl->h->seg_size,
+	    fl->h->epoch, cf->node) == -1) {
+		log_warn("cannot open journal directory %s", cf->journal_dir);
+		return -1;
+	}
+	fl->raw = malloc(JOURNAL_MAX_RAW);
+	fl->lk_ents = calloc(FL_LOOKUP_CHUNK, sizeof(*fl->lk_ents));
+	fl->lk_kv = calloc(FL_LOOKUP_CHUNK, sizeof(*fl->lk_kv));
+	fl->mc_vec = malloc(FL_MINCORE_PAGES);
+	fl->pagesize = sysconf(_SC_PAGESIZE);
+	if (fl->raw == NULL || fl->lk_ents == NULL || fl->lk_kv == NULL ||
+	    fl->mc_vec == NULL) {
+		log_warnx("out of memory");
+		return -1;
+	}
+	pg_init(&fl->pg, cf->node, flusher_pg_abort, fl);
+	return 0;
+}
+
+static void
+flusher_teardown(struct flusher *fl)
+{
+	pg_free(&fl->pg);
+	batch_free(&fl->b);
+	free(fl->raw);
+	free(fl->lk_ents);
+	free(fl->lk_kv);
+	free(fl->mc_vec);
+	if (fl->j.dirfd != -1)
+		journal_close(&fl->j);
+	fl->h->pg_up = 0;
+}
+
+int
+flusher_main(const struct config *cf, struct shm *shm)
+{
+	struct flusher fl;
+	struct sigaction sa;
+	uint64_t next_flush;
+
+	log_set_role("flusher");
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	/* No SA_RESTART: a stop signal must cut a poll() short. */
+	sa.sa_handler = flusher_on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGPIPE, &sa, NULL);
+
+	if (flusher_setup(&fl, cf, shm) == -1) {
+		flusher_teardown(&fl);
+		return 1;
+	}
+	next_flush = flusher_now_us();
+	for (;;) {
+		if (flusher_stopping(&fl) == 2)
+			break;
+		if (!fl.connected) {
+			if (flusher_stop_expired(&fl)) {
+				log_warnx("stopping without a final flush: "
+				    "PostgreSQL is unavailable; the journal "
+				    "keeps the increments");
+				break;
+			}
+			if (flusher_now_us() < fl.retry_at_us) {
+				int was = flusher_stopping(&fl);
+
+				flusher_wait(&fl, fl.retry_at_us);
+				/* A stop is worth one more try at once. */
+				if (flusher_stopping(&fl) != was)
+					fl.retry_at_us = 0;
+				continue;
+			}
+			if (flusher_connect(&fl) == -1) {
+				flusher_backoff(&fl);
+				continue;
+			}
+		}
+		next_flush = flusher_now_us() + (cf->flush_interval_us >
+		    FL_MIN_INTERVAL_US ? cf->flush_interval_us :
+		    FL_MIN_INTERVAL_US);
+		if (flusher_flush(&fl) == -1) {
+			if (flusher_stopping(&fl) == 2)
+				break;
+			if (flusher_stop_expired(&fl)) {
+				log_warnx("stopping without a complete final "
+				    "flush; the journal keeps the increments");
+				break;
+			}
+			flusher_backoff(&fl);
+			if (fl.connected)
+				flusher_wait(&fl, fl.retry_at_us);
+			continue;
+		}
+		fl.backoff_ms = 0;
+		if (flusher_stopping(&fl) == 1) {
+			log_info("final flush done at LSN %llu",
+			    (unsigned long long)shm_load(
+			    &fl.h->checkpoint_lsn));
+			break;
+		}
+		if (flusher_refresh(&fl, &fl.refresh_slot, FL_REFRESH_KEYS,
+		    FL_REFRESH_SLOTS) == -1) {
+			flusher_backoff(&fl);
+			if (fl.connected)
+				flusher_wait(&fl, fl.retry_at_us);
+			continue;
+		}
+		flusher_wait(&fl, next_flush);
+	}
+	flusher_teardown(&fl);
+	return 0;
+}

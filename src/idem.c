@@ -1,0 +1,668 @@
+/*
+ * The Idempotency-Key table.
+ *
+ * What it is for: a client that did not get an answer to POST /increment
+ * may send the request again with the same Idempotency-Key.  The table
+ * tells a worker whether that key is new (process the request), still in
+ * flight (409), already answered for the same request (replay the kept
+ * 202 and total) or used for another request (422).  Every worker process
+ * sees the same table: it lives in the shared region, and memory is
+ * bounded by [idempotency] max_keys, never by traffic.
+ *
+ * Layout: a header, an index of nslots (a power of two, at least twice
+ * max_keys) pairs {state word, hash}, and nslots bodies of a fixed stride
+ * holding the request (ik, counter key, value) and the response (status,
+ * total, expiry).  The index is dense so that probing reads few cache
+ * lines; a body is read only when the hash matches.  Open addressing
+ * with linear probing, at most IDEM_PROBE slots from a key's home slot.
+ *
+ * The state word: bits 0-2 the state, bits 3-31 a generation bumped by
+ * every change of the word, bits 32-63 the owner's pid while the slot is
+ * claimed.  A reader reads the word, then the fields it needs, then the
+ * word again; if the two differ the slot changed under it and it reads
+ * again.  The generation wraps only after 2^29 changes of one slot, far
+ * more than can happen while a reader compares 255 bytes.
+ *
+ *	EMPTY -----> CLAIMED -----> TENTATIVE -----> INFLIGHT -----> DONE
+ *	TOMBSTONE -'  (writing)  \  (published)  \   (confirmed)  \    |
+ *	DONE (expired) -'         '---------------'--> TOMBSTONE <-'---'
+ *
+ * CLAIMED: one claimant won the compare-and-swap on a free slot (EMPTY,
+ * TOMBSTONE, or DONE past its expiry) and writes the fields; nobody else
+ * reads them.  TENTATIVE: published, but not yet known to be the only
+ * entry for its ik.  INFLIGHT: the claimant's request is being processed
+ * (IDEM_NEW was returned).  DONE: answered; kept until expires_us.  An
+ * abort, a rival (below), the sweep or the master (dead owner) makes a
+ * slot a TOMBSTONE.  A slot never becomes EMPTY again, so a probe stops
+ * at EMPTY: nothing for the key can lie beyond.  TOMBSTONEs and expired
+ * entries do not stop a probe; they are reused.
+ *
+ * Why one ik never gets two live entries.  Two claimants of one ik may
+ * take different slots: the probe path changes while they look (a slot
+ * before them turns into a TOMBSTONE).  So a claimant, after publishing
+ * its slot TENTATIVE, scans the whole path again (to the EMPTY or the
+ * probe limit, which it shares with every claimant of the ik) for live
+ * rivals, then confirms itself by a CAS TENTATIVE -> INFLIGHT:
+ *  - a confirmed rival (INFLIGHT or DONE) wins: it backs off;
+ *  - a TENTATIVE rival nearer the home slot wins: it backs off;
+ *  - a TENTATIVE rival farther away loses: it turns that slot into a
+ *    TOMBSTONE by CAS; that rival's confirming CAS then fails and it
+ *    starts over (and finds the winner).  If the CAS fails because the
+ *    rival confirmed first, the rival is confirmed: it backs off.
+ * Publishing and scanning use sequentially consistent operations, so of
+ * two claimants A and B, either A's scan reads B's slot after B published
+ * it, or B's scan reads A's slot after A published it (if A's read came
+ * before B's publish, B's publish precedes B's scan, which comes after
+ * A's publish).  The one who sees the other settles it by the rules
+ * above, whose outcomes never leave both confirmed.  Nothing waits: a
+ * CLAIMED slot is invisible (its claimant has yet to scan), and the
+ * TENTATIVE entry nearest the home slot is never removed by a rival, so
+ * someone always makes progress.
+ *
+ * The count of held slots (CLAIMED to DONE, expired or not) is reserved
+ * before taking an EMPTY or TOMBSTONE slot and released by whoever turns
+ * a slot into a TOMBSTONE; reusing an expired DONE slot takes over its
+ * unit.  So at most max_keys entries are held.  A process killed between
+ * two such steps may leave the count one too high; the region is rebuilt
+ * at restart.
+ */
+#include <sys/types.h>
+
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "idem.h"
+#include "log.h"
+
+#define IDEM_PROBE	128	/* slots probed from the home slot */
+#define IDEM_RETRIES	16	/* lost races before answering IN FLIGHT */
+#define IDEM_NONE	UINT64_MAX
+
+enum {
+	ST_EMPTY = 0,
+	ST_CLAIMED,
+	ST_TENTATIVE,
+	ST_INFLIGHT,
+	ST_DONE,
+	ST_TOMBSTONE
+};
+
+#define W_STATE(w)	((unsigned)((w) & 7))
+#define W_GEN(w)	(((w) >> 3) & 0x1fffffffULL)
+#define W_PID(w)	((pid_t)(uint32_t)((w) >> 32))
+
+struct idem_index {
+	uint64_t	word;
+	uint64_t	hash;
+};
+
+struct idem_entry {
+	int64_t		value;
+	int64_t		total;
+	uint64_t	expires_us;
+	int32_t		status;
+	uint16_t	key_len;
+	uint8_t		ik_len;
+	uint8_t		pad;
+	char		data[];		/* ik, then the counter key */
+};
+
+struct idem_table {
+	uint64_t	capacity;	/* max_keys */
+	uint64_t	nslots;		/* power of two >= 2 * capacity */
+	uint64_t	probe;		/* min(IDEM_PROBE, nslots) */
+	uint64_t	stride;		/* bytes per body */
+	uint64_t	max_key_bytes;
+	uint64_t	count;		/* atomic: held slots */
+	uint8_t		area[] __attribute__((aligned(64)));
+};
+
+/* One request, as idem_begin and idem_restore were given it. */
+struct idem_req {
+	const char	*ik;
+	size_t		 ik_len;
+	const char	*key;
+	size_t		 key_len;
+	int64_t		 value;
+	uint64_t	 hash;
+};
+
+/* A consistent reading of one slot, against a request. */
+struct idem_view {
+	uint64_t	word;
+	int		same_ik;	/* published, and holds the ik */
+	int		same_req;	/* ... with the same key and value */
+	int		status;
+	int64_t		total;
+	uint64_t	expires_us;	/* DONE only */
+};
+
+static uint64_t
+slots_for(uint64_t max_keys)
+{
+	uint64_t n = 16;
+
+	while (n < 2 * max_keys)
+		n <<= 1;
+	return n;
+}
+
+static uint64_t
+stride_for(size_t max_key_bytes)
+{
+	return (sizeof(struct idem_entry) + IDEM_MAX_IK_BYTES +
+	    max_key_bytes + 7) & ~(uint64_t)7;
+}
+
+size_t
+idem_size(uint64_t max_keys, size_t max_key_bytes)
+{
+	uint64_t n, per, total;
+
+	/* Configuration bounds these; refuse sizes that do not fit. */
+	if (max_keys > (UINT64_C(1) << 40) || max_key_bytes > UINT16_MAX)
+		return 0;
+	n = slots_for(max_keys);
+	per = sizeof(struct idem_index) + stride_for(max_key_bytes);
+	if (__builtin_mul_overflow(n, per, &total) ||
+	    __builtin_add_overflow(total, sizeof(struct idem_table), &total) ||
+	    total > SIZE_MAX)
+		return 0;
+	return total;
+}
+
+struct idem_table *
+idem_init(void *mem, uint64_t max_keys, size_t max_key_bytes)
+{
+	struct idem_table *t = mem;
+
+	t->capacity = max_keys;
+	t->nslots = slots_for(max_keys);
+	t->probe = t->nslots < IDEM_PROBE ? t->nslots : IDEM_PROBE;
+	t->stride = stride_for(max_key_bytes);
+	t->max_key_bytes = max_key_bytes;
+	t->count = 0;
+	return t;
+}
+
+static struct idem_index *
+index_at(struct idem_table *t, uint64_t i)
+{
+	return (struct idem_index *)(void *)t->area + i;
+}
+
+static struct idem_entry *
+entry_at(struct idem_table *t, uint64_t i)
+{
+	return (struct idem_entry *)(void *)(t->area +
+	    t->nslots * sizeof(struct idem_index) + i * t->stride);
+}
+
+static uint64_t
+entry_slot(struct idem_table *t, const struct idem_entry *e)
+{
+	const uint8_t *base = t->area + t->nslots * sizeof(struct idem_index);
+
+	return (uint64_t)((const uint8_t *)e - base) / t->stride;
+}
+
+static uint64_t
+word_next(uint64_t w, unsigned state, pid_t pid)
+{
+	uint64_t gen = (W_GEN(w) + 1) & 0x1fffffffULL;
+
+	return state | gen << 3 | (uint64_t)(uint32_t)pid << 32;
+}
+
+static int
+word_cas(struct idem_index *x, uint64_t *expect, uint64_t desired)
+{
+	return __atomic_compare_exchange_n(&x->word, expect, desired, 0,
+	    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+static uint64_t
+idem_hash(const char *s, size_t len)
+{
+	/* FNV-1a, then a final mix so that the low bits use every byte. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 0x100000001b3ULL;
+	}
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 29;
+	return h;
+}
+
+/*
+ * Bodies are read while another process may be rewriting them (the reader
+ * then sees the word change and reads again): every access is atomic, so
+ * that a torn read is merely wrong, never undefined.
+ */
+static void
+bytes_put(char *dst, const char *src, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		__atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
+}
+
+static int
+bytes_eq(const char *shared, const char *mine, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (__atomic_load_n(&shared[i], __ATOMIC_RELAXED) != mine[i])
+			return 0;
+	return 1;
+}
+
+static void
+slot_view(struct idem_table *t, uint64_t i, const struct idem_req *q,
+    struct idem_view *v)
+{
+	struct idem_index *x = index_at(t, i);
+	struct idem_entry *e = entry_at(t, i);
+	unsigned st;
+
+	for (;;) {
+		memset(v, 0, sizeof(*v));
+		v->word = __atomic_load_n(&x->word, __ATOMIC_SEQ_CST);
+		st = W_STATE(v->word);
+		if (st != ST_TENTATIVE && st != ST_INFLIGHT && st != ST_DONE)
+			return;
+		if (st == ST_DONE)
+			v->expires_us = __atomic_load_n(&e->expires_us,
+			    __ATOMIC_RELAXED);
+		if (__atomic_load_n(&x->hash, __ATOMIC_RELAXED) == q->hash &&
+		    __atomic_load_n(&e->ik_len, __ATOMIC_RELAXED) ==
+		    q->ik_len && bytes_eq(e->data, q->ik, q->ik_len)) {
+			v->same_ik = 1;
+			v->same_req = __atomic_load_n(&e->key_len,
+			    __ATOMIC_RELAXED) == q->key_len &&
+			    __atomic_load_n(&e->value, __ATOMIC_RELAXED) ==
+			    q->value &&
+			    bytes_eq(e->data + q->ik_len, q->key, q->key_len);
+			v->status = __atomic_load_n(&e->status,
+			    __ATOMIC_RELAXED);
+			v->total = __atomic_load_n(&e->total, __ATOMIC_RELAXED);
+		}
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&x->word, __ATOMIC_RELAXED) == v->word)
+			return;
+	}
+}
+
+/* Published for the ik and not expired: the ik is taken. */
+static int
+view_live(const struct idem_view *v, uint64_t now_us)
+{
+	if (!v->same_ik)
+		return 0;
+	return W_STATE(v->word) != ST_DONE || v->expires_us > now_us;
+}
+
+static int
+view_free(const struct idem_view *v, uint64_t now_us)
+{
+	unsigned st = W_STATE(v->word);
+
+	return st == ST_EMPTY || st == ST_TOMBSTONE ||
+	    (st == ST_DONE && v->expires_us <= now_us);
+}
+
+/* The answer a live entry for the ik gives. */
+static enum idem_result
+view_result(const struct idem_view *v, int *status, int64_t *total)
+{
+	if (W_STATE(v->word) != ST_DONE)
+		return IDEM_INFLIGHT;
+	if (!v->same_req)
+		return IDEM_MISMATCH;
+	*status = v->status;
+	*total = v->total;
+	return IDEM_REPLAY;
+}
+
+static int
+count_reserve(struct idem_table *t)
+{
+	if (__atomic_add_fetch(&t->count, 1, __ATOMIC_ACQ_REL) > t->capacity) {
+		__atomic_sub_fetch(&t->count, 1, __ATOMIC_ACQ_REL);
+		return 0;
+	}
+	return 1;
+}
+
+static void
+count_release(struct idem_table *t)
+{
+	__atomic_sub_fetch(&t->count, 1, __ATOMIC_ACQ_REL);
+}
+
+/* Turn a slot last read as 'w' into a TOMBSTONE; 0 if it changed. */
+static int
+slot_bury(struct idem_table *t, uint64_t i, uint64_t w)
+{
+	if (!word_cas(index_at(t, i), &w, word_next(w, ST_TOMBSTONE, 0)))
+		return 0;
+	count_release(t);
+	return 1;
+}
+
+static void
+slot_write(struct idem_table *t, uint64_t i, const struct idem_req *q)
+{
+	struct idem_entry *e = entry_at(t, i);
+
+	/* Pairs with the reader's acquire fence before it re-reads the word. */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	__atomic_store_n(&index_at(t, i)->hash, q->hash, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->ik_len, (uint8_t)q->ik_len, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->key_len, (uint16_t)q->key_len, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->value, q->value, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->status, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->total, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->expires_us, 0, __ATOMIC_RELAXED);
+	bytes_put(e->data, q->ik, q->ik_len);
+	bytes_put(e->data + q->ik_len, q->key, q->key_len);
+}
+
+/*
+ * Our slot 'mine' (at 'dist' from home) is published TENTATIVE as *word.
+ * Settle with every live rival on the path.  1: we may confirm; 0: we
+ * backed off (or were removed) and *res holds the answer a rival gives.
+ */
+static int
+rivals_settle(struct idem_table *t, const struct idem_req *q, uint64_t dist,
+    uint64_t mine, uint64_t word, uint64_t now_us, enum idem_result *res,
+    int *status, int64_t *total)
+{
+	uint64_t mask = t->nslots - 1, home = q->hash & mask;
+	struct idem_view v;
+
+	for (uint64_t d = 0; d < t->probe; d++) {
+		uint64_t i = (home + d) & mask;
+
+		if (d == dist)
+			continue;
+		for (;;) {
+			slot_view(t, i, q, &v);
+			if (!view_live(&v, now_us))
+				break;
+			if (W_STATE(v.word) == ST_TENTATIVE && d > dist) {
+				if (slot_bury(t, i, v.word))
+					break;
+				continue;	/* it moved: look again */
+			}
+			/* Confirmed, or nearer home: that rival wins. */
+			slot_bury(t, mine, word);
+			*res = view_result(&v, status, total);
+			return 0;
+		}
+		if (W_STATE(v.word) == ST_EMPTY)
+			break;
+	}
+	return 1;
+}
+
+/*
+ * The claim protocol shared by idem_begin and idem_restore.  On IDEM_NEW
+ * *slot is ours, INFLIGHT; on IDEM_REPLAY or IDEM_MISMATCH *slot and
+ * *word name the kept entry found (IDEM_NONE when a rival answered).
+ */
+static enum idem_result
+idem_claim(struct idem_table *t, const struct idem_req *q, uint64_t now_us,
+    pid_t owner, uint64_t *slot, uint64_t *word, int *status, int64_t *total)
+{
+	uint64_t mask = t->nslots - 1, home = q->hash & mask;
+	struct idem_view v;
+	enum idem_result res;
+
+	*slot = IDEM_NONE;
+	for (int tries = 0; tries < IDEM_RETRIES; tries++) {
+		uint64_t fd = IDEM_NONE, fw = 0;	/* first free slot */
+		uint64_t xd = IDEM_NONE, xw = 0;	/* first expired one */
+		uint64_t d, w, mine;
+		int reserved;
+
+		for (d = 0; d < t->probe; d++) {
+			slot_view(t, (home + d) & mask, q, &v);
+			if (view_live(&v, now_us)) {
+				res = view_result(&v, status, total);
+				if (res != IDEM_INFLIGHT) {
+					*slot = (home + d) & mask;
+					*word = v.word;
+				}
+				return res;
+			}
+			if (view_free(&v, now_us)) {
+				if (fd == IDEM_NONE) {
+					fd = d;
+					fw = v.word;
+				}
+				if (xd == IDEM_NONE &&
+				    W_STATE(v.word) == ST_DONE) {
+					xd = d;
+					xw = v.word;
+				}
+			}
+			if (W_STATE(v.word) == ST_EMPTY)
+				break;
+		}
+		if (fd == IDEM_NONE)
+			return IDEM_FULL;
+		/* An expired entry's slot comes with its unit of the count. */
+		reserved = 0;
+		if (W_STATE(fw) != ST_DONE) {
+			if (count_reserve(t))
+				reserved = 1;
+			else if (xd != IDEM_NONE) {
+				fd = xd;
+				fw = xw;
+			} else
+				return IDEM_FULL;
+		}
+		mine = (home + fd) & mask;
+		w = fw;
+		if (!word_cas(index_at(t, mine), &w,
+		    word_next(fw, ST_CLAIMED, owner))) {
+			if (reserved)
+				count_release(t);
+			continue;
+		}
+		slot_write(t, mine, q);
+		w = word_next(w, ST_TENTATIVE, owner);
+		__atomic_store_n(&index_at(t, mine)->word, w, __ATOMIC_SEQ_CST);
+
+		if (!rivals_settle(t, q, fd, mine, w, now_us, &res, status,
+		    total))
+			return res;
+		if (word_cas(index_at(t, mine), &w,
+		    word_next(w, ST_INFLIGHT, owner))) {
+			*slot = mine;
+			return IDEM_NEW;
+		}
+		/* A rival nearer home removed ours: look again. */
+	}
+	return IDEM_INFLIGHT;
+}
+
+static int
+req_make(struct idem_table *t, struct idem_req *q, const char *ik,
+    size_t ik_len, const char *key, size_t key_len, int64_t value)
+{
+	if (ik_len == 0 || ik_len > IDEM_MAX_IK_BYTES ||
+	    key_len > t->max_key_bytes) {
+		log_warnx("idempotency key: %zu bytes with a counter key of "
+		    "%zu bytes: out of range", ik_len, key_len);
+		return -1;
+	}
+	q->ik = ik;
+	q->ik_len = ik_len;
+	q->key = key;
+	q->key_len = key_len;
+	q->value = value;
+	q->hash = idem_hash(ik, ik_len);
+	return 0;
+}
+
+enum idem_result
+idem_begin(struct idem_table *t, const char *ik, size_t ik_len,
+    const char *key, size_t key_len, int64_t value, uint64_t now_us,
+    pid_t owner, struct idem_entry **out, int *status, int64_t *total)
+{
+	struct idem_req q;
+	enum idem_result res;
+	uint64_t slot, word;
+
+	*out = NULL;
+	if (req_make(t, &q, ik, ik_len, key, key_len, value) == -1)
+		return IDEM_FULL;
+	res = idem_claim(t, &q, now_us, owner, &slot, &word, status, total);
+	if (res == IDEM_NEW)
+		*out = entry_at(t, slot);
+	return res;
+}
+
+/* The owner's INFLIGHT word for its entry, or 0 if it is not one. */
+static uint64_t
+inflight_word(struct idem_table *t, uint64_t i)
+{
+	uint64_t w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
+
+	if (W_STATE(w) != ST_INFLIGHT) {
+		log_warnx("idempotency slot %llu: state %u, not in flight",
+		    (unsigned long long)i, W_STATE(w));
+		return 0;
+	}
+	return w;
+}
+
+void
+idem_complete(struct idem_table *t, struct idem_entry *e, int status,
+    int64_t total, uint64_t expires_us)
+{
+	uint64_t i = entry_slot(t, e), w;
+
+	if ((w = inflight_word(t, i)) == 0)
+		return;
+	/* Nobody reads these while the entry is in flight. */
+	__atomic_store_n(&e->status, status, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->total, total, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->expires_us, expires_us, __ATOMIC_RELAXED);
+	if (!word_cas(index_at(t, i), &w, word_next(w, ST_DONE, 0)))
+		log_warnx("idempotency slot %llu: released while in flight",
+		    (unsigned long long)i);
+}
+
+void
+idem_abort(struct idem_table *t, struct idem_entry *e)
+{
+	uint64_t i = entry_slot(t, e), w;
+
+	if ((w = inflight_word(t, i)) == 0)
+		return;
+	if (!slot_bury(t, i, w))
+		log_warnx("idempotency slot %llu: released while in flight",
+		    (unsigned long long)i);
+}
+
+int
+idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
+    const char *key, size_t key_len, int64_t value, int status,
+    int64_t total, uint64_t expires_us)
+{
+	struct idem_req q;
+	enum idem_result res;
+	uint64_t slot, word;
+	int st;
+	int64_t tot;
+
+	if (req_make(t, &q, ik, ik_len, key, key_len, value) == -1)
+		return -1;
+	for (int tries = 0; tries < IDEM_RETRIES; tries++) {
+		/* now 0: whatever the journal holds is newer than any expiry. */
+		res = idem_claim(t, &q, 0, getpid(), &slot, &word, &st, &tot);
+		switch (res) {
+		case IDEM_NEW:
+			idem_complete(t, entry_at(t, slot), status, total,
+			    expires_us);
+			return 0;
+		case IDEM_REPLAY:
+		case IDEM_MISMATCH:
+			/* An older use of the ik: the journal's newer wins. */
+			if (slot != IDEM_NONE)
+				slot_bury(t, slot, word);
+			continue;
+		case IDEM_INFLIGHT:
+			log_warnx("idempotency key %.*s: in flight during "
+			    "recovery", (int)ik_len, ik);
+			return -1;
+		case IDEM_FULL:
+			log_warnx("idempotency key %.*s: table full (%llu "
+			    "keys)", (int)ik_len, ik,
+			    (unsigned long long)t->capacity);
+			return -1;
+		}
+	}
+	return -1;
+}
+
+uint64_t
+idem_sweep(struct idem_table *t, uint64_t now_us)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < t->nslots; i++) {
+		uint64_t w = __atomic_load_n(&index_at(t, i)->word,
+		    __ATOMIC_ACQUIRE);
+
+		/* A stale expiry is harmless: the CAS fails if w moved. */
+		if (W_STATE(w) == ST_DONE &&
+		    __atomic_load_n(&entry_at(t, i)->expires_us,
+		    __ATOMIC_RELAXED) <= now_us && slot_bury(t, i, w))
+			n++;
+	}
+	return n;
+}
+
+uint64_t
+idem_release_owner(struct idem_table *t, pid_t pid)
+{
+	uint64_t n = 0;
+
+	for (uint64_t i = 0; i < t->nslots; i++) {
+		uint64_t w = __atomic_load_n(&index_at(t, i)->word,
+		    __ATOMIC_ACQUIRE);
+
+		/* Others may still remove its TENTATIVE slots: re-read. */
+		while ((W_STATE(w) == ST_CLAIMED ||
+		    W_STATE(w) == ST_TENTATIVE ||
+		    W_STATE(w) == ST_INFLIGHT) && W_PID(w) == pid) {
+			if (slot_bury(t, i, w)) {
+				n++;
+				break;
+			}
+			w = __atomic_load_n(&index_at(t, i)->word,
+			    __ATOMIC_ACQUIRE);
+		}
+	}
+	return n;
+}
+
+uint64_t
+idem_count(const struct idem_table *t)
+{
+	uint64_t n = __atomic_load_n(&t->count, __ATOMIC_ACQUIRE);
+
+	return n > t->capacity ? t->capacity : n;
+}
+
+uint64_t
+idem_capacity(const struct idem_table *t)
+{
+	return t->capacity;
+}

@@ -1,0 +1,74 @@
+/*
+ * The Idempotency-Key table: a fixed-capacity hash table in the shared
+ * region that remembers, per Idempotency-Key, the request it was first
+ * used with and, once that request is durable, its response, until the
+ * key expires.  Workers use it concurrently without a lock; the master
+ * releases the claims of a worker that died.  Like the counter table it
+ * is a cache, rebuilt at start from the journal (idem_restore).
+ */
+#ifndef TALLY_IDEM_H
+#define TALLY_IDEM_H
+
+#include <sys/types.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDEM_MAX_IK_BYTES	255
+
+struct idem_table;		/* header and slots, in the shared region */
+struct idem_entry;		/* a claim, handed back by idem_begin */
+
+enum idem_result {
+	IDEM_NEW,		/* claimed: process it, then complete or abort */
+	IDEM_INFLIGHT,		/* the first use is not answered yet: 409 */
+	IDEM_REPLAY,		/* same request answered: *status, *total */
+	IDEM_MISMATCH,		/* the key was used for another request: 422 */
+	IDEM_FULL		/* no room (or lengths out of range): 503 */
+};
+
+/* Bytes needed for max_keys keys with counter keys of max_key_bytes. */
+size_t	idem_size(uint64_t max_keys, size_t max_key_bytes);
+/* Initialise a zero-filled area of idem_size() bytes. */
+struct idem_table *idem_init(void *mem, uint64_t max_keys,
+	    size_t max_key_bytes);
+
+/*
+ * Look up the Idempotency-Key ik (1..255 bytes).  When it is absent or
+ * expired at now_us, claim it IN FLIGHT for owner (a pid) and the request
+ * (key, value), set *out and return IDEM_NEW; the owner must then call
+ * idem_complete or idem_abort.  IDEM_REPLAY fills *status and *total from
+ * the kept response.  Otherwise *out is NULL.
+ */
+enum idem_result idem_begin(struct idem_table *t, const char *ik,
+	    size_t ik_len, const char *key, size_t key_len, int64_t value,
+	    uint64_t now_us, pid_t owner, struct idem_entry **out,
+	    int *status, int64_t *total);
+/* The claimed request is durable and answered: keep it until expires_us. */
+void	idem_complete(struct idem_table *t, struct idem_entry *e, int status,
+	    int64_t total, uint64_t expires_us);
+/* The claimed request was refused: forget the claim. */
+void	idem_abort(struct idem_table *t, struct idem_entry *e);
+
+/*
+ * Recovery, before the workers run: a durable keyed request found in the
+ * journal, with the response to replay.  Replaces a kept entry for the
+ * same ik.  -1 when there is no room.
+ */
+int	idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
+	    const char *key, size_t key_len, int64_t value, int status,
+	    int64_t total, uint64_t expires_us);
+
+/* Free the entries expired at now_us (one process, periodically). */
+uint64_t idem_sweep(struct idem_table *t, uint64_t now_us);
+/*
+ * Master, after reaping a worker and before forking its successor: drop
+ * every claim the dead process still held, so that its keys can be used
+ * again.  Returns how many.
+ */
+uint64_t idem_release_owner(struct idem_table *t, pid_t pid);
+
+uint64_t idem_count(const struct idem_table *t);	/* in flight or kept */
+uint64_t idem_capacity(const struct idem_table *t);
+
+#endif

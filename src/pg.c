@@ -1,0 +1,636 @@
+/*
+ * The flusher's PostgreSQL statements.
+ *
+ * The flusher serves no clients, so it could use libpq's blocking calls;
+ * it runs the connection in non-blocking mode only so that every wait is
+ * a poll() of at most PG_WAIT_SLICE_MS: a SIGTERM or SIGQUIT (which also
+ * interrupts the poll) is seen within a fraction of a second even while
+ * PostgreSQL hangs, and the caller decides (abort_fn) whether to give up.
+ *
+ * Batches travel as two array parameters (text[] keys, bigint[] deltas)
+ * expanded with unnest(), so one statement carries any number of keys and
+ * PostgreSQL's work grows with distinct keys, not with requests.  The
+ * array literals are built here: every element is double-quoted, with '"'
+ * and '\' backslash-escaped, which is all array_in() needs to take any
+ * byte string (braces, commas, blanks, control characters) verbatim.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "pg.h"
+
+#define PG_WAIT_SLICE_MS	250
+#define PG_CONNECT_TIMEOUT	5	/* seconds, unless the DSN says */
+
+static uint64_t
+pg_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Keep one line of libpq's (possibly multi-line) error text. */
+static void
+pg_set_err(struct pg *pg, const char *sqlstate, const char *msg)
+{
+	size_t o = 0;
+
+	snprintf(pg->sqlstate, sizeof(pg->sqlstate), "%s",
+	    sqlstate ? sqlstate : "");
+	if (msg == NULL || *msg == '\0')
+		msg = "unknown error";
+	/* Line breaks and tabs become single blanks: one log line. */
+	for (; *msg && o < sizeof(pg->err) - 1; msg++) {
+		char ch = *msg;
+
+		if (ch == '\n' || ch == '\r' || ch == '\t')
+			ch = ' ';
+		if (ch == ' ' && (o == 0 || pg->err[o - 1] == ' '))
+			continue;
+		pg->err[o++] = ch;
+	}
+	while (o > 0 && pg->err[o - 1] == ' ')
+		o--;
+	pg->err[o] = '\0';
+}
+
+void
+pg_init(struct pg *pg, const char *node, pg_abort_fn abort_fn,
+    void *abort_arg)
+{
+	memset(pg, 0, sizeof(*pg));
+	snprintf(pg->node, sizeof(pg->node), "%s", node);
+	pg->abort_fn = abort_fn;
+	pg->abort_arg = abort_arg;
+}
+
+void
+pg_close(struct pg *pg)
+{
+	if (pg->conn)
+		PQfinish(pg->conn);
+	pg->conn = NULL;
+}
+
+void
+pg_free(struct pg *pg)
+{
+	pg_close(pg);
+	free(pg->buf);
+	pg->buf = NULL;
+	pg->bufcap = 0;
+}
+
+/*
+ * Wait until the socket is readable (or writable), a signal arrives, or a
+ * slice passes; then ask abort_fn.  0: go on, -1: give up (err set).
+ */
+static int
+pg_wait(struct pg *pg, int for_write, uint64_t started, uint64_t deadline)
+{
+	struct pollfd pfd;
+	uint64_t now;
+	int fd = PQsocket(pg->conn);
+
+	if (fd < 0) {
+		pg_set_err(pg, NULL, "connection has no socket");
+		return -1;
+	}
+	pfd.fd = fd;
+	pfd.events = for_write ? POLLOUT : POLLIN;
+	pfd.revents = 0;
+	if (poll(&pfd, 1, PG_WAIT_SLICE_MS) == -1 && errno != EINTR) {
+		pg_set_err(pg, NULL, strerror(errno));
+		return -1;
+	}
+	now = pg_now_us();
+	if (pg->abort_fn && pg->abort_fn(pg->abort_arg, now - started)) {
+		pg_set_err(pg, NULL, "abandoned (stopping)");
+		return -1;
+	}
+	if (deadline && now >= deadline) {
+		pg_set_err(pg, NULL, "timeout expired");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Notices ("relation already exists, skipping") are expected and would
+ * otherwise go to stderr unasked.
+ */
+static void
+pg_notice(void *arg, const char *msg)
+{
+	size_t len = strlen(msg);
+
+	if (len > 0 && msg[len - 1] == '\n')
+		len--;
+	log_debug("PostgreSQL notice: %.*s", (int)len, msg);
+}
+
+/* Mark the connection unusable and drop it: the server rolls back. */
+static void
+pg_drop(struct pg *pg)
+{
+	pg->broken = 1;
+	pg_close(pg);
+}
+
+/* The value of keyword in a DSN, or NULL; *opts must be freed. */
+static const char *
+pg_dsn_value(const char *dsn, const char *keyword, PQconninfoOption **opts)
+{
+	PQconninfoOption *o;
+
+	*opts = NULL;
+	if (*dsn == '\0' || (*opts = PQconninfoParse(dsn, NULL)) == NULL)
+		return NULL;
+	for (o = *opts; o->keyword; o++)
+		if (strcmp(o->keyword, keyword) == 0 && o->val && *o->val)
+			return o->val;
+	return NULL;
+}
+
+int
+pg_connect(struct pg *pg, const char *dsn, const char *appname,
+    const char *schema)
+{
+	const char *kw[8], *val[8], *v;
+	PQconninfoOption *opts;
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+	uint64_t started, deadline;
+	char *q;
+	int n = 0, timeout = PG_CONNECT_TIMEOUT;
+
+	pg_close(pg);
+	pg->broken = 0;
+	pg->sqlstate[0] = pg->err[0] = '\0';
+	/*
+	 * Ours first, the DSN after: libpq lets the later one win, so a
+	 * setting in the DSN overrides these defaults.
+	 */
+	kw[n] = "application_name";
+	val[n++] = appname;
+	kw[n] = "client_encoding";
+	val[n++] = "UTF8";
+	if (getenv("PGCONNECT_TIMEOUT") == NULL) {
+		kw[n] = "connect_timeout";
+		val[n++] = "5";
+	}
+	if (*dsn) {
+		kw[n] = "dbname";
+		val[n++] = dsn;
+	}
+	kw[n] = NULL;
+	val[n] = NULL;
+
+	/* Async connects ignore connect_timeout: enforce it here. */
+	if ((v = pg_dsn_value(dsn, "connect_timeout", &opts)) != NULL)
+		timeout = atoi(v);
+	else if ((v = getenv("PGCONNECT_TIMEOUT")) != NULL)
+		timeout = atoi(v);
+	PQconninfoFree(opts);
+	if (timeout < 2)
+		timeout = timeout <= 0 ? 3600 : 2;
+
+	started = pg_now_us();
+	deadline = started + (uint64_t)timeout * 1000000;
+	if ((pg->conn = PQconnectStartParams(kw, val, 1)) == NULL) {
+		pg_set_err(pg, NULL, "out of memory");
+		return -1;
+	}
+	if (PQstatus(pg->conn) == CONNECTION_BAD) {
+		pg_set_err(pg, NULL, PQerrorMessage(pg->conn));
+		pg_drop(pg);
+		return -1;
+	}
+	for (;;) {
+		if ((st == PGRES_POLLING_READING ||
+		    st == PGRES_POLLING_WRITING) && pg_wait(pg,
+		    st == PGRES_POLLING_WRITING, started, deadline) == -1) {
+			pg_drop(pg);
+			return -1;
+		}
+		st = PQconnectPoll(pg->conn);
+		if (st == PGRES_POLLING_OK)
+			break;
+		if (st == PGRES_POLLING_FAILED) {
+			pg_set_err(pg, NULL, PQerrorMessage(pg->conn));
+			pg_drop(pg);
+			return -1;
+		}
+	}
+	PQsetNoticeProcessor(pg->conn, pg_notice, NULL);
+	if (PQsetnonblocking(pg->conn, 1) == -1) {
+		pg_set_err(pg, NULL, PQerrorMessage(pg->conn));
+		pg_drop(pg);
+		return -1;
+	}
+	if ((q = PQescapeIdentifier(pg->conn, schema, strlen(schema))) ==
+	    NULL || strlen(q) >= sizeof(pg->schema)) {
+		pg_set_err(pg, NULL, "bad schema name");
+		PQfreemem(q);
+		pg_drop(pg);
+		return -1;
+	}
+	strcpy(pg->schema, q);
+	PQfreemem(q);
+	snprintf(pg->schema_name, sizeof(pg->schema_name), "%s", schema);
+	return 0;
+}
+
+/*
+ * Run one statement (or, with nparams < 0, a multi-statement simple query)
+ * and return its result, or NULL with pg->err set.  A result with an
+ * error status is turned into NULL here, so callers see one kind of
+ * failure.
+ */
+static PGresult *
+pg_exec(struct pg *pg, const char *sql, int nparams,
+    const char *const *params)
+{
+	PGresult *res, *keep = NULL;
+	uint64_t started = pg_now_us();
+	int rc, ok;
+
+	if (pg->conn == NULL || PQstatus(pg->conn) != CONNECTION_OK) {
+		pg_set_err(pg, NULL, "not connected");
+		pg_drop(pg);
+		return NULL;
+	}
+	pg->sqlstate[0] = pg->err[0] = '\0';
+	if (nparams < 0)
+		ok = PQsendQuery(pg->conn, sql);
+	else
+		ok = PQsendQueryParams(pg->conn, sql, nparams, NULL, params,
+		    NULL, NULL, 0);
+	if (!ok)
+		goto broken;
+	/* Push the whole query out, reading meanwhile as libpq asks. */
+	while ((rc = PQflush(pg->conn)) == 1) {
+		if (pg_wait(pg, 1, started, 0) == -1)
+			goto abandon;
+		if (!PQconsumeInput(pg->conn))
+			goto broken;
+	}
+	if (rc == -1)
+		goto broken;
+	for (;;) {
+		while (PQisBusy(pg->conn)) {
+			if (pg_wait(pg, 0, started, 0) == -1)
+				goto abandon;
+			if (!PQconsumeInput(pg->conn))
+				goto broken;
+		}
+		if ((res = PQgetResult(pg->conn)) == NULL)
+			break;
+		switch (PQresultStatus(res)) {
+		case PGRES_TUPLES_OK:
+		case PGRES_COMMAND_OK:
+			/* Keep the first error, else the last result. */
+			if (keep && PQresultStatus(keep) == PGRES_FATAL_ERROR) {
+				PQclear(res);
+				break;
+			}
+			PQclear(keep);
+			keep = res;
+			break;
+		default:
+			if (keep == NULL ||
+			    PQresultStatus(keep) != PGRES_FATAL_ERROR) {
+				PQclear(keep);
+				keep = res;
+			} else
+				PQclear(res);
+			break;
+		}
+	}
+	if (keep == NULL) {
+		pg_set_err(pg, NULL, "no result");
+		return NULL;
+	}
+	if (PQresultStatus(keep) != PGRES_TUPLES_OK &&
+	    PQresultStatus(keep) != PGRES_COMMAND_OK) {
+		const char *state = PQresultErrorField(keep, PG_DIAG_SQLSTATE);
+		const char *msg = PQresultErrorField(keep,
+		    PG_DIAG_MESSAGE_PRIMARY);
+
+		pg_set_err(pg, state, msg ? msg : PQresultErrorMessage(keep));
+		PQclear(keep);
+		if (PQstatus(pg->conn) != CONNECTION_OK)
+			pg_drop(pg);
+		return NULL;
+	}
+	return keep;
+
+broken:
+	pg_set_err(pg, NULL, PQerrorMessage(pg->conn));
+	PQclear(keep);
+	pg_drop(pg);
+	return NULL;
+abandon:
+	PQclear(keep);
+	pg_drop(pg);
+	return NULL;
+}
+
+static int
+pg_command(struct pg *pg, const char *sql, int nparams,
+    const char *const *params)
+{
+	PGresult *res = pg_exec(pg, sql, nparams, params);
+
+	if (res == NULL)
+		return -1;
+	PQclear(res);
+	return 0;
+}
+
+int
+pg_begin(struct pg *pg)
+{
+	return pg_command(pg, "BEGIN", 0, NULL);
+}
+
+int
+pg_commit(struct pg *pg)
+{
+	return pg_command(pg, "COMMIT", 0, NULL);
+}
+
+void
+pg_rollback(struct pg *pg)
+{
+	char sqlstate[6], err[512];
+
+	if (pg->conn == NULL)
+		return;
+	/* Keep the error that made us roll back, not ROLLBACK's own. */
+	memcpy(sqlstate, pg->sqlstate, sizeof(sqlstate));
+	memcpy(err, pg->err, sizeof(err));
+	if (pg_command(pg, "ROLLBACK", 0, NULL) == -1)
+		pg_drop(pg);
+	memcpy(pg->sqlstate, sqlstate, sizeof(sqlstate));
+	memcpy(pg->err, err, sizeof(err));
+}
+
+/* Duplicate-object errors that a concurrent CREATE ... IF NOT EXISTS raises. */
+static int
+pg_is_duplicate(const struct pg *pg)
+{
+	return strcmp(pg->sqlstate, "23505") == 0 ||	/* unique_violation */
+	    strcmp(pg->sqlstate, "42P06") == 0 ||	/* duplicate_schema */
+	    strcmp(pg->sqlstate, "42P07") == 0 ||	/* duplicate_table */
+	    strcmp(pg->sqlstate, "42710") == 0;		/* duplicate_object */
+}
+
+int
+pg_ensure_schema(struct pg *pg)
+{
+	const char *params[1] = { NULL };
+	char sql[4096];
+	PGresult *res;
+	int have, attempt;
+
+	/*
+	 * Look before creating: CREATE ... IF NOT EXISTS still demands the
+	 * CREATE privilege, which a least-privilege role given ready-made
+	 * tables does not have.
+	 */
+	params[0] = pg->schema_name;
+	res = pg_exec(pg,
+	    "SELECT (SELECT count(*) FROM pg_catalog.pg_namespace "
+	    "WHERE nspname = $1) + (SELECT count(*) FROM pg_catalog.pg_tables "
+	    "WHERE schemaname = $1 AND tablename IN ('tally_counters', "
+	    "'tally_checkpoints', 'tally_idempotency', 'tally_rejected'))",
+	    1, params);
+	if (res == NULL)
+		return -1;
+	have = atoi(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	if (have == 5)
+		return 0;
+
+	snprintf(sql, sizeof(sql),
+	    "CREATE SCHEMA IF NOT EXISTS %1$s;"
+	    "CREATE TABLE IF NOT EXISTS %1$s.tally_counters ("
+	    " key text PRIMARY KEY,"
+	    " value bigint NOT NULL,"
+	    " updated_at timestamptz NOT NULL DEFAULT now());"
+	    "CREATE TABLE IF NOT EXISTS %1$s.tally_checkpoints ("
+	    " node text PRIMARY KEY,"
+	    " epoch text NOT NULL,"
+	    " lsn bigint NOT NULL,"
+	    " updated_at timestamptz NOT NULL DEFAULT now());"
+	    "CREATE TABLE IF NOT EXISTS %1$s.tally_idempotency ("
+	    " idem_key text PRIMARY KEY,"
+	    " fingerprint text NOT NULL,"
+	    " node text NOT NULL,"
+	    " created_at timestamptz NOT NULL DEFAULT now());"
+	    "CREATE TABLE IF NOT EXISTS %1$s.tally_rejected ("
+	    " id bigserial PRIMARY KEY,"
+	    " node text NOT NULL,"
+	    " key text,"
+	    " value bigint,"
+	    " idem_key text,"
+	    " lsn bigint,"
+	    " reason text NOT NULL,"
+	    " created_at timestamptz NOT NULL DEFAULT now());",
+	    pg->schema);
+	/*
+	 * Two nodes creating at once: IF NOT EXISTS checks the catalog before
+	 * inserting, so the loser can still hit a unique index.  The winner
+	 * has committed by then, and a second try finds everything there.
+	 */
+	for (attempt = 0; attempt < 3; attempt++) {
+		if (pg_command(pg, sql, -1, NULL) == 0)
+			return 0;
+		if (pg->conn == NULL || !pg_is_duplicate(pg))
+			return -1;
+	}
+	return -1;
+}
+
+int
+pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn)
+{
+	const char *params[1] = { pg->node };
+	char sql[512];
+	PGresult *res;
+	int found;
+
+	snprintf(sql, sizeof(sql), "SELECT epoch, lsn FROM "
+	    "%s.tally_checkpoints WHERE node = $1", pg->schema);
+	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
+		return -1;
+	found = PQntuples(res) > 0;
+	if (found) {
+		snprintf(epoch_hex, 33, "%s", PQgetvalue(res, 0, 0));
+		*lsn = strtoull(PQgetvalue(res, 0, 1), NULL, 10);
+	}
+	PQclear(res);
+	return found;
+}
+
+int
+pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn)
+{
+	char sql[512], num[24];
+	const char *params[3] = { pg->node, epoch_hex, num };
+
+	snprintf(num, sizeof(num), "%" PRIu64, lsn);
+	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_checkpoints AS c "
+	    "(node, epoch, lsn, updated_at) VALUES ($1, $2, $3, now()) "
+	    "ON CONFLICT (node) DO UPDATE SET epoch = EXCLUDED.epoch, "
+	    "lsn = EXCLUDED.lsn, updated_at = now()", pg->schema);
+	return pg_command(pg, sql, 3, params);
+}
+
+static int
+pg_reserve(struct pg *pg, size_t need)
+{
+	char *nb;
+	size_t cap = pg->bufcap ? pg->bufcap : 65536;
+
+	if (need <= pg->bufcap)
+		return 0;
+	while (cap < need)
+		cap *= 2;
+	if ((nb = realloc(pg->buf, cap)) == NULL) {
+		pg_set_err(pg, NULL, "out of memory for a batch");
+		return -1;
+	}
+	pg->buf = nb;
+	pg->bufcap = cap;
+	return 0;
+}
+
+/*
+ * Write the text[] literal of the keys, then (with values) the bigint[]
+ * literal, NUL-terminated, into pg->buf.  *second gets the offset of the
+ * second literal.
+ */
+static int
+pg_arrays(struct pg *pg, const struct pg_kv *kv, size_t n, int values,
+    size_t *second)
+{
+	size_t need = 4, o = 0;
+	char *b;
+
+	for (size_t i = 0; i < n; i++)
+		need += 2 * kv[i].len + 3 + (values ? 21 : 0);
+	need += 4;
+	if (pg_reserve(pg, need) == -1)
+		return -1;
+	b = pg->buf;
+	b[o++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			b[o++] = ',';
+		b[o++] = '"';
+		for (size_t k = 0; k < kv[i].len; k++) {
+			char ch = kv[i].key[k];
+
+			if (ch == '"' || ch == '\\')
+				b[o++] = '\\';
+			b[o++] = ch;
+		}
+		b[o++] = '"';
+	}
+	b[o++] = '}';
+	b[o++] = '\0';
+	*second = o;
+	if (!values)
+		return 0;
+	b[o++] = '{';
+	for (size_t i = 0; i < n; i++)
+		o += sprintf(b + o, "%s%" PRId64, i ? "," : "", kv[i].value);
+	b[o++] = '}';
+	b[o++] = '\0';
+	return 0;
+}
+
+static int
+pg_parse_i64(const char *s, int64_t *v)
+{
+	char *end;
+
+	errno = 0;
+	*v = strtoll(s, &end, 10);
+	return errno || end == s || *end != '\0' ? -1 : 0;
+}
+
+int
+pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
+    pg_row_fn row_fn, void *arg)
+{
+	const char *params[2];
+	char sql[1024];
+	PGresult *res;
+	size_t second;
+	int64_t v;
+
+	if (n == 0)
+		return 0;
+	if (pg_arrays(pg, kv, n, 1, &second) == -1)
+		return -1;
+	params[0] = pg->buf;
+	params[1] = pg->buf + second;
+	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_counters AS c "
+	    "(key, value, updated_at) SELECT k, v, now() FROM "
+	    "unnest($1::text[], $2::bigint[]) AS u(k, v) "
+	    "ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, "
+	    "updated_at = now() RETURNING key, value", pg->schema);
+	if ((res = pg_exec(pg, sql, 2, params)) == NULL)
+		return -1;
+	for (int i = 0; i < PQntuples(res); i++) {
+		if (pg_parse_i64(PQgetvalue(res, i, 1), &v) == -1)
+			continue;
+		row_fn(arg, PQgetvalue(res, i, 0), PQgetlength(res, i, 0), v);
+	}
+	PQclear(res);
+	return 0;
+}
+
+int
+pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
+    pg_value_fn value_fn, void *arg)
+{
+	const char *params[1];
+	char sql[1024];
+	PGresult *res;
+	size_t second;
+	int64_t idx, v;
+
+	if (n == 0)
+		return 0;
+	if (pg_arrays(pg, kv, n, 0, &second) == -1)
+		return -1;
+	params[0] = pg->buf;
+	/* One answer per input, found or not, in input order numbers. */
+	snprintf(sql, sizeof(sql), "SELECT u.i, c.value FROM "
+	    "unnest($1::text[]) WITH ORDINALITY AS u(k, i) "
+	    "LEFT JOIN %s.tally_counters c ON c.key = u.k", pg->schema);
+	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
+		return -1;
+	for (int i = 0; i < PQntuples(res); i++) {
+		if (pg_parse_i64(PQgetvalue(res, i, 0), &idx) == -1 ||
+		    idx < 1 || (size_t)idx > n)
+			continue;
+		if (PQgetisnull(res, i, 1))
+			value_fn(arg, idx - 1, 0, 0);
+		else if (pg_parse_i64(PQgetvalue(res, i, 1), &v) == 0)
+			value_fn(arg, idx - 1, 1, v);
+	}
+	PQclear(res);
+	return 0;
+}

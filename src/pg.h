@@ -1,0 +1,85 @@
+/*
+ * The flusher's PostgreSQL statements.  One connection, used by one
+ * process; libpq runs in non-blocking mode underneath so that every wait
+ * is a short poll() and the caller can give up (a stop signal), but to
+ * the caller each function simply returns when the statement is done.
+ */
+#ifndef TALLY_PG_H
+#define TALLY_PG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+
+/* One key of a batch; value is the delta (upsert) or unused (lookup). */
+struct pg_kv {
+	const char	*key;
+	size_t		 len;
+	int64_t		 value;
+};
+
+/*
+ * Asked while waiting on PostgreSQL, at least every 250 ms: nonzero
+ * abandons the statement (the connection is dropped, so whatever was in
+ * progress rolls back, or its outcome is unknown for a COMMIT).
+ */
+typedef int (*pg_abort_fn)(void *arg, uint64_t waited_us);
+
+/* A row of an upsert: PostgreSQL's new total for key. */
+typedef void (*pg_row_fn)(void *arg, const char *key, size_t len,
+	    int64_t value);
+/* A lookup answer for input i: found, and the value if found. */
+typedef void (*pg_value_fn)(void *arg, size_t i, int found, int64_t value);
+
+struct pg {
+	PGconn		*conn;
+	char		 schema[256];	/* quoted identifier */
+	char		 schema_name[128]; /* as configured */
+	char		 node[128];
+	pg_abort_fn	 abort_fn;
+	void		*abort_arg;
+	/* The last error. */
+	int		 broken;	/* the connection is gone: reconnect */
+	char		 sqlstate[6];	/* "" when not from the server */
+	char		 err[512];
+	/* Scratch for array literals, grown as needed. */
+	char		*buf;
+	size_t		 bufcap;
+};
+
+void	pg_init(struct pg *pg, const char *node, pg_abort_fn abort_fn,
+	    void *abort_arg);
+/*
+ * Connect with dsn (empty: the PG* environment), adding a connect timeout
+ * and application_name unless they are given.  -1 with pg->err set; the
+ * DSN itself (and so any password) never appears in pg->err.
+ */
+int	pg_connect(struct pg *pg, const char *dsn, const char *appname,
+	    const char *schema);
+void	pg_close(struct pg *pg);
+void	pg_free(struct pg *pg);
+
+/* Create schema and tables if missing; tolerates a concurrent creator. */
+int	pg_ensure_schema(struct pg *pg);
+/* This node's checkpoint row: 1 found, 0 none, -1 error. */
+int	pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn);
+/* Within a transaction: write this node's checkpoint row. */
+int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn);
+
+int	pg_begin(struct pg *pg);
+int	pg_commit(struct pg *pg);
+/* Best effort; drops the connection when even that fails. */
+void	pg_rollback(struct pg *pg);
+
+/*
+ * Add kv[i].value to each key (one statement, arrays and unnest); row_fn
+ * gets the new totals.  The keys must be distinct.  -1 on error.
+ */
+int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
+	    pg_row_fn row_fn, void *arg);
+/* Current values of kv[0..n) keys; value_fn is called once per key. */
+int	pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
+	    pg_value_fn value_fn, void *arg);
+
+#endif

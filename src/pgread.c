@@ -1,0 +1,658 @@
+/*
+ * Asynchronous PostgreSQL look-ups for a worker's event loop.
+ *
+ * A GET for a key the shared table does not hold asks PostgreSQL.  The
+ * worker's loop must never wait, so the one connection a worker keeps is
+ * driven entirely by readiness events: PQconnectStart/PQconnectPoll while
+ * connecting, PQsendQueryParams/PQflush/PQconsumeInput afterwards.  The
+ * connection is opened on the first look-up, not at start, so workers of
+ * a node whose data is all in shared memory never connect at all.
+ *
+ * libpq owns its socket and reads from it itself.  The loop only has to
+ * say when the socket is ready, so h2o watches a dup() of it, created with
+ * H2O_SOCKET_FLAG_DONT_READ (h2o then calls us without reading a byte).
+ * The dup also means that closing the h2o socket never closes libpq's fd,
+ * and that libpq closing its fd never leaves epoll watching a dead one.
+ * libpq may replace its socket while connecting (another host of a
+ * multi-host DSN, a retry without SSL or GSS encryption), possibly under
+ * the same fd number, so the socket is compared by inode after every poll.
+ *
+ * Look-ups wait in a FIFO and one query is in flight at a time; a primary
+ * key look-up costs PostgreSQL far less than the round trip, and answers
+ * come back in order, so the queue head always owns the next result.
+ *
+ * Failure policy: any connection failure fails every queued look-up with
+ * -1 (the worker answers 503 with Retry-After), the connection is dropped
+ * and the next look-up reconnects, but not within PGREAD_RETRY_MS of the
+ * last attempt or failure.  Within that back-off, and when the queue is
+ * full, look-ups fail at once.
+ * A look-up older than PGREAD_DEADLINE_MS means PostgreSQL or the network
+ * hangs: it and all queued behind it fail and the connection is reset.
+ *
+ * Every callback runs from the loop and exactly once; a look-up that fails
+ * at once is put on a list delivered by a zero timeout, so pgread_lookup()
+ * never calls back into its caller.
+ *
+ * Host names in the DSN are resolved by libpq with a blocking
+ * getaddrinfo(); use an address or a Unix socket directory.
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "log.h"
+#include "pgread.h"
+
+#define PGREAD_DEADLINE_MS	2000
+#define PGREAD_RETRY_MS		1000
+#define PGREAD_MAX_QUEUE	10000
+#define PGREAD_TEXTOID		25	/* pg_type.oid of text */
+
+enum pgread_state {
+	PGREAD_IDLE,		/* no connection */
+	PGREAD_CONNECTING,	/* PQconnectPoll in progress */
+	PGREAD_READY,		/* connected, nothing in flight */
+	PGREAD_BUSY		/* the queue head's query is in flight */
+};
+
+struct pgread_req {
+	struct pgread_req	*next;
+	struct pgread		*p;
+	h2o_timeout_entry_t	 deadline;
+	pgread_cb		 cb;
+	void			*arg;
+	int			 status;
+	int64_t			 value;
+	size_t			 len;
+	char			 key[];
+};
+
+struct pgread_list {
+	struct pgread_req	*head;
+	struct pgread_req	**tail;
+	size_t			 n;
+};
+
+struct pgread {
+	h2o_loop_t		*loop;
+	char			*dsn;
+	char			*schema;
+
+	enum pgread_state	 state;
+	PGconn			*conn;
+	PostgresPollingStatusType want;	/* while connecting */
+	char			*query;		/* with the quoted schema */
+	h2o_socket_t		*sock;		/* watches a dup of libpq's fd */
+	dev_t			 sock_dev;
+	ino_t			 sock_ino;
+	uint64_t		 last_attempt;	/* loop ms: last connect or failure */
+	int			 down;		/* failure logged, not yet ok */
+	uint64_t		 last_err_log;	/* query errors, rate-limited */
+
+	struct pgread_list	 queue;		/* head: in flight when BUSY */
+	struct pgread_list	 done;		/* answered, to be delivered */
+
+	h2o_timeout_t		 deadline_to;
+	h2o_timeout_t		 zero_to;
+	h2o_timeout_entry_t	 deliver;
+};
+
+static void	pgread_on_read(h2o_socket_t *, const char *);
+static void	pgread_on_write(h2o_socket_t *, const char *);
+static void	pgread_send_next(struct pgread *);
+
+static void
+pgread_list_init(struct pgread_list *l)
+{
+	l->head = NULL;
+	l->tail = &l->head;
+	l->n = 0;
+}
+
+static void
+pgread_list_push(struct pgread_list *l, struct pgread_req *r)
+{
+	r->next = NULL;
+	*l->tail = r;
+	l->tail = &r->next;
+	l->n++;
+}
+
+static struct pgread_req *
+pgread_list_shift(struct pgread_list *l)
+{
+	struct pgread_req *r;
+
+	if ((r = l->head) == NULL)
+		return NULL;
+	if ((l->head = r->next) == NULL)
+		l->tail = &l->head;
+	l->n--;
+	r->next = NULL;
+	return r;
+}
+
+/* libpq's messages span lines; a log entry is one line. */
+static void
+pgread_oneline(char *dst, size_t size, const char *msg)
+{
+	size_t o = 0;
+
+	if (msg == NULL || *msg == '\0')
+		msg = "unknown error";
+	for (; *msg != '\0' && o < size - 1; msg++) {
+		char ch = *msg;
+
+		if (ch == '\n' || ch == '\r' || ch == '\t')
+			ch = ' ';
+		if (ch == ' ' && (o == 0 || dst[o - 1] == ' '))
+			continue;
+		dst[o++] = ch;
+	}
+	while (o > 0 && dst[o - 1] == ' ')
+		o--;
+	dst[o] = '\0';
+}
+
+/* Queue an answer for delivery from the zero timeout. */
+static void
+pgread_finish_later(struct pgread *p, struct pgread_req *r, int status,
+    int64_t value)
+{
+	h2o_timeout_unlink(&r->deadline);
+	r->status = status;
+	r->value = value;
+	pgread_list_push(&p->done, r);
+	if (!h2o_timeout_is_linked(&p->deliver))
+		h2o_timeout_link(p->loop, &p->zero_to, &p->deliver);
+}
+
+static void
+pgread_on_deliver(h2o_timeout_entry_t *ent)
+{
+	struct pgread *p = H2O_STRUCT_FROM_MEMBER(struct pgread, deliver, ent);
+	struct pgread_list batch = p->done;
+	struct pgread_req *r;
+
+	/* Callbacks may fail new look-ups at once: those go to a new list. */
+	if (batch.head == NULL)
+		return;
+	pgread_list_init(&p->done);
+	while ((r = pgread_list_shift(&batch)) != NULL) {
+		r->cb(r->arg, r->status, r->value);
+		free(r);
+	}
+}
+
+static void
+pgread_unwatch(struct pgread *p)
+{
+	if (p->sock != NULL) {
+		/* Closes our dup only; libpq's fd stays libpq's. */
+		h2o_socket_close(p->sock);
+		p->sock = NULL;
+	}
+}
+
+/*
+ * Drop the connection and fail everything queued.  The answers are
+ * delivered later, so this is safe from any context.
+ */
+static void
+pgread_reset(struct pgread *p)
+{
+	struct pgread_req *r;
+
+	pgread_unwatch(p);
+	if (p->conn != NULL) {
+		PQfinish(p->conn);
+		p->conn = NULL;
+	}
+	free(p->query);
+	p->query = NULL;
+	p->state = PGREAD_IDLE;
+	/* The back-off runs from the failure, not from the last connect. */
+	p->last_attempt = h2o_now(p->loop);
+	while ((r = pgread_list_shift(&p->queue)) != NULL)
+		pgread_finish_later(p, r, -1, 0);
+}
+
+static void
+pgread_fail(struct pgread *p, const char *what, const char *msg)
+{
+	char line[512];
+
+	pgread_oneline(line, sizeof(line), msg);
+	if (!p->down) {
+		log_warnx("pgread: %s: %s; failing %zu look-up(s), will "
+		    "reconnect on demand", what, line, p->queue.n);
+		p->down = 1;
+	} else
+		log_debug("pgread: %s: %s", what, line);
+	pgread_reset(p);
+}
+
+/*
+ * Make sure h2o watches libpq's current socket.  Returns -1 when it
+ * cannot (the caller resets).
+ */
+static int
+pgread_watch(struct pgread *p)
+{
+	struct stat st;
+	int fd, dfd;
+
+	if ((fd = PQsocket(p->conn)) == -1)
+		return -1;
+	if (fstat(fd, &st) == -1) {
+		log_warn("pgread: fstat of the PostgreSQL socket");
+		return -1;
+	}
+	if (p->sock != NULL && st.st_dev == p->sock_dev &&
+	    st.st_ino == p->sock_ino)
+		return 0;
+	pgread_unwatch(p);
+	if ((dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) == -1) {
+		log_warn("pgread: dup of the PostgreSQL socket");
+		return -1;
+	}
+	p->sock = h2o_evloop_socket_create(p->loop, dfd,
+	    H2O_SOCKET_FLAG_DONT_READ);
+	p->sock->data = p;
+	p->sock_dev = st.st_dev;
+	p->sock_ino = st.st_ino;
+	return 0;
+}
+
+/* Ask for the readiness libpq wants next. */
+static void
+pgread_want(struct pgread *p, int rd, int wr)
+{
+	if (rd && !h2o_socket_is_reading(p->sock))
+		h2o_socket_read_start(p->sock, pgread_on_read);
+	else if (!rd && h2o_socket_is_reading(p->sock))
+		h2o_socket_read_stop(p->sock);
+	/* A write notification, once asked for, cannot be withdrawn. */
+	if (wr && !h2o_socket_is_writing(p->sock))
+		h2o_socket_notify_write(p->sock, pgread_on_write);
+}
+
+static void
+pgread_connected(struct pgread *p)
+{
+	char *ident;
+	size_t sz;
+
+	if (PQsetnonblocking(p->conn, 1) != 0) {
+		pgread_fail(p, "cannot set the connection non-blocking",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	if ((ident = PQescapeIdentifier(p->conn, p->schema,
+	    strlen(p->schema))) == NULL) {
+		pgread_fail(p, "cannot quote the schema name",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	sz = strlen(ident) + 64;
+	p->query = malloc(sz);
+	if (p->query == NULL) {
+		PQfreemem(ident);
+		pgread_fail(p, "cannot build the look-up query", "out of memory");
+		return;
+	}
+	snprintf(p->query, sz,
+	    "SELECT value FROM %s.tally_counters WHERE key = $1", ident);
+	PQfreemem(ident);
+	if (p->down)
+		log_info("pgread: connected to PostgreSQL again");
+	p->down = 0;
+	p->state = PGREAD_READY;
+	pgread_want(p, 1, 0);
+	pgread_send_next(p);
+}
+
+static void
+pgread_connect_poll(struct pgread *p)
+{
+	p->want = PQconnectPoll(p->conn);
+	switch (p->want) {
+	case PGRES_POLLING_FAILED:
+		pgread_fail(p, "cannot connect to PostgreSQL",
+		    PQerrorMessage(p->conn));
+		return;
+	case PGRES_POLLING_OK:
+		if (pgread_watch(p) == -1) {
+			pgread_fail(p, "cannot watch the connection",
+			    "no socket");
+			return;
+		}
+		pgread_connected(p);
+		return;
+	default:
+		break;
+	}
+	if (pgread_watch(p) == -1) {
+		pgread_fail(p, "cannot watch the connection", "no socket");
+		return;
+	}
+	if (p->want == PGRES_POLLING_WRITING)
+		pgread_want(p, 0, 1);
+	else
+		pgread_want(p, 1, 0);
+}
+
+/* Notices (a server shutting down, say) go to the log, not to stderr. */
+static void
+pgread_on_notice(void *arg, const char *msg)
+{
+	char line[512];
+
+	pgread_oneline(line, sizeof(line), msg);
+	log_debug("pgread: PostgreSQL: %s", line);
+}
+
+static void
+pgread_connect(struct pgread *p)
+{
+	const char *kw[4], *val[4];
+	int n = 0;
+
+	p->last_attempt = h2o_now(p->loop);
+	/* Ours first: a setting in the DSN comes later and wins. */
+	kw[n] = "application_name";
+	val[n++] = "tallyd-worker";
+	kw[n] = "client_encoding";
+	val[n++] = "UTF8";
+	if (*p->dsn != '\0') {
+		kw[n] = "dbname";
+		val[n++] = p->dsn;
+	}
+	kw[n] = NULL;
+	val[n] = NULL;
+
+	if ((p->conn = PQconnectStartParams(kw, val, 1)) == NULL) {
+		pgread_fail(p, "cannot connect to PostgreSQL", "out of memory");
+		return;
+	}
+	if (PQstatus(p->conn) == CONNECTION_BAD) {
+		pgread_fail(p, "cannot connect to PostgreSQL",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	PQsetNoticeProcessor(p->conn, pgread_on_notice, p);
+	p->state = PGREAD_CONNECTING;
+	/* libpq's first poll after the start is for writing. */
+	p->want = PGRES_POLLING_WRITING;
+	if (pgread_watch(p) == -1) {
+		pgread_fail(p, "cannot watch the connection", "no socket");
+		return;
+	}
+	pgread_want(p, 0, 1);
+}
+
+static void
+pgread_flush(struct pgread *p)
+{
+	switch (PQflush(p->conn)) {
+	case 0:
+		break;
+	case 1:
+		pgread_want(p, 1, 1);
+		break;
+	default:
+		pgread_fail(p, "cannot send a look-up",
+		    PQerrorMessage(p->conn));
+		break;
+	}
+}
+
+static void
+pgread_send_next(struct pgread *p)
+{
+	struct pgread_req *r = p->queue.head;
+	const char *values[1];
+	int lengths[1], formats[1];
+	Oid types[1];
+
+	if (p->state != PGREAD_READY || r == NULL)
+		return;
+	/* Binary text parameter: the key needs no NUL terminator. */
+	values[0] = r->key;
+	lengths[0] = (int)r->len;
+	formats[0] = 1;
+	types[0] = PGREAD_TEXTOID;
+	if (!PQsendQueryParams(p->conn, p->query, 1, types, values, lengths,
+	    formats, 0)) {
+		pgread_fail(p, "cannot send a look-up",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	p->state = PGREAD_BUSY;
+	pgread_flush(p);
+}
+
+/*
+ * Record what a result says about the head's key.  A query error that
+ * leaves the connection usable fails that look-up only: resetting would
+ * not cure it and would fail every other look-up with it.
+ */
+static void
+pgread_take_result(struct pgread *p, struct pgread_req *r, PGresult *res)
+{
+	const char *state, *v;
+	char *end, line[512];
+
+	switch (PQresultStatus(res)) {
+	case PGRES_TUPLES_OK:
+		if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
+			r->status = 0;
+			return;
+		}
+		v = PQgetvalue(res, 0, 0);
+		r->value = strtoll(v, &end, 10);
+		if (end == v || *end != '\0') {
+			log_warnx("pgread: key '%.*s': value '%s' is not an "
+			    "integer", (int)(r->len > 64 ? 64 : r->len),
+			    r->key, v);
+			r->status = -1;
+			return;
+		}
+		r->status = 1;
+		return;
+	case PGRES_FATAL_ERROR:
+		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		/* No table yet: nothing was ever flushed, so no such key. */
+		if (state != NULL && strcmp(state, "42P01") == 0) {
+			r->status = 0;
+			return;
+		}
+		break;
+	default:
+		break;
+	}
+	r->status = -1;
+	if (h2o_now(p->loop) - p->last_err_log >= 10000 ||
+	    p->last_err_log == 0) {
+		p->last_err_log = h2o_now(p->loop);
+		pgread_oneline(line, sizeof(line), PQresultErrorMessage(res));
+		log_warnx("pgread: look-up of key '%.*s' failed: %s",
+		    (int)(r->len > 64 ? 64 : r->len), r->key, line);
+	}
+}
+
+static void
+pgread_on_read(h2o_socket_t *sock, const char *err)
+{
+	struct pgread *p = sock->data;
+	struct pgread_req *r;
+	PGresult *res;
+
+	if (p->state == PGREAD_CONNECTING) {
+		pgread_connect_poll(p);
+		return;
+	}
+	if (!PQconsumeInput(p->conn)) {
+		pgread_fail(p, "connection to PostgreSQL lost",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	if (p->state != PGREAD_BUSY) {
+		/* Idle: a notice, or the server going away. */
+		if (PQstatus(p->conn) == CONNECTION_BAD)
+			pgread_fail(p, "connection to PostgreSQL lost",
+			    PQerrorMessage(p->conn));
+		return;
+	}
+	r = p->queue.head;
+	while (!PQisBusy(p->conn)) {
+		if ((res = PQgetResult(p->conn)) == NULL) {
+			/* The head's query is complete. */
+			pgread_list_shift(&p->queue);
+			h2o_timeout_unlink(&r->deadline);
+			if (PQstatus(p->conn) == CONNECTION_BAD) {
+				pgread_finish_later(p, r, r->status, r->value);
+				pgread_fail(p, "connection to PostgreSQL lost",
+				    PQerrorMessage(p->conn));
+				return;
+			}
+			p->state = PGREAD_READY;
+			r->cb(r->arg, r->status, r->value);
+			free(r);
+			/* The callback may have sent the next one already. */
+			pgread_send_next(p);
+			return;
+		}
+		pgread_take_result(p, r, res);
+		PQclear(res);
+	}
+}
+
+static void
+pgread_on_write(h2o_socket_t *sock, const char *err)
+{
+	struct pgread *p = sock->data;
+
+	switch (p->state) {
+	case PGREAD_CONNECTING:
+		if (p->want == PGRES_POLLING_WRITING)
+			pgread_connect_poll(p);
+		break;
+	case PGREAD_BUSY:
+		pgread_flush(p);
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+pgread_on_deadline(h2o_timeout_entry_t *ent)
+{
+	struct pgread_req *r = H2O_STRUCT_FROM_MEMBER(struct pgread_req,
+	    deadline, ent);
+	struct pgread *p = r->p;
+
+	/*
+	 * Same timeout for all and a FIFO queue: the expired one is the
+	 * head, and everything behind it waits on the same stuck server.
+	 */
+	log_warnx("pgread: no answer from PostgreSQL within %d ms; "
+	    "resetting the connection (%zu look-up(s) failed)",
+	    PGREAD_DEADLINE_MS, p->queue.n);
+	p->down = 1;
+	pgread_reset(p);
+}
+
+struct pgread *
+pgread_new(h2o_loop_t *loop, const struct config *cf)
+{
+	struct pgread *p;
+
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		log_warn("pgread: calloc");
+		return NULL;
+	}
+	p->loop = loop;
+	p->dsn = strdup(cf->dsn);
+	p->schema = strdup(cf->schema[0] != '\0' ? cf->schema : "public");
+	if (p->dsn == NULL || p->schema == NULL) {
+		log_warn("pgread: strdup");
+		free(p->dsn);
+		free(p->schema);
+		free(p);
+		return NULL;
+	}
+	p->state = PGREAD_IDLE;
+	pgread_list_init(&p->queue);
+	pgread_list_init(&p->done);
+	h2o_timeout_init(loop, &p->deadline_to, PGREAD_DEADLINE_MS);
+	h2o_timeout_init(loop, &p->zero_to, 0);
+	p->deliver.cb = pgread_on_deliver;
+	return p;
+}
+
+void
+pgread_lookup(struct pgread *p, const char *key, size_t len,
+    pgread_cb cb, void *arg)
+{
+	struct pgread_req *r;
+	uint64_t now = h2o_now(p->loop);
+
+	r = h2o_mem_alloc(sizeof(*r) + len);
+	memset(r, 0, sizeof(*r));
+	r->p = p;
+	r->cb = cb;
+	r->arg = arg;
+	r->len = len;
+	memcpy(r->key, key, len);
+	r->deadline.cb = pgread_on_deadline;
+
+	/* A text value cannot hold NUL: no such key can exist. */
+	if (memchr(key, '\0', len) != NULL) {
+		pgread_finish_later(p, r, 0, 0);
+		return;
+	}
+	if (p->queue.n >= PGREAD_MAX_QUEUE) {
+		pgread_finish_later(p, r, -1, 0);
+		return;
+	}
+	if (p->state == PGREAD_IDLE && p->last_attempt != 0 &&
+	    now - p->last_attempt < PGREAD_RETRY_MS) {
+		pgread_finish_later(p, r, -1, 0);
+		return;
+	}
+	pgread_list_push(&p->queue, r);
+	h2o_timeout_link(p->loop, &p->deadline_to, &r->deadline);
+	if (p->state == PGREAD_IDLE)
+		pgread_connect(p);
+	else
+		pgread_send_next(p);
+}
+
+void
+pgread_free(struct pgread *p)
+{
+	struct pgread_req *r;
+
+	if (p == NULL)
+		return;
+	pgread_reset(p);
+	/* Exactly once, even now: whatever is left hears -1. */
+	h2o_timeout_unlink(&p->deliver);
+	while ((r = pgread_list_shift(&p->done)) != NULL) {
+		r->cb(r->arg, r->status, r->value);
+		free(r);
+	}
+	h2o_timeout_dispose(p->loop, &p->deadline_to);
+	h2o_timeout_dispose(p->loop, &p->zero_to);
+	free(p->dsn);
+	free(p->schema);
+	free(p);
+}

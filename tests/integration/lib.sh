@@ -1,0 +1,457 @@
+# Shared by the integration tests: a private PostgreSQL and a private tallyd
+# in a temporary directory, helpers to talk to them, and assertions that
+# print one line per check.  Everything a test starts is stopped by pid when
+# the test exits, and the temporary directory goes with it (KEEP=1 keeps it).
+#
+# Exit status, as automake's test driver reads it: 0 pass, 1 fail, 77 skip
+# (only outside CI, for a tool that is missing).
+
+set -u
+
+: "${top_builddir:=$(cd "$(dirname "$0")/../.." && pwd)}"
+: "${top_srcdir:=$top_builddir}"
+TALLYD=$top_builddir/src/tallyd
+TALLYCTL=$top_builddir/src/tallyctl
+
+NCHECKS=0
+NFAILED=0
+TALLYD_PID=
+PG_STARTED=0
+BGPIDS=()
+SELF=$(basename "$0" .sh)
+
+# ---------------------------------------------------------------- output
+
+note() { printf '# %s\n' "$*"; }
+
+ok() { NCHECKS=$((NCHECKS + 1)); printf 'ok - %s\n' "$*"; }
+
+notok() {
+	NCHECKS=$((NCHECKS + 1)); NFAILED=$((NFAILED + 1))
+	printf 'not ok - %s\n' "$*"
+}
+
+# Stop the test here: something it depends on did not work.
+die() {
+	notok "$*"
+	exit 1
+}
+
+skip_or_fail() {
+	if [ -n "${CI:-}" ]; then
+		die "$* (required in CI)"
+	fi
+	printf 'SKIP: %s\n' "$*"
+	SKIPPING=1
+	exit 77
+}
+
+need() {
+	local c
+	for c in "$@"; do
+		command -v "$c" >/dev/null 2>&1 || skip_or_fail "$c not installed"
+	done
+}
+
+# ---------------------------------------------------------------- assertions
+
+# assert_eq DESCRIPTION EXPECTED GOT
+assert_eq() {
+	if [ "$2" = "$3" ]; then
+		ok "$1"
+	else
+		notok "$1"
+		printf '#   expected: %s\n#   got:      %s\n' "$2" "$3"
+	fi
+}
+
+# assert_match DESCRIPTION ERE STRING
+assert_match() {
+	if printf '%s' "$3" | grep -Eq -- "$2"; then
+		ok "$1"
+	else
+		notok "$1"
+		printf '#   expected to match: %s\n#   got: %s\n' "$2" "$3"
+	fi
+}
+
+# assert_between DESCRIPTION LOW HIGH GOT (integers, inclusive)
+assert_between() {
+	if [[ "$4" =~ ^-?[0-9]+$ ]] && [ "$4" -ge "$2" ] && [ "$4" -le "$3" ]; then
+		ok "$1"
+	else
+		notok "$1"
+		printf '#   expected: %s..%s\n#   got:      %s\n' "$2" "$3" "$4"
+	fi
+}
+
+# Minify JSON: drop whitespace outside strings, so that answers compare
+# exactly whatever spacing the server uses.
+json_min() {
+	LC_ALL=C awk 'BEGIN { RS = "\001"; ORS = "" } {
+		n = length($0); s = 0; e = 0; out = ""
+		for (i = 1; i <= n; i++) {
+			c = substr($0, i, 1)
+			if (s) {
+				out = out c
+				if (e) e = 0
+				else if (c == "\\") e = 1
+				else if (c == "\"") s = 0
+			} else if (c == "\"") {
+				s = 1; out = out c
+			} else if (c != " " && c != "\t" && c != "\n" && c != "\r") {
+				out = out c
+			}
+		}
+		print out
+	}'
+}
+
+# ---------------------------------------------------------------- ports
+
+port_free() {
+	[ -z "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]
+}
+
+# A random port nobody listens on (and that we did not hand out already).
+USED_PORTS=" "
+free_port() {
+	local p i
+	for i in $(seq 1 100); do
+		p=$((20000 + RANDOM % 40000))
+		case "$USED_PORTS" in *" $p "*) continue ;; esac
+		if port_free "$p"; then
+			USED_PORTS="$USED_PORTS$p "
+			echo "$p"
+			return 0
+		fi
+	done
+	echo "no free port found" >&2
+	return 1
+}
+
+# ---------------------------------------------------------------- processes
+
+# 1 when the pid runs (a zombie does not count: nothing may reap it here).
+pid_alive() {
+	local st
+	st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+	[ -n "$st" ] && [ "$st" != Z ]
+}
+
+descendants() {
+	local c
+	for c in $(pgrep -P "$1" 2>/dev/null); do
+		echo "$c"
+		descendants "$c"
+	done
+}
+
+# wait_gone TIMEOUT_S PID...: 0 when every pid is gone in time.
+wait_gone() {
+	local t=$1 p left i
+	shift
+	for i in $(seq 1 $((t * 10))); do
+		left=0
+		for p in "$@"; do
+			pid_alive "$p" && left=1
+		done
+		[ $left = 0 ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# ---------------------------------------------------------------- temp dir
+
+T=$(mktemp -d "${TMPDIR:-/tmp}/tallyd-$SELF.XXXXXX") || exit 99
+# PostgreSQL runs as its own user when we are root: it must reach $T.
+chmod 755 "$T"
+SKIPPING=0
+
+cleanup() {
+	local rc=$? p
+	trap - EXIT INT TERM
+	for p in "${BGPIDS[@]}"; do
+		kill -9 "$p" 2>/dev/null
+	done
+	if [ -n "$TALLYD_PID" ] && pid_alive "$TALLYD_PID"; then
+		tallyd_kill9_all >/dev/null 2>&1
+	fi
+	if [ "$PG_STARTED" = 1 ]; then
+		as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop \
+		    >/dev/null 2>&1
+	fi
+	if [ "$SKIPPING" = 0 ]; then
+		if [ "$NFAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
+			show_logs
+			[ "$rc" -eq 0 ] && rc=1
+		fi
+		printf '# %s: %d checks, %d not ok\n' "$SELF" "$NCHECKS" "$NFAILED"
+	fi
+	if [ -n "${KEEP:-}" ]; then
+		note "kept $T"
+	else
+		rm -rf "$T"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+show_logs() {
+	local f
+	for f in "$T"/tallyd*.log "$T"/pg/pg.log; do
+		[ -s "$f" ] || continue
+		echo "# ---- last lines of $(basename "$f")"
+		tail -n 60 "$f" | sed 's/^/#   /'
+	done
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+PGBIN=
+find_pgbin() {
+	local d
+	if command -v pg_config >/dev/null 2>&1; then
+		d=$(pg_config --bindir 2>/dev/null)
+		[ -x "$d/initdb" ] && { PGBIN=$d; return 0; }
+	fi
+	for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+		[ -x "$d/initdb" ] && { PGBIN=$d; return 0; }
+	done
+	d=$(dirname "$(command -v initdb 2>/dev/null)" 2>/dev/null)
+	[ -n "$d" ] && [ -x "$d/initdb" ] && { PGBIN=$d; return 0; }
+	return 1
+}
+
+# Run a PostgreSQL server command: as the postgres user when we are root
+# (initdb and postgres refuse root), as ourselves otherwise.
+as_pg() {
+	if [ "$(id -u)" = 0 ]; then
+		(cd "$T" && runuser -u postgres -- "$@")
+	else
+		(cd "$T" && "$@")
+	fi
+}
+
+# pg_start: a private cluster on a Unix socket in $T and a free port.  A
+# second call (after pg_stop) starts the same cluster on the same port.
+pg_start() {
+	if [ -z "$PGBIN" ]; then
+		find_pgbin || skip_or_fail "PostgreSQL server (initdb) not installed"
+		need psql
+		PGDIR=$T/pg
+		PGDATA=$PGDIR/data
+		PGSOCK=$PGDIR/sock
+		PGPORT=$(free_port) || die "no free port for PostgreSQL"
+		mkdir -p "$PGSOCK"
+		[ "$(id -u)" = 0 ] && chown -R postgres: "$PGDIR"
+		as_pg "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres -N \
+		    -E UTF8 --locale=C >"$T/initdb.log" 2>&1 ||
+		    { cat "$T/initdb.log"; die "initdb failed"; }
+		DSN="host=$PGSOCK port=$PGPORT user=postgres dbname=postgres"
+		export DSN
+	fi
+	as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGDIR/pg.log" -w -t 60 \
+	    -o "-k $PGSOCK -p $PGPORT -c listen_addresses=''" start \
+	    >/dev/null || die "PostgreSQL did not start"
+	PG_STARTED=1
+	note "PostgreSQL up: $DSN"
+}
+
+pg_stop() {
+	as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null ||
+	    die "PostgreSQL did not stop"
+	PG_STARTED=0
+	note "PostgreSQL stopped"
+}
+
+# pg_sql "SQL": rows unaligned, no header.
+pg_sql() {
+	PGCONNECT_TIMEOUT=5 psql "$DSN" -XAtqc "$1"
+}
+
+sql_quote() { local s=${1//\'/\'\'}; printf "'%s'" "$s"; }
+
+# The key's value in PostgreSQL, or "none".
+pg_value() {
+	local v
+	v=$(pg_sql "select value from tally_counters where key = $(sql_quote "$1")" \
+	    2>/dev/null)
+	echo "${v:-none}"
+}
+
+# pg_wait_value KEY EXPECTED [TIMEOUT_S]: poll until a flush shows it, then
+# assert exactly.
+pg_wait_value() {
+	local key=$1 want=$2 t=${3:-15} got i
+	for i in $(seq 1 $((t * 5))); do
+		got=$(pg_value "$key")
+		[ "$got" = "$want" ] && break
+		sleep 0.2
+	done
+	assert_eq "PostgreSQL has $key = $want" "$want" "$got"
+}
+
+# ---------------------------------------------------------------- tallyd
+
+# tallyd_conf [LINE]...: write $CONF for a private instance; extra lines
+# (with their own [section] headers) are appended.
+tallyd_conf() {
+	local l
+	[ -n "${TPORT:-}" ] || TPORT=$(free_port) || die "no free port for tallyd"
+	CONF=$T/tallyd.conf
+	BASE=http://127.0.0.1:$TPORT
+	mkdir -p "$T/state"
+	{
+		echo "[server]"
+		echo "listen = 127.0.0.1:$TPORT"
+		echo "workers = 2"
+		echo "state_dir = $T/state"
+		echo "pid_file = $T/tallyd.pid"
+		echo "control_socket = $T/tallyd.sock"
+		echo "[journal]"
+		echo "segment_size = 1M"
+		echo "[postgres]"
+		echo "dsn = ${DSN:-}"
+		echo "flush_interval = 100ms"
+		for l in "$@"; do
+			echo "$l"
+		done
+	} >"$CONF"
+}
+
+TALLYD_LOG=
+TALLYD_RUN=0
+
+# tallyd_start [ARG]...: start in the background (extra args to tallyd),
+# wait until /healthz answers 200.
+tallyd_start() {
+	local i code
+	[ -x "$TALLYD" ] || die "$TALLYD not built"
+	TALLYD_RUN=$((TALLYD_RUN + 1))
+	TALLYD_LOG=$T/tallyd.$TALLYD_RUN.log
+	"$TALLYD" -f -c "$CONF" "$@" </dev/null >>"$TALLYD_LOG" 2>&1 &
+	TALLYD_PID=$!
+	for i in $(seq 1 300); do
+		code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$BASE/healthz")
+		[ "$code" = 200 ] && { note "tallyd up, pid $TALLYD_PID"; return 0; }
+		if ! pid_alive "$TALLYD_PID"; then
+			wait "$TALLYD_PID" 2>/dev/null
+			code=$?
+			cat "$TALLYD_LOG"
+			die "tallyd exited at start (status $code)"
+		fi
+		sleep 0.1
+	done
+	cat "$TALLYD_LOG"
+	die "tallyd did not answer /healthz within 30 s"
+}
+
+# tallyd_stop [SIGNAL]: graceful stop by pid; SIGKILL after 30 s.  Sets
+# TALLYD_STATUS to the exit status.
+tallyd_stop() {
+	local sig=${1:-TERM} pids
+	pids="$TALLYD_PID $(descendants "$TALLYD_PID")"
+	kill "-$sig" "$TALLYD_PID" 2>/dev/null
+	if ! wait_gone 30 "$TALLYD_PID"; then
+		notok "tallyd did not stop within 30 s of SIG$sig"
+		tallyd_kill9_all
+		return 1
+	fi
+	wait "$TALLYD_PID" 2>/dev/null
+	TALLYD_STATUS=$?
+	# shellcheck disable=SC2086
+	wait_gone 10 $pids || notok "tallyd's children outlived the master"
+	TALLYD_PID=
+	return 0
+}
+
+# tallyd_kill9_all: SIGKILL the master and every descendant, by pid.  The
+# master is stopped first so that it cannot fork a replacement meanwhile.
+tallyd_kill9_all() {
+	local pids
+	kill -STOP "$TALLYD_PID" 2>/dev/null
+	pids="$TALLYD_PID $(descendants "$TALLYD_PID")"
+	# shellcheck disable=SC2086
+	kill -9 $pids 2>/dev/null
+	# shellcheck disable=SC2086
+	wait_gone 10 $pids || notok "processes survived kill -9: $pids"
+	wait "$TALLYD_PID" 2>/dev/null
+	note "killed -9: $(echo $pids)"
+	TALLYD_PID=
+}
+
+tallyctl() { "$TALLYCTL" -c "$CONF" "$@"; }
+
+journal_records() { tallyctl journal dump | wc -l; }
+
+# ---------------------------------------------------------------- HTTP
+
+# Every request leaves its answer in $T/last.{status,body,headers}.
+# http METHOD PATH [CURL_ARG]...: prints the status.
+http() {
+	local m=$1 path=$2
+	shift 2
+	curl -s -m 10 -X "$m" -o "$T/last.body" -D "$T/last.headers" \
+	    -w '%{http_code}' "$@" "$BASE$path" >"$T/last.status"
+	cat "$T/last.status"
+}
+
+last_body() { json_min <"$T/last.body"; }
+last_status() { cat "$T/last.status"; }
+# last_header NAME: its value, without CR.
+last_header() {
+	grep -i "^$1:" "$T/last.headers" | head -n 1 | sed 's/^[^:]*:[[:space:]]*//' |
+	    tr -d '\r'
+}
+
+# JSON string literal for a key with only ordinary characters, " and \.
+json_str() {
+	local s=${1//\\/\\\\}
+	s=${s//\"/\\\"}
+	printf '"%s"' "$s"
+}
+
+# post_body BODY [CURL_ARG]...: POST /increment with the JSON content type.
+post_body() {
+	local body=$1
+	shift
+	http POST /increment -H 'Content-Type: application/json' \
+	    --data-binary "$body" "$@"
+}
+
+# post KEY VALUE: prints the status.
+post() { post_body "{\"key\":$(json_str "$1"),\"value\":$2}"; }
+
+urlencode() {
+	local LC_ALL=C s=$1 i c out=
+	for ((i = 0; i < ${#s}; i++)); do
+		c=${s:i:1}
+		case "$c" in
+		[A-Za-z0-9._~-]) out+=$c ;;
+		*) out+=$(printf '%%%02X' "'$c") ;;
+		esac
+	done
+	printf '%s' "$out"
+}
+
+# get KEY: prints the minified body of GET /increment/{key}.
+get() {
+	http GET "/increment/$(urlencode "$1")" >/dev/null
+	last_body
+}
+
+# total KEY: the node's total, or "none" when the GET does not answer 200.
+total() {
+	local body
+	body=$(get "$1")
+	if [ "$(last_status)" != 200 ]; then
+		echo none
+		return
+	fi
+	echo "$body" | sed 's/.*:\(-\{0,1\}[0-9][0-9]*\)}$/\1/'
+}
+
+need curl ss pgrep
