@@ -16,7 +16,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -158,7 +157,7 @@ static const struct cfkey cfkeys[] = {
 	{ "journal", "segment_size", parse_size_key, F(segment_size), MIB, GIB,
 	    NULL },
 	{ "journal", "max_size", parse_size_key, F(max_size), 2 * MIB,
-	    UINT64_C(1) << 50, NULL },
+	    1024 * GIB, NULL },
 	{ "journal", "sync", parse_sync, F(sync), 0, 0,
 	    "expected group or interval" },
 	{ "journal", "commit_delay", parse_duration_key, F(commit_delay_us), 0,
@@ -486,7 +485,10 @@ parse_address(const char *tok, int wildcard, char *out, size_t len,
 	}
 	if (parse_port(colon + 1, port, sizeof(port)) == -1)
 		goto badport;
-	snprintf(out, len, "%s:%s", host, port);
+	if ((size_t)snprintf(out, len, "%s:%s", host, port) >= len) {
+		*why = "address too long";
+		return -1;
+	}
 	return 0;
 badport:
 	*why = "port must be 1..65535";
@@ -882,11 +884,14 @@ default_node(struct config *cf)
 static int
 default_journal_dir(struct config *cf)
 {
-	int n;
+	static const char sub[] = "/journal";
+	size_t len = strlen(cf->state_dir);
 
-	n = snprintf(cf->journal_dir, sizeof(cf->journal_dir), "%s/journal",
-	    cf->state_dir);
-	return n < 0 || (size_t)n >= sizeof(cf->journal_dir) ? -1 : 0;
+	if (len + sizeof(sub) > sizeof(cf->journal_dir))
+		return -1;
+	memcpy(cf->journal_dir, cf->state_dir, len);
+	memcpy(cf->journal_dir + len, sub, sizeof(sub));
+	return 0;
 }
 
 void

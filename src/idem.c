@@ -23,19 +23,28 @@
  * again.  The generation wraps only after 2^29 changes of one slot, far
  * more than can happen while a reader compares 255 bytes.
  *
- *	EMPTY -----> CLAIMED -----> TENTATIVE -----> INFLIGHT -----> DONE
- *	TOMBSTONE -'  (writing)  \  (published)  \   (confirmed)  \    |
- *	DONE (expired) -'         '---------------'--> TOMBSTONE <-'---'
+ * The states, and who moves a slot from one to the next (always by
+ * compare-and-swap on the word, except the claimant's publishing):
  *
- * CLAIMED: one claimant won the compare-and-swap on a free slot (EMPTY,
- * TOMBSTONE, or DONE past its expiry) and writes the fields; nobody else
- * reads them.  TENTATIVE: published, but not yet known to be the only
- * entry for its ik.  INFLIGHT: the claimant's request is being processed
- * (IDEM_NEW was returned).  DONE: answered; kept until expires_us.  An
- * abort, a rival (below), the sweep or the master (dead owner) makes a
- * slot a TOMBSTONE.  A slot never becomes EMPTY again, so a probe stops
- * at EMPTY: nothing for the key can lie beyond.  TOMBSTONEs and expired
- * entries do not stop a probe; they are reused.
+ *	EMPTY, TOMBSTONE,
+ *	 or expired DONE  -> CLAIMED	a claimant; it then writes the fields
+ *	CLAIMED		  -> TENTATIVE	the claimant publishes them
+ *	TENTATIVE	  -> INFLIGHT	the claimant, having no rival: IDEM_NEW
+ *	TENTATIVE	  -> TOMBSTONE	the claimant backing off, or a rival
+ *	INFLIGHT	  -> DONE	idem_complete (fields written first)
+ *	INFLIGHT	  -> TOMBSTONE	idem_abort
+ *	DONE		  -> TOMBSTONE	idem_sweep once expired; idem_restore
+ *	CLAIMED, TENTATIVE,
+ *	 INFLIGHT	  -> TOMBSTONE	idem_release_owner: the owner died
+ *
+ * Only the claimant reads or writes a CLAIMED slot's fields; lookups
+ * skip it.  TENTATIVE entries are published but not yet known to be the
+ * only entry for their ik; lookups answer IN FLIGHT for them, as for
+ * INFLIGHT.  DONE entries are kept until expires_us, then are as good as
+ * absent.  A slot never becomes EMPTY again, so a probe stops at EMPTY:
+ * nothing for the key can lie beyond.  TOMBSTONEs and expired entries do
+ * not stop a probe, and are reused.  In-flight entries never expire:
+ * their owner completes or aborts them, or the master releases them.
  *
  * Why one ik never gets two live entries.  Two claimants of one ik may
  * take different slots: the probe path changes while they look (a slot
@@ -49,6 +58,8 @@
  *    TOMBSTONE by CAS; that rival's confirming CAS then fails and it
  *    starts over (and finds the winner).  If the CAS fails because the
  *    rival confirmed first, the rival is confirmed: it backs off.
+ * A scan reaches every rival: a claimant takes a slot no farther than
+ * the first EMPTY on the path, and slots never become EMPTY again.
  * Publishing and scanning use sequentially consistent operations, so of
  * two claimants A and B, either A's scan reads B's slot after B published
  * it, or B's scan reads A's slot after A published it (if A's read came
@@ -57,7 +68,10 @@
  * above, whose outcomes never leave both confirmed.  Nothing waits: a
  * CLAIMED slot is invisible (its claimant has yet to scan), and the
  * TENTATIVE entry nearest the home slot is never removed by a rival, so
- * someone always makes progress.
+ * someone always makes progress.  Still, a claimant that keeps losing
+ * races answers IN FLIGHT after IDEM_RETRIES tries (the client retries),
+ * and one that finds no free slot within IDEM_PROBE answers FULL: no
+ * call loops without bound.
  *
  * The count of held slots (CLAIMED to DONE, expired or not) is reserved
  * before taking an EMPTY or TOMBSTONE slot and released by whoever turns
@@ -584,7 +598,7 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	if (req_make(t, &q, ik, ik_len, key, key_len, value) == -1)
 		return -1;
 	for (int tries = 0; tries < IDEM_RETRIES; tries++) {
-		/* now 0: whatever the journal holds is newer than any expiry. */
+		/* now 0: nothing has expired; an older use gets replaced. */
 		res = idem_claim(t, &q, 0, getpid(), &slot, &word, &st, &tot);
 		switch (res) {
 		case IDEM_NEW:

@@ -20,7 +20,7 @@ struct idem_table;		/* header and slots, in the shared region */
 struct idem_entry;		/* a claim, handed back by idem_begin */
 
 enum idem_result {
-	IDEM_NEW,		/* claimed: process it, then complete or abort */
+	IDEM_NEW,		/* claimed: process, then complete or abort */
 	IDEM_INFLIGHT,		/* the first use is not answered yet: 409 */
 	IDEM_REPLAY,		/* same request answered: *status, *total */
 	IDEM_MISMATCH,		/* the key was used for another request: 422 */

@@ -328,6 +328,19 @@ journal_frame_check(const uint8_t *p, size_t avail, uint64_t lsn,
 		}
 		return FRAME_PADDING;
 	}
+	/*
+	 * The CRC stops at the payload: the alignment bytes after it must be
+	 * checked here, or a damaged one would pass unnoticed.
+	 */
+	if (fi->len != align8(JOURNAL_FRAME_HDR + fi->payload_len)) {
+		fi->why = "bad frame length";
+		return FRAME_BAD;
+	}
+	for (uint32_t i = JOURNAL_FRAME_HDR + fi->payload_len; i < fi->len; i++)
+		if (p[i] != 0) {
+			fi->why = "nonzero bytes after the payload";
+			return FRAME_BAD;
+		}
 	if (fi->raw_len > JOURNAL_MAX_RAW || fi->nrecords == 0) {
 		fi->why = "bad uncompressed length or record count";
 		return FRAME_BAD;
@@ -481,25 +494,28 @@ seg_zero(int fd, uint64_t size)
 }
 
 /*
- * Create the segment file.  Every creator writes identical bytes, so two
- * processes racing here both succeed.  Preallocation makes a full disk
- * fail now, with ENOSPC, rather than as SIGBUS on a later store.
+ * Create the segment file.  It is made whole under a name of this
+ * process's own and only then linked into place, so that nobody opens it
+ * short (a SIGBUS later) and no second creator zeroes frames that the
+ * first one's users already wrote; the loser of the link race uses the
+ * winner's file.  Preallocation makes a full disk fail now, with ENOSPC,
+ * rather than as SIGBUS on a later store.
  */
 static int
 seg_create(struct journal *j, uint64_t base, const char *name)
 {
 	uint8_t h[JOURNAL_SEG_HDR];
-	int fd, rc;
+	char tmp[64];
+	int fd, rc, e;
 
-	fd = openat(j->dirfd, name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", name, (long)getpid());
+	fd = openat(j->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600);
 	if (fd == -1)
 		return -1;
 	if ((rc = posix_fallocate(fd, 0, j->seg_size)) != 0) {
-		close(fd);
-		/* Leave no short file behind for a later start to trip on. */
-		unlinkat(j->dirfd, name, 0);
 		errno = rc;
-		return -1;
+		goto fail;
 	}
 	/*
 	 * Write the zeros out: an allocated but unwritten extent would make
@@ -507,24 +523,26 @@ seg_create(struct journal *j, uint64_t base, const char *name)
 	 * file system journal commit.  PostgreSQL fills its WAL segments the
 	 * same way.
 	 */
-	if (seg_zero(fd, j->seg_size) == -1) {
-		int e = errno;
-
-		close(fd);
-		unlinkat(j->dirfd, name, 0);
-		errno = e;
-		return -1;
-	}
+	if (seg_zero(fd, j->seg_size) == -1)
+		goto fail;
 	seg_header(j, base, h);
 	if (pwrite(fd, h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
-	    fdatasync(fd) == -1 || fsync(j->dirfd) == -1) {
-		int e = errno;
-
-		close(fd);
-		errno = e;
+	    fdatasync(fd) == -1)
+		goto fail;
+	if (linkat(j->dirfd, tmp, j->dirfd, name, 0) == -1 && errno != EEXIST)
+		goto fail;
+	close(fd);
+	unlinkat(j->dirfd, tmp, 0);
+	if (fsync(j->dirfd) == -1)
 		return -1;
-	}
-	return fd;
+	return openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
+fail:
+	e = errno;
+	close(fd);
+	/* Leave no partial file behind. */
+	unlinkat(j->dirfd, tmp, 0);
+	errno = e;
+	return -1;
 }
 
 uint8_t *
@@ -639,7 +657,8 @@ list_segments(const char *dir, uint64_t **out)
 		v[n++] = base;
 	}
 	closedir(d);
-	qsort(v, n, sizeof(*v), cmp_u64);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_u64);
 	*out = v;
 	return n;
 }

@@ -230,8 +230,13 @@ pgread_fail(struct pgread *p, const char *what, const char *msg)
 
 	pgread_oneline(line, sizeof(line), msg);
 	if (!p->down) {
-		log_warnx("pgread: %s: %s; failing %zu look-up(s), will "
-		    "reconnect on demand", what, line, p->queue.n);
+		if (p->queue.n > 0)
+			log_warnx("pgread: %s: %s; %zu look-up(s) failed, "
+			    "will reconnect on demand", what, line,
+			    p->queue.n);
+		else
+			log_warnx("pgread: %s: %s; will reconnect on demand",
+			    what, line);
 		p->down = 1;
 	} else
 		log_debug("pgread: %s: %s", what, line);

@@ -28,11 +28,11 @@ struct req_ctx {
 	size_t			 max_key;
 	char			*err;
 	size_t			 errlen;
-	int			 depth;		/* 0 outside, 1 inside the object */
-	int			 done;		/* the top-level object closed */
+	int			 depth;	/* 1 inside the object */
+	int			 done;	/* the object closed */
 	int			 have_key;
 	int			 have_value;
-	enum req_field		 field;		/* member whose value comes next */
+	enum req_field		 field;	/* whose value is next */
 };
 
 static int

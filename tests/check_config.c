@@ -12,7 +12,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+/*
+ * By path: a bare "config.h" would find autoconf's generated config.h in
+ * the build directory first (-I. precedes -I$(top_srcdir)/src).
+ */
+#include "../src/config.h"
 
 #ifndef LOCALSTATEDIR
 #define LOCALSTATEDIR	"/var"
@@ -460,6 +464,10 @@ START_TEST(values_bounds)
 		    "journal.segment_size: expected a size from 1M to 1G "
 		    "(K, M, G suffixes)" },
 		{ "[journal]\nsegment_size = 1G\nmax_size=2G", NULL },
+		{ "[journal]\nmax_size = 1024G", NULL },
+		{ "[journal]\nmax_size = 1025G", "bad value '1025G' for "
+		    "journal.max_size: expected a size from 2M to 1024G "
+		    "(K, M, G suffixes)" },
 		{ "[journal]\nsegment_size = 2G", "bad value '2G' for "
 		    "journal.segment_size: expected a size from 1M to 1G "
 		    "(K, M, G suffixes)" },

@@ -504,7 +504,7 @@ START_TEST(test_model)
 	struct model_key mk[MODEL_IKS];
 	unsigned seed = 12345;
 	uint64_t now = 1;
-	char ik[16];
+	char ik[32];
 
 	memset(mk, 0, sizeof(mk));
 	for (int step = 0; step < 200000; step++) {
@@ -677,20 +677,18 @@ END_TEST
  * Many processes claim and abort a few keys in a small table, so that
  * slots are freed and retaken all the time: a claimant notes itself as
  * the key's holder while it holds the claim, and must find nobody else.
+ * Few keys make claimants of one key meet often (rivals are removed);
+ * more keys make slots pass from one key to another.
  */
-#ifndef CHURN_IKS
-#define CHURN_IKS	48
-#endif
-#ifndef CHURN_NPROC
-#define CHURN_NPROC	8
-#endif
-#ifndef CHURN_STEPS
-#define CHURN_STEPS	20000
-#endif
+#define CHURN_MAX_IKS	64
+#define CHURN_MAX_NPROC	8
 
 struct churn {
 	int		ready;
-	int		holders[CHURN_IKS];
+	int		nkeys;
+	int		nproc;
+	int		steps;
+	int		holders[CHURN_MAX_IKS];
 	uint64_t	news;
 	uint64_t	violations;
 	uint64_t	unexpected;
@@ -700,11 +698,11 @@ static void
 churn_child(struct idem_table *t, struct churn *c, int p)
 {
 	unsigned seed = 777 + p;
-	char ik[16];
+	char ik[32];
 
-	barrier(&c->ready, CHURN_NPROC);
-	for (int step = 0; step < CHURN_STEPS; step++) {
-		int k = rand_r(&seed) % CHURN_IKS, st;
+	barrier(&c->ready, c->nproc);
+	for (int step = 0; step < c->steps; step++) {
+		int k = rand_r(&seed) % c->nkeys, st;
 		struct idem_entry *e;
 		enum idem_result res;
 		int64_t tot;
@@ -729,14 +727,18 @@ churn_child(struct idem_table *t, struct churn *c, int p)
 	_exit(0);
 }
 
-START_TEST(test_concurrent_churn)
+static void
+churn_run(int nkeys, int nproc, int steps)
 {
 	struct mapping m;
 	struct idem_table *t = table_new(&m, 64, 8);
 	struct churn *c = shared_zero(sizeof(*c));
-	pid_t pids[CHURN_NPROC];
-	char ik[16];
+	pid_t pids[CHURN_MAX_NPROC];
+	char ik[32];
 
+	c->nkeys = nkeys;
+	c->nproc = nproc;
+	c->steps = steps;
 	/*
 	 * Leave TOMBSTONEs in every slot first: with no EMPTY to stop them,
 	 * probes and rival scans cover the whole window, which widens the
@@ -753,24 +755,35 @@ START_TEST(test_concurrent_churn)
 		idem_abort(t, e);
 	}
 
-	for (int p = 0; p < CHURN_NPROC; p++) {
+	for (int p = 0; p < nproc; p++) {
 		pids[p] = fork();
 		ck_assert_int_ne(pids[p], -1);
 		if (pids[p] == 0)
 			churn_child(t, c, p);
 	}
-	wait_children(pids, CHURN_NPROC);
+	wait_children(pids, nproc);
 	ck_assert_uint_eq(c->violations, 0);
 	ck_assert_uint_eq(c->unexpected, 0);
-	ck_assert_uint_gt(c->news, CHURN_STEPS);
+	ck_assert_uint_gt(c->news, (uint64_t)steps / 10);
 	ck_assert_uint_eq(idem_count(t), 0);
 	/* Every key is free again. */
-	for (int k = 0; k < CHURN_IKS; k++) {
+	for (int k = 0; k < nkeys; k++) {
 		snprintf(ik, sizeof(ik), "c%d", k);
 		ck_assert_int_eq(try(t, ik, "k", 1, 1), IDEM_NEW);
 	}
 	munmap(c, sizeof(*c));
 	table_free(&m);
+}
+
+START_TEST(test_concurrent_churn_hot)
+{
+	churn_run(4, 4, 100000);
+}
+END_TEST
+
+START_TEST(test_concurrent_churn_wide)
+{
+	churn_run(48, 8, 20000);
 }
 END_TEST
 
@@ -812,7 +825,8 @@ idem_suite(void)
 
 	tc = tcase_create("concurrency");
 	tcase_add_test(tc, test_concurrent_first_use);
-	tcase_add_test(tc, test_concurrent_churn);
+	tcase_add_test(tc, test_concurrent_churn_hot);
+	tcase_add_test(tc, test_concurrent_churn_wide);
 	tcase_set_timeout(tc, 300);
 	suite_add_tcase(s, tc);
 	return s;

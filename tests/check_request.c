@@ -93,9 +93,12 @@ START_TEST(test_valid_escapes)
 {
 	accept("{\"key\":\"caf\\u00e9\",\"value\":1}", "caf\xc3\xa9", 1);
 	accept("{\"key\":\"caf\xc3\xa9\",\"value\":1}", "caf\xc3\xa9", 1);
-	accept("{\"key\":\"\\ud83d\\ude00\",\"value\":1}", "\xf0\x9f\x98\x80", 1);
-	accept("{\"key\":\"\xf4\x8f\xbf\xbf\",\"value\":1}", "\xf4\x8f\xbf\xbf", 1);
-	accept("{\"key\":\"\\udbff\\udfff\",\"value\":1}", "\xf4\x8f\xbf\xbf", 1);
+	accept("{\"key\":\"\\ud83d\\ude00\",\"value\":1}",
+	    "\xf0\x9f\x98\x80", 1);
+	accept("{\"key\":\"\xf4\x8f\xbf\xbf\",\"value\":1}",
+	    "\xf4\x8f\xbf\xbf", 1);
+	accept("{\"key\":\"\\udbff\\udfff\",\"value\":1}",
+	    "\xf4\x8f\xbf\xbf", 1);
 	accept("{\"key\":\"q\\\"b\\\\s\\/n\\n\\t\",\"value\":2}",
 	    "q\"b\\s/n\n\t", 2);
 	/* An escaped backslash followed by u is not a \u escape. */
@@ -352,7 +355,8 @@ START_TEST(test_key_surrogates)
 	    "key is not valid UTF-8");
 	refuse("{\"key\":\"\\ud800\\ud800\",\"value\":1}",
 	    "key is not valid UTF-8");
-	refuse("{\"key\":\"\\ud800\\n\",\"value\":1}", "key is not valid UTF-8");
+	refuse("{\"key\":\"\\ud800\\n\",\"value\":1}",
+	    "key is not valid UTF-8");
 	refuse("{\"key\":\"\\udc00\",\"value\":1}", "key is not valid UTF-8");
 	refuse("{\"key\":\"\\uDFFF\\uD800\",\"value\":1}",
 	    "key is not valid UTF-8");

@@ -365,7 +365,21 @@ tallyd_stop() {
 	# shellcheck disable=SC2086
 	wait_gone 10 $pids || notok "tallyd's children outlived the master"
 	TALLYD_PID=
+	no_crashes
 	return 0
+}
+
+# no_crashes: no child of this run of tallyd died of a signal or an error
+# (the master logs each death it did not ask for).
+no_crashes() {
+	local bad
+	bad=$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG")
+	if [ -z "$bad" ]; then
+		ok "no tallyd process crashed ($(basename "$TALLYD_LOG"))"
+	else
+		notok "tallyd processes crashed ($(basename "$TALLYD_LOG"))"
+		printf '%s\n' "$bad" | sed 's/^/#   /'
+	fi
 }
 
 # tallyd_kill9_all: SIGKILL the master and every descendant, by pid.  The
