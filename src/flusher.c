@@ -48,6 +48,7 @@
 #define FL_WAIT_SLICE_MS	1000
 #define FL_MINCORE_PAGES	1024	/* residency asked per call */
 #define FL_MIN_INTERVAL_US	10000
+#define FL_PRUNE_US		60000000 /* expired Idempotency-Keys, PostgreSQL */
 
 /* 1: graceful stop (SIGTERM, SIGINT), 2: fast stop (SIGQUIT). */
 static volatile sig_atomic_t flusher_signal;
@@ -57,9 +58,19 @@ struct fl_ent {
 	uint64_t	hash;
 	size_t		off;		/* key bytes in the arena */
 	uint32_t	len;
-	int64_t		sum;		/* delta of this batch */
+	int64_t		sum;		/* delta of this batch, to apply */
+	int64_t		dropped;	/* keyed deltas PostgreSQL had already */
 	int64_t		total;		/* PostgreSQL's answer */
 	int		returned;
+};
+
+struct fl_keyed {
+	size_t		ent;		/* its key's entry */
+	size_t		ik_off;		/* Idempotency-Key bytes in the arena */
+	uint8_t		ik_len;
+	int64_t		value;
+	uint64_t	time_us;
+	int		applied;
 };
 
 /* Keys summed per batch: insertion-ordered entries and an index. */
@@ -72,6 +83,11 @@ struct fl_batch {
 	size_t		 alen, acap;
 	struct pg_kv	*kv;
 	size_t		 kvcap;
+	/* Records with an Idempotency-Key: applied only if PostgreSQL
+	 * has not seen the key (it may have, from another node). */
+	struct fl_keyed	*keyed;
+	size_t		 nkeyed, keyedcap;
+	struct pg_idem	*idem;
 };
 
 struct flusher {
@@ -92,6 +108,8 @@ struct flusher {
 	uint64_t		 retry_at_us;
 	uint64_t		 stop_deadline_us;
 	int			 ckp_warned;
+	int			 keys_loaded;	/* from PostgreSQL, once */
+	uint64_t		 next_prune_us;
 	/* For the committed-value lookups. */
 	struct counter_entry	**lk_ents;
 	struct pg_kv		*lk_kv;
@@ -121,6 +139,15 @@ flusher_now_us(void)
 }
 
 /* 0: run, 1: graceful stop requested, 2: stop now. */
+static uint64_t
+flusher_wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static int
 flusher_stopping(struct flusher *fl)
 {
@@ -158,6 +185,7 @@ static void
 batch_reset(struct fl_batch *b)
 {
 	b->n = 0;
+	b->nkeyed = 0;
 	b->alen = 0;
 	if (b->index)
 		memset(b->index, 0, b->icap * sizeof(*b->index));
@@ -170,6 +198,8 @@ batch_free(struct fl_batch *b)
 	free(b->index);
 	free(b->arena);
 	free(b->kv);
+	free(b->keyed);
+	free(b->idem);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -191,6 +221,58 @@ batch_grow_index(struct fl_batch *b)
 	free(b->index);
 	b->index = ni;
 	b->icap = ncap;
+	return 0;
+}
+
+/* Copy bytes to the end of the arena.  -1: no memory. */
+static int
+batch_store(struct fl_batch *b, const char *p, size_t len)
+{
+	if (b->alen + len > b->acap) {
+		size_t ncap = b->acap ? b->acap : 65536;
+		char *na;
+
+		while (ncap < b->alen + len)
+			ncap *= 2;
+		if ((na = realloc(b->arena, ncap)) == NULL)
+			return -1;
+		b->arena = na;
+		b->acap = ncap;
+	}
+	memcpy(b->arena + b->alen, p, len);
+	b->alen += len;
+	return 0;
+}
+
+/* Remember a keyed record; its delta waits in 'dropped' until claimed. */
+static int
+batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r)
+{
+	struct fl_keyed *k;
+
+	if (b->nkeyed == b->keyedcap) {
+		size_t ncap = b->keyedcap ? b->keyedcap * 2 : 256;
+		struct fl_keyed *nk = realloc(b->keyed, ncap * sizeof(*nk));
+		struct pg_idem *ni = realloc(b->idem, ncap * sizeof(*ni));
+
+		if (nk)
+			b->keyed = nk;
+		if (ni)
+			b->idem = ni;
+		if (nk == NULL || ni == NULL)
+			return -1;
+		b->keyedcap = ncap;
+	}
+	if (batch_store(b, r->idem, r->idem_len) == -1)
+		return -1;
+	k = &b->keyed[b->nkeyed++];
+	k->ent = e - b->ents;
+	k->ik_off = b->alen - r->idem_len;
+	k->ik_len = r->idem_len;
+	k->value = r->value;
+	k->time_us = r->time_us;
+	k->applied = 0;
+	e->dropped += r->value;
 	return 0;
 }
 
@@ -226,24 +308,13 @@ batch_find(struct fl_batch *b, const char *key, size_t len, int create)
 		b->ents = ne;
 		b->cap = ncap;
 	}
-	if (b->alen + len > b->acap) {
-		size_t ncap = b->acap ? b->acap : 65536;
-		char *na;
-
-		while (ncap < b->alen + len)
-			ncap *= 2;
-		if ((na = realloc(b->arena, ncap)) == NULL)
-			return NULL;
-		b->arena = na;
-		b->acap = ncap;
-	}
-	memcpy(b->arena + b->alen, key, len);
+	if (batch_store(b, key, len) == -1)
+		return NULL;
 	e = &b->ents[b->n];
 	memset(e, 0, sizeof(*e));
 	e->hash = hash;
-	e->off = b->alen;
+	e->off = b->alen - len;
 	e->len = len;
-	b->alen += len;
 	b->index[s] = ++b->n;
 	return e;
 }
@@ -361,6 +432,11 @@ flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
 			if ((e = batch_find(&fl->b, r.key, r.key_len, 1)) ==
 			    NULL)
 				return FL_READ_NOMEM;
+			if (r.idem) {
+				if (batch_keyed(&fl->b, e, &r) == -1)
+					return FL_READ_NOMEM;
+				continue;
+			}
 			if (__builtin_add_overflow(e->sum, r.value, &e->sum))
 				overflow = 1;
 		}
@@ -628,6 +704,61 @@ flusher_reconcile(struct flusher *fl)
 	return 0;
 }
 
+static void
+flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
+    size_t key_len, int64_t value, uint64_t time_us)
+{
+	struct flusher *fl = arg;
+	struct counter_entry *ce;
+	struct idem_entry *ie;
+	int64_t total = value;
+	int status, overflow;
+
+	if ((ce = counters_lookup(fl->shm->counters, key, key_len)) != NULL)
+		total = counters_total(ce, &overflow);
+	/*
+	 * Claimed and completed like a worker would, so that a key a worker
+	 * holds already (in flight or kept) is left alone.
+	 */
+	if (idem_begin(fl->shm->idem, ik, ik_len, key, key_len, value,
+	    flusher_wall_us(), getpid(), &ie, &status, &total) == IDEM_NEW)
+		idem_complete(fl->shm->idem, ie, 202, total,
+		    time_us + fl->cf->idem_ttl_us);
+}
+
+/*
+ * Idempotency-Keys this node flushed before a restart are no longer in
+ * the journal: take them back from PostgreSQL, so a late retry is still
+ * answered as a replay.
+ */
+static int
+flusher_load_keys(struct flusher *fl)
+{
+	if (fl->keys_loaded)
+		return 0;
+	if (pg_idem_load(&fl->pg, fl->cf->idem_ttl_us,
+	    idem_capacity(fl->shm->idem), flusher_load_cb, fl) == -1) {
+		flusher_pg_failed(fl, "loading Idempotency-Keys");
+		return -1;
+	}
+	fl->keys_loaded = 1;
+	return 0;
+}
+
+/* Forget expired Idempotency-Keys, in shared memory and PostgreSQL. */
+static void
+flusher_expire_keys(struct flusher *fl)
+{
+	uint64_t now = flusher_now_us();
+
+	if (now < fl->next_prune_us)
+		return;
+	fl->next_prune_us = now + FL_PRUNE_US;
+	idem_sweep(fl->shm->idem, flusher_wall_us());
+	if (pg_idem_prune(&fl->pg, fl->cf->idem_ttl_us) == -1)
+		flusher_pg_failed(fl, "pruning expired Idempotency-Keys");
+}
+
 static int
 flusher_connect(struct flusher *fl)
 {
@@ -649,7 +780,8 @@ flusher_connect(struct flusher *fl)
 		return -1;
 	}
 	if (flusher_reconcile(fl) == -1 ||
-	    flusher_refresh(fl, &cursor, UINT64_MAX, UINT64_MAX) == -1) {
+	    flusher_refresh(fl, &cursor, UINT64_MAX, UINT64_MAX) == -1 ||
+	    flusher_load_keys(fl) == -1) {
 		pg_close(&fl->pg);
 		return -1;
 	}
@@ -674,6 +806,60 @@ flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
 	}
 }
 
+static void
+flusher_claimed_cb(void *arg, const char *ik, size_t ik_len, const char *key,
+    size_t key_len, int64_t value, uint64_t time_us)
+{
+	struct fl_batch *b = arg;
+
+	/* Few keyed records per batch: a scan is cheaper than an index. */
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+
+		if (!k->applied && k->ik_len == ik_len &&
+		    memcmp(b->arena + k->ik_off, ik, ik_len) == 0) {
+			k->applied = 1;
+			b->ents[k->ent].sum += k->value;
+			b->ents[k->ent].dropped -= k->value;
+			return;
+		}
+	}
+}
+
+/*
+ * Within the transaction: claim the batch's Idempotency-Keys in
+ * PostgreSQL; the deltas of the keys it returns join their sums.  A key
+ * used twice within one batch counts once (a retry that outlived the
+ * worker's memory of it).
+ */
+static int
+flusher_claim(struct flusher *fl)
+{
+	struct fl_batch *b = &fl->b;
+	size_t n = 0;
+
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+		const char *ik = b->arena + k->ik_off;
+		int dup = 0;
+
+		for (size_t j = 0; j < n && !dup; j++)
+			dup = b->idem[j].ik_len == k->ik_len &&
+			    memcmp(b->idem[j].ik, ik, k->ik_len) == 0;
+		if (dup)
+			continue;
+		b->idem[n].ik = ik;
+		b->idem[n].ik_len = k->ik_len;
+		b->idem[n].key = b->arena + b->ents[k->ent].off;
+		b->idem[n].key_len = b->ents[k->ent].len;
+		b->idem[n].value = k->value;
+		b->idem[n].time_us = k->time_us;
+		n++;
+	}
+	return pg_idem_claim(&fl->pg, b->idem, n, fl->cf->idem_ttl_us,
+	    flusher_claimed_cb, b);
+}
+
 /* The batch in the table: ONE transaction with the checkpoint. */
 static int
 flusher_commit(struct flusher *fl, uint64_t upto)
@@ -684,12 +870,18 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	struct pg_kv *kv;
 	int64_t c, u;
 
-	if ((kv = batch_kv(b)) == NULL && b->n > 0) {
-		log_warnx("out of memory for a batch of %zu keys", b->n);
-		return -1;
-	}
 	if (pg_begin(&fl->pg) == -1) {
 		flusher_pg_failed(fl, "BEGIN");
+		return -1;
+	}
+	if (flusher_claim(fl) == -1) {
+		flusher_pg_failed(fl, "recording Idempotency-Keys");
+		pg_rollback(&fl->pg);
+		return -1;
+	}
+	if ((kv = batch_kv(b)) == NULL && b->n > 0) {
+		log_warnx("out of memory for a batch of %zu keys", b->n);
+		pg_rollback(&fl->pg);
 		return -1;
 	}
 	/*
@@ -726,12 +918,13 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		if ((ce = counters_lookup(fl->shm->counters, b->arena + e->off,
 		    e->len)) == NULL)
 			continue;
+		/* Deltas PostgreSQL already had leave the table too. */
 		if (e->returned)
-			counters_commit(ce, e->total, e->sum);
+			counters_commit(ce, e->total, e->sum + e->dropped);
 		else {
 			counters_read(ce, &c, &u);
 			counters_commit(ce, (int64_t)((uint64_t)c +
-			    (uint64_t)e->sum), e->sum);
+			    (uint64_t)e->sum), e->sum + e->dropped);
 		}
 	}
 	shm_store(&h->checkpoint_lsn, upto);
@@ -926,6 +1119,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 			    &fl.h->checkpoint_lsn));
 			break;
 		}
+		flusher_expire_keys(&fl);
 		if (flusher_refresh(&fl, &fl.refresh_slot, FL_REFRESH_KEYS,
 		    FL_REFRESH_SLOTS) == -1) {
 			flusher_backoff(&fl);

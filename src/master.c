@@ -311,6 +311,8 @@ master_reaped(struct child *c, int status)
 		}
 		s->res_start = s->res_end = 0;
 		s->pid = 0;
+		/* Its keyed requests in flight may be retried now. */
+		idem_release_owner(M.shm.idem, c->pid);
 	}
 	c->pid = 0;
 	if (stopping)

@@ -601,6 +601,156 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	return 0;
 }
 
+/* Append a quoted element of a text[] literal at pg->buf + *o. */
+static void
+pg_put_elem(struct pg *pg, size_t *o, const char *s, size_t len, int first)
+{
+	char *b = pg->buf;
+
+	if (!first)
+		b[(*o)++] = ',';
+	b[(*o)++] = '"';
+	for (size_t k = 0; k < len; k++) {
+		if (s[k] == '"' || s[k] == '\\')
+			b[(*o)++] = '\\';
+		b[(*o)++] = s[k];
+	}
+	b[(*o)++] = '"';
+}
+
+/*
+ * The fingerprint of a keyed request is exact, not a hash: "value:key".
+ * It is what pg_idem_load hands back to rebuild the shared table.
+ */
+int
+pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
+    uint64_t ttl_us, pg_idem_fn fn, void *arg)
+{
+	const char *params[5];
+	char sql[1024], ttl[32];
+	size_t need = 16, o = 0, at[3];
+	PGresult *res;
+
+	if (n == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		need += 2 * (v[i].ik_len + v[i].key_len) + 8 + 2 * 21 + 8;
+	if (pg_reserve(pg, need) == -1)
+		return -1;
+	pg->buf[o++] = '{';
+	for (size_t i = 0; i < n; i++)
+		pg_put_elem(pg, &o, v[i].ik, v[i].ik_len, i == 0);
+	pg->buf[o++] = '}';
+	pg->buf[o++] = '\0';
+	at[0] = o;
+	pg->buf[o++] = '{';
+	for (size_t i = 0; i < n; i++)
+		pg_put_elem(pg, &o, v[i].key, v[i].key_len, i == 0);
+	pg->buf[o++] = '}';
+	pg->buf[o++] = '\0';
+	at[1] = o;
+	pg->buf[o++] = '{';
+	for (size_t i = 0; i < n; i++)
+		o += sprintf(pg->buf + o, "%s%" PRId64, i ? "," : "",
+		    v[i].value);
+	pg->buf[o++] = '}';
+	pg->buf[o++] = '\0';
+	at[2] = o;
+	pg->buf[o++] = '{';
+	for (size_t i = 0; i < n; i++)
+		o += sprintf(pg->buf + o, "%s%" PRIu64, i ? "," : "",
+		    v[i].time_us);
+	pg->buf[o++] = '}';
+	pg->buf[o++] = '\0';
+	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
+	params[0] = pg->buf;
+	params[1] = pg->buf + at[0];
+	params[2] = pg->buf + at[1];
+	params[3] = pg->buf + at[2];
+	params[4] = ttl;
+	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_idempotency AS t "
+	    "(idem_key, fingerprint, node, created_at) "
+	    "SELECT i, v::text || ':' || k, $6, "
+	    "'epoch'::timestamptz + c * interval '1 microsecond' "
+	    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) "
+	    "AS u(i, k, v, c) "
+	    "ON CONFLICT (idem_key) DO UPDATE SET "
+	    "fingerprint = EXCLUDED.fingerprint, node = EXCLUDED.node, "
+	    "created_at = EXCLUDED.created_at WHERE t.created_at < "
+	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
+	    "RETURNING idem_key", pg->schema);
+	{
+		const char *p6[6] = { params[0], params[1], params[2],
+		    params[3], params[4], pg->node };
+
+		if ((res = pg_exec(pg, sql, 6, p6)) == NULL)
+			return -1;
+	}
+	for (int r = 0; r < PQntuples(res); r++)
+		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
+		    0, 0);
+	PQclear(res);
+	return 0;
+}
+
+int
+pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
+    void *arg)
+{
+	char sql[1024], ttl[32], lim[32];
+	const char *params[3] = { pg->node, ttl, lim };
+	PGresult *res;
+
+	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
+	snprintf(lim, sizeof(lim), "%" PRIu64, limit);
+	snprintf(sql, sizeof(sql), "SELECT idem_key, fingerprint, "
+	    "(extract(epoch FROM created_at) * 1000000)::bigint "
+	    "FROM %s.tally_idempotency WHERE node = $1 AND created_at > "
+	    "now() - $2::bigint * interval '1 microsecond' "
+	    "ORDER BY created_at DESC LIMIT $3::bigint", pg->schema);
+	if ((res = pg_exec(pg, sql, 3, params)) == NULL)
+		return -1;
+	for (int r = 0; r < PQntuples(res); r++) {
+		const char *fp = PQgetvalue(res, r, 1), *colon;
+		int64_t value, when;
+		char num[24];
+
+		/* "value:key"; anything else was not written by tallyd. */
+		if ((colon = strchr(fp, ':')) == NULL ||
+		    (size_t)(colon - fp) >= sizeof(num))
+			continue;
+		memcpy(num, fp, colon - fp);
+		num[colon - fp] = '\0';
+		if (pg_parse_i64(num, &value) == -1 ||
+		    pg_parse_i64(PQgetvalue(res, r, 2), &when) == -1)
+			continue;
+		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0),
+		    colon + 1, PQgetlength(res, r, 1) - (colon + 1 - fp), value,
+		    (uint64_t)when);
+	}
+	PQclear(res);
+	return 0;
+}
+
+int64_t
+pg_idem_prune(struct pg *pg, uint64_t ttl_us)
+{
+	char sql[512], ttl[32];
+	const char *params[1] = { ttl };
+	PGresult *res;
+	int64_t n = 0;
+
+	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
+	snprintf(sql, sizeof(sql), "DELETE FROM %s.tally_idempotency WHERE "
+	    "created_at < now() - $1::bigint * interval '1 microsecond'",
+	    pg->schema);
+	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
+		return -1;
+	pg_parse_i64(PQcmdTuples(res), &n);
+	PQclear(res);
+	return n;
+}
+
 int
 pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
     pg_value_fn value_fn, void *arg)

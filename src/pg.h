@@ -26,6 +26,20 @@ struct pg_kv {
  */
 typedef int (*pg_abort_fn)(void *arg, uint64_t waited_us);
 
+/* A keyed (Idempotency-Key) record of a batch. */
+struct pg_idem {
+	const char	*ik;
+	size_t		 ik_len;
+	const char	*key;
+	size_t		 key_len;
+	int64_t		 value;
+	uint64_t	 time_us;	/* when it was accepted (wall clock) */
+};
+
+/* An Idempotency-Key: claimed by this batch, or found by pg_idem_load. */
+typedef void (*pg_idem_fn)(void *arg, const char *ik, size_t ik_len,
+	    const char *key, size_t key_len, int64_t value, uint64_t time_us);
+
 /* A row of an upsert: PostgreSQL's new total for key. */
 typedef void (*pg_row_fn)(void *arg, const char *key, size_t len,
 	    int64_t value);
@@ -78,6 +92,21 @@ void	pg_rollback(struct pg *pg);
  */
 int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	    pg_row_fn row_fn, void *arg);
+/*
+ * Within a transaction: record the Idempotency-Keys of a batch (their
+ * ik must be distinct).  fn is called for each key that was new, or whose
+ * earlier use expired more than ttl_us before this one: only those
+ * records may be applied; the others were already counted, possibly by
+ * another node.  -1 on error.
+ */
+int	pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
+	    uint64_t ttl_us, pg_idem_fn fn, void *arg);
+/* This node's keys used within ttl_us, newest first, at most limit. */
+int	pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit,
+	    pg_idem_fn fn, void *arg);
+/* Delete keys older than ttl_us.  Returns how many, -1 on error. */
+int64_t	pg_idem_prune(struct pg *pg, uint64_t ttl_us);
+
 /* Current values of kv[0..n) keys; value_fn is called once per key. */
 int	pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
 	    pg_value_fn value_fn, void *arg);

@@ -38,6 +38,8 @@ struct rec_state {
 	int			 nseg;
 	uint8_t			*raw;
 	uint64_t		 frames, records;
+	uint64_t		 now_us;
+	int			 idem_full_logged;
 };
 
 static uint64_t
@@ -70,6 +72,26 @@ recovery_apply(struct rec_state *rs, const uint8_t *f,
 		}
 		counters_add(e, r.value);
 		rs->records++;
+		if (r.idem && r.time_us + rs->cf->idem_ttl_us > rs->now_us) {
+			int overflow;
+
+			/*
+			 * The kept response cannot be rebuilt exactly: a
+			 * replay after a restart reports the total known now.
+			 */
+			if (idem_restore(rs->shm->idem, r.idem, r.idem_len,
+			    r.key, r.key_len, r.value, 202,
+			    counters_total(e, &overflow),
+			    r.time_us + rs->cf->idem_ttl_us) == -1 &&
+			    !rs->idem_full_logged) {
+				log_warnx("recovery: Idempotency-Key table full "
+				    "(idempotency.max_keys %llu) at LSN %llu; "
+				    "older keys are not restored",
+				    (unsigned long long)rs->cf->idem_max_keys,
+				    (unsigned long long)fi->lsn);
+				rs->idem_full_logged = 1;
+			}
+		}
 	}
 	rs->frames++;
 	return 0;
@@ -260,6 +282,12 @@ recovery_run(const struct config *cf, struct shm *shm)
 	memset(&rs, 0, sizeof(rs));
 	rs.cf = cf;
 	rs.shm = shm;
+	{
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		rs.now_us = (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	}
 	rs.j.dirfd = -1;
 	if (recovery_mkdir(cf->state_dir) == -1 ||
 	    recovery_mkdir(cf->journal_dir) == -1)

@@ -1,6 +1,6 @@
 /*
- * The shared region: one anonymous shared mapping, header first, the
- * counter table after it.  Anonymous memory is zero-filled and only the
+ * The shared region: one anonymous shared mapping, header first, then the
+ * counter table, then the Idempotency-Key table.  Anonymous memory is zero-filled and only the
  * pages touched cost memory, so a large max_keys is cheap until used.
  */
 #include <sys/mman.h>
@@ -16,13 +16,24 @@ hdr_size(void)
 	return (sizeof(struct shm_hdr) + 4095) & ~(size_t)4095;
 }
 
+static size_t
+align64(size_t n)
+{
+	return (n + 63) & ~(size_t)63;
+}
+
 int
 shm_create(struct shm *s, const struct config *cf)
 {
-	size_t csize = counters_size(cf->max_keys, cf->max_key_bytes);
+	size_t csize = align64(counters_size(cf->max_keys, cf->max_key_bytes));
+	size_t isize = idem_size(cf->idem_max_keys, cf->max_key_bytes);
 
 	memset(s, 0, sizeof(*s));
-	s->size = hdr_size() + csize;
+	if (isize == 0) {
+		errno = ENOMEM;
+		return -1;
+	}
+	s->size = hdr_size() + csize + isize;
 	s->base = mmap(NULL, s->size, PROT_READ | PROT_WRITE,
 	    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (s->base == MAP_FAILED) {
@@ -35,6 +46,8 @@ shm_create(struct shm *s, const struct config *cf)
 	s->hdr->flusher_efd = -1;
 	s->counters = counters_init((char *)s->base + hdr_size(),
 	    cf->max_keys, cf->max_key_bytes);
+	s->idem = idem_init((char *)s->base + hdr_size() + csize,
+	    cf->idem_max_keys, cf->max_key_bytes);
 	return 0;
 }
 

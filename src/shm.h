@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "counters.h"
+#include "idem.h"
 #include "journal.h"
 
 #define SHM_MAGIC	0x54414c4c59534d31ULL	/* "TALLYSM1" */
@@ -29,6 +30,7 @@ struct shm_slot {
 struct shm_stats {
 	uint64_t	requests;
 	uint64_t	increments;
+	uint64_t	replays;
 	uint64_t	frames;
 	uint64_t	journal_bytes;
 	uint64_t	fsyncs;
@@ -70,6 +72,7 @@ struct shm_hdr {
 struct shm {
 	struct shm_hdr	*hdr;
 	struct counters	*counters;
+	struct idem_table *idem;
 	void		*base;
 	size_t		 size;
 };

@@ -46,6 +46,7 @@ struct waiter {
 	h2o_req_t		*req;	/* NULL once the client went away */
 	struct waiter_token	*tok;
 	struct counter_entry	*e;
+	struct idem_entry	*ie;	/* its Idempotency-Key claim, or NULL */
 	int64_t			 value;
 };
 
@@ -170,6 +171,15 @@ respond_method(h2o_req_t *req, const char *allow)
 	return respond_error(req, 405, "method not allowed");
 }
 
+static uint64_t
+wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static void
 respond_total(h2o_req_t *req, int status, const char *key, size_t key_len,
     int64_t total, int get)
@@ -229,6 +239,8 @@ batch_refuse(struct batch *b, const char *msg)
 		struct waiter *w = &b->w[i];
 
 		counters_unreserve(w->e, w->value);
+		if (w->ie)
+			idem_abort(W.shm->idem, w->ie);
 		if (w->req) {
 			w->tok->w = NULL;
 			respond_retry(w->req, msg);
@@ -240,6 +252,8 @@ batch_refuse(struct batch *b, const char *msg)
 static void
 batch_ack(struct batch *b)
 {
+	uint64_t expires = wall_us() + W.cf->idem_ttl_us;
+	int64_t total;
 	int overflow;
 
 	for (uint32_t i = 0; i < b->nw; i++) {
@@ -252,11 +266,14 @@ batch_ack(struct batch *b)
 	for (uint32_t i = 0; i < b->nw; i++) {
 		struct waiter *w = &b->w[i];
 
+		total = counters_total(w->e, &overflow);
+		/* Kept even if the client went away: its retry replays it. */
+		if (w->ie)
+			idem_complete(W.shm->idem, w->ie, 202, total, expires);
 		if (w->req == NULL)
 			continue;
 		w->tok->w = NULL;
-		respond_total(w->req, 202, w->e->key, w->e->key_len,
-		    counters_total(w->e, &overflow), 0);
+		respond_total(w->req, 202, w->e->key, w->e->key_len, total, 0);
 	}
 }
 
@@ -408,15 +425,85 @@ backlog_full(void)
 	return ins > ck && ins - ck > W.cf->max_size;
 }
 
+/*
+ * The Idempotency-Key, if any: -1 for a malformed one (answered), 0 when
+ * absent, else its length in ik.
+ */
+static ssize_t
+idem_header(h2o_req_t *req, char *ik)
+{
+	ssize_t i, n;
+
+	i = h2o_find_header_by_str(&req->headers,
+	    H2O_STRLIT("idempotency-key"), -1);
+	if (i == -1)
+		return 0;
+	if (h2o_find_header_by_str(&req->headers,
+	    H2O_STRLIT("idempotency-key"), i) != -1) {
+		respond_error(req, 400, "more than one Idempotency-Key");
+		return -1;
+	}
+	n = request_parse_idem_key(req->headers.entries[i].value.base,
+	    req->headers.entries[i].value.len, ik, REQUEST_MAX_IDEM_BYTES);
+	if (n <= 0) {
+		respond_error(req, 400, "Idempotency-Key must be 1 to 255 "
+		    "printable ASCII characters, bare or quoted");
+		return -1;
+	}
+	return n;
+}
+
+/*
+ * Settle the request's Idempotency-Key before anything is journaled.
+ * Returns 1 when the request was answered here, 0 to go on (with *ie
+ * claimed when there is a key).
+ */
+static int
+idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
+    size_t ik_len, struct idem_entry **ie)
+{
+	int status;
+	int64_t total;
+
+	*ie = NULL;
+	if (ik_len == 0)
+		return 0;
+	switch (idem_begin(W.shm->idem, ik, ik_len, in->key, in->key_len,
+	    in->value, wall_us(), getpid(), ie, &status, &total)) {
+	case IDEM_NEW:
+		return 0;
+	case IDEM_REPLAY:
+		shm_count(&W.h->stats.replays, 1);
+		h2o_add_header_by_str(&req->pool, &req->res.headers,
+		    H2O_STRLIT("idempotent-replayed"), 0, NULL,
+		    H2O_STRLIT("true"));
+		respond_total(req, status, in->key, in->key_len, total, 0);
+		return 1;
+	case IDEM_MISMATCH:
+		respond_error(req, 422, "Idempotency-Key already used for "
+		    "another request");
+		return 1;
+	case IDEM_INFLIGHT:
+		respond_error(req, 409, "a request with this Idempotency-Key "
+		    "is still in progress");
+		return 1;
+	case IDEM_FULL:
+	default:
+		respond_retry(req, "Idempotency-Key table full");
+		return 1;
+	}
+}
+
 static int
 handle_post(h2o_req_t *req)
 {
 	struct increment_req in;
 	struct journal_record r;
 	struct counter_entry *e;
+	struct idem_entry *ie;
 	struct waiter *w;
-	struct timespec ts;
-	char err[128];
+	char err[128], ik[REQUEST_MAX_IDEM_BYTES];
+	ssize_t ik_len;
 	size_t need;
 
 	if (req->entity.base == NULL)
@@ -429,16 +516,23 @@ handle_post(h2o_req_t *req)
 	if (request_parse_increment(req->entity.base, req->entity.len,
 	    W.cf->max_key_bytes, &in, err, sizeof(err)) == -1)
 		return respond_error(req, 400, err);
+	if ((ik_len = idem_header(req, ik)) == -1)
+		return 0;
 	if (W.h->journal_errno || W.h->sync_failed)
 		return respond_retry(req, "journal unavailable");
 	if (backlog_full())
 		return respond_retry(req, "journal full: PostgreSQL is behind");
 	if ((e = counters_get(W.shm->counters, in.key, in.key_len)) == NULL)
 		return respond_retry(req, "counter table full");
-	if (counters_reserve(e, in.value) == -1)
+	if (idem_settle(req, &in, ik, ik_len, &ie))
+		return 0;
+	if (counters_reserve(e, in.value) == -1) {
+		if (ie)
+			idem_abort(W.shm->idem, ie);
 		return respond_error(req, 422, "total would leave int64");
+	}
 
-	need = journal_record_size(in.key_len, 0);
+	need = journal_record_size(in.key_len, ik_len);
 	if (W.open && (W.open->nw == BATCH_MAX_REQS ||
 	    W.open->raw_len + need > JOURNAL_MAX_RAW)) {
 		worker_close_batch(NULL);
@@ -447,22 +541,24 @@ handle_post(h2o_req_t *req)
 	if (W.open == NULL) {
 		if ((W.open = batch_new()) == NULL) {
 			counters_unreserve(e, in.value);
+			if (ie)
+				idem_abort(W.shm->idem, ie);
 			return respond_retry(req, "out of memory");
 		}
 		h2o_timeout_link(W.loop, &W.close_timeout, &W.close_entry);
 	}
-	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
 	r.value = in.value;
-	r.time_us = (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	r.time_us = wall_us();
 	r.key = in.key;
 	r.key_len = in.key_len;
-	r.idem = NULL;
-	r.idem_len = 0;
+	r.idem = ik_len ? ik : NULL;
+	r.idem_len = ik_len;
 	W.open->raw_len += journal_record_put(W.open->raw + W.open->raw_len,
 	    &r);
 	w = &W.open->w[W.open->nw++];
 	w->req = req;
 	w->e = e;
+	w->ie = ie;
 	w->value = in.value;
 	w->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*w->tok),
 	    waiter_dispose);
