@@ -37,6 +37,7 @@
 #include "flusher.h"
 #include "log.h"
 #include "pg.h"
+#include "proc.h"
 
 #define FL_BATCH_KEYS		50000	/* end a batch after this many keys */
 #define FL_LOOKUP_CHUNK		5000	/* keys per committed-value query */
@@ -1053,7 +1054,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 {
 	struct flusher fl;
 	struct sigaction sa;
-	uint64_t next_flush;
+	uint64_t next_flush, interval;
 
 	log_set_role("flusher");
 	memset(&sa, 0, sizeof(sa));
@@ -1096,9 +1097,11 @@ flusher_main(const struct config *cf, struct shm *shm)
 				continue;
 			}
 		}
-		next_flush = flusher_now_us() + (cf->flush_interval_us >
-		    FL_MIN_INTERVAL_US ? cf->flush_interval_us :
-		    FL_MIN_INTERVAL_US);
+		/* flush_interval comes from the region: SIGHUP may change it. */
+		proc_reloaded(fl.h);
+		interval = shm_load(&fl.h->flush_interval_us);
+		next_flush = flusher_now_us() + (interval > FL_MIN_INTERVAL_US ?
+		    interval : FL_MIN_INTERVAL_US);
 		if (flusher_flush(&fl) == -1) {
 			if (flusher_stopping(&fl) == 2)
 				break;

@@ -30,6 +30,17 @@ log_set_level(enum log_level level)
 	log_level = level;
 }
 
+int
+log_level_parse(const char *name)
+{
+	static const char *names[] = { "error", "warning", "info", "debug" };
+
+	for (int i = 0; i < 4; i++)
+		if (strcmp(name, names[i]) == 0)
+			return i;
+	return -1;
+}
+
 void
 log_set_role(const char *role)
 {

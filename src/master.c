@@ -80,6 +80,9 @@ static struct master {
 	int			 lock_fd;
 	int			 exit_code;
 	int			 pid_file_written;
+	const char		*path;
+	char *const		*overrides;
+	int			 noverrides;
 } M;
 
 static uint64_t
@@ -435,6 +438,60 @@ master_recover(void)
 	    "recovery failed; not starting");
 }
 
+/* Publish the settings children pick up without a restart. */
+static void
+master_publish(const struct config *cf)
+{
+	struct shm_hdr *h = M.shm.hdr;
+	int level = log_level_parse(cf->log_level);
+
+	h->flush_interval_us = cf->flush_interval_us;
+	h->log_level = level < 0 ? LOG_LEVEL_INFO : level;
+	log_set_level(h->log_level);
+	__atomic_add_fetch(&h->reload_gen, 1, __ATOMIC_RELEASE);
+}
+
+/*
+ * SIGHUP: re-read the file.  A file with errors changes nothing; keys
+ * that need a restart are named, so the operator knows.
+ */
+static void
+master_reload(void)
+{
+	static struct config next;
+	struct config_errors errs = { NULL, 0 };
+	const struct config *cur = M.cf;
+
+	log_reopen();
+	if (config_load(&next, M.path, M.overrides, M.noverrides, &errs)) {
+		for (int i = 0; i < errs.n; i++)
+			log_warnx("reload: %s", errs.msgs[i]);
+		log_warnx("reload: configuration has errors; keeping the "
+		    "running one");
+		config_errors_free(&errs);
+		return;
+	}
+	config_errors_free(&errs);
+#define CHANGED(f) (memcmp(&cur->f, &next.f, sizeof(cur->f)) != 0)
+	if (CHANGED(listen) || CHANGED(nlisten) || CHANGED(workers) ||
+	    CHANGED(node) || CHANGED(state_dir) || CHANGED(journal_dir) ||
+	    CHANGED(user) || CHANGED(group) || CHANGED(segment_size) ||
+	    CHANGED(max_size) || CHANGED(sync) || CHANGED(commit_delay_us) ||
+	    CHANGED(sync_interval_us) || CHANGED(dsn) || CHANGED(schema) ||
+	    CHANGED(max_keys) || CHANGED(max_key_bytes) ||
+	    CHANGED(idem_ttl_us) || CHANGED(idem_max_keys) ||
+	    CHANGED(max_body) || CHANGED(pid_file) || CHANGED(control_socket))
+		log_warnx("reload: some changed keys take effect only at the "
+		    "next restart (see tallyd.conf(5))");
+#undef CHANGED
+	M.cf->flush_interval_us = next.flush_interval_us;
+	memcpy(M.cf->log_level, next.log_level, sizeof(M.cf->log_level));
+	master_publish(M.cf);
+	log_info("reload: configuration applied (flush_interval %llu ms, "
+	    "log_level %s)", (unsigned long long)(M.cf->flush_interval_us /
+	    1000), M.cf->log_level);
+}
+
 static int
 master_eventfd(void)
 {
@@ -480,7 +537,8 @@ master_daemonize(void)
 }
 
 int
-master_main(struct config *cf, int foreground)
+master_main(struct config *cf, const char *path, char *const *overrides,
+    int noverrides, int foreground)
 {
 	struct shm_hdr *h;
 	sigset_t set;
@@ -489,6 +547,9 @@ master_main(struct config *cf, int foreground)
 	int ready_fd = -1, sig, n;
 
 	M.cf = cf;
+	M.path = path;
+	M.overrides = overrides;
+	M.noverrides = noverrides;
 	M.exit_code = 0;
 	log_init(1, "tallyd", LOG_DAEMON);
 	log_set_role("master");
@@ -520,6 +581,7 @@ master_main(struct config *cf, int foreground)
 	h->syncer_efd = master_eventfd();
 	h->flusher_efd = master_eventfd();
 	h->nslots = cf->workers;
+	master_publish(cf);
 	for (int i = 0; i < cf->workers; i++)
 		h->slots[i].efd = master_eventfd();
 	M.env.cf = cf;
@@ -529,6 +591,12 @@ master_main(struct config *cf, int foreground)
 	if (!foreground)
 		master_pid_file();
 
+	if (cf->rate > 0)
+		log_warnx("ratelimit.rate is set, but this release does not "
+		    "limit request rates");
+	if (cf->statsd[0])
+		log_warnx("metrics.statsd is set, but this release does not "
+		    "push to StatsD; /metrics serves Prometheus");
 	master_recover();
 
 	n = 0;
@@ -564,8 +632,7 @@ master_main(struct config *cf, int foreground)
 			master_fast_stop(0);
 			break;
 		case SIGHUP:
-			log_info("SIGHUP: reopening logs");
-			log_reopen();
+			master_reload();
 			break;
 		default:
 			break;

@@ -7,6 +7,11 @@
 #include "config.h"
 
 /* Runs tallyd until it stops; returns the process exit code. */
-int	master_main(struct config *cf, int foreground);
+/*
+ * Runs tallyd until it stops; returns the process exit code.  path and
+ * overrides are kept to re-read the configuration on SIGHUP.
+ */
+int	master_main(struct config *cf, const char *path,
+	    char *const *overrides, int noverrides, int foreground);
 
 #endif

@@ -39,6 +39,19 @@ proc_name(enum proc_role role)
 	return "?";
 }
 
+int
+proc_reloaded(struct shm_hdr *h)
+{
+	static uint64_t seen;
+	uint64_t gen = __atomic_load_n(&h->reload_gen, __ATOMIC_ACQUIRE);
+
+	if (gen == seen)
+		return 0;
+	seen = gen;
+	log_set_level(h->log_level);
+	return 1;
+}
+
 static void
 proc_drop(const struct proc_env *env)
 {

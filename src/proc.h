@@ -33,6 +33,11 @@ struct proc_env {
 
 const char *proc_name(enum proc_role role);
 /*
+ * In a child's loop: apply settings the master reloaded (log level).
+ * Returns 1 when there was something new.
+ */
+int	proc_reloaded(struct shm_hdr *h);
+/*
  * Fork a child for role (slot: the worker's slot).  The child dies with
  * the master (PR_SET_PDEATHSIG), drops privileges, runs the role's entry
  * point and exits with its code.  Returns the child's pid, -1 on error.

@@ -67,6 +67,13 @@ struct shm_hdr {
 	uint64_t	orphan_start[CONFIG_MAX_WORKERS];
 	uint64_t	orphan_end[CONFIG_MAX_WORKERS];
 	int		sync_failed;	/* an fdatasync failed: never ack again */
+	/*
+	 * Settings SIGHUP may change: the master writes them, then bumps
+	 * reload_gen; each child applies them when it sees a new value.
+	 */
+	uint64_t	reload_gen;
+	uint64_t	flush_interval_us;
+	int		log_level;
 };
 
 struct shm {

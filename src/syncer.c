@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "proc.h"
 #include "syncer.h"
 
 static volatile sig_atomic_t syncer_stop;	/* 1 graceful, 2 fast */
@@ -215,6 +216,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 		}
 		if (syncer_stop == 1)
 			break;
+		proc_reloaded(h);
 		syncer_prepare_next(&j, h);
 	}
 	journal_close(&j);

@@ -60,10 +60,9 @@ main(int argc, char *argv[])
 		config_errors_free(&errs);
 		return test ? 1 : 2;
 	}
-	free(overrides);
 	if (test) {
 		printf("configuration OK\n");
 		return 0;
 	}
-	return master_main(&cf, foreground);
+	return master_main(&cf, path, overrides, nover, foreground);
 }

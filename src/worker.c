@@ -34,6 +34,7 @@
 #include "journal.h"
 #include "log.h"
 #include "pgread.h"
+#include "proc.h"
 #include "request.h"
 #include "syncer.h"
 #include "worker.h"
@@ -67,6 +68,7 @@ struct batch {
 /* A GET waiting for PostgreSQL. */
 struct lookup {
 	h2o_req_t	*req;
+	struct lookup_token *tok;	/* in req's pool, while req lives */
 	char		 key[REQUEST_MAX_KEY_BYTES];
 	size_t		 key_len;
 };
@@ -584,7 +586,9 @@ lookup_done(void *arg, int status, int64_t value)
 	if (l->req) {
 		h2o_req_t *req = l->req;
 
+		/* l is freed below; the pool's token must not point at it. */
 		l->req = NULL;
+		l->tok->l = NULL;
 		if (status == 1)
 			respond_total(req, 200, l->key, l->key_len, value, 1);
 		else if (status == 0)
@@ -623,6 +627,7 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	l->req = req;
 	t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), lookup_dispose);
 	t->l = l;
+	l->tok = t;
 	W.lookups++;
 	pgread_lookup(W.pg, key, n, lookup_done, l);
 	return 0;
@@ -656,6 +661,89 @@ handle_readyz(h2o_req_t *req)
 	    (unsigned long long)counters_count(W.shm->counters),
 	    (unsigned long long)W.shm->counters->capacity);
 	respond(req, ready ? 200 : 503, buf, n);
+	return 0;
+}
+
+/* Append one Prometheus sample with its HELP and TYPE lines. */
+static void
+metric(char *buf, size_t cap, size_t *off, const char *name,
+    const char *type, const char *help, uint64_t v)
+{
+	int n;
+
+	if (*off >= cap)
+		return;
+	n = snprintf(buf + *off, cap - *off, "# HELP tallyd_%s %s\n"
+	    "# TYPE tallyd_%s %s\ntallyd_%s %llu\n", name, help, name, type,
+	    name, (unsigned long long)v);
+	if (n > 0)
+		*off += (size_t)n;
+}
+
+/* The Prometheus text format, summed over all processes by the region. */
+static int
+handle_metrics(h2o_req_t *req)
+{
+	struct shm_hdr *h = W.h;
+	struct shm_stats *s = &h->stats;
+	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
+	char buf[8192];
+	size_t off = 0;
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+	metric(buf, sizeof(buf), &off, "http_requests_total", "counter",
+	    "HTTP requests answered.", LOAD(s->requests));
+	metric(buf, sizeof(buf), &off, "increments_total", "counter",
+	    "Increments acknowledged.", LOAD(s->increments));
+	metric(buf, sizeof(buf), &off, "idempotent_replays_total", "counter",
+	    "Requests answered from a kept Idempotency-Key response.",
+	    LOAD(s->replays));
+	metric(buf, sizeof(buf), &off, "journal_frames_total", "counter",
+	    "Journal frames written.", LOAD(s->frames));
+	metric(buf, sizeof(buf), &off, "journal_bytes_total", "counter",
+	    "Journal bytes written.", LOAD(s->journal_bytes));
+	metric(buf, sizeof(buf), &off, "journal_fsyncs_total", "counter",
+	    "Journal fdatasync calls.", LOAD(s->fsyncs));
+	metric(buf, sizeof(buf), &off, "flushes_total", "counter",
+	    "Transactions committed to PostgreSQL.", LOAD(s->flushes));
+	metric(buf, sizeof(buf), &off, "rows_upserted_total", "counter",
+	    "Counter rows upserted into PostgreSQL.", LOAD(s->rows_upserted));
+	metric(buf, sizeof(buf), &off, "postgres_errors_total", "counter",
+	    "PostgreSQL errors and failed connections.", LOAD(s->pg_errors));
+	metric(buf, sizeof(buf), &off, "process_restarts_total", "counter",
+	    "Children restarted after an unexpected exit.", LOAD(s->restarts));
+	metric(buf, sizeof(buf), &off, "journal_written_lsn", "gauge",
+	    "End of the contiguous written journal.",
+	    shm_load(&h->written_lsn));
+	metric(buf, sizeof(buf), &off, "journal_durable_lsn", "gauge",
+	    "End of the journal on disk.", shm_load(&h->durable_lsn));
+	metric(buf, sizeof(buf), &off, "journal_checkpoint_lsn", "gauge",
+	    "End of the journal held by PostgreSQL.", ck);
+	metric(buf, sizeof(buf), &off, "journal_backlog_bytes", "gauge",
+	    "Journal bytes not yet in PostgreSQL.", ins > ck ? ins - ck : 0);
+	metric(buf, sizeof(buf), &off, "keys", "gauge",
+	    "Keys held in the shared counter table.",
+	    counters_count(W.shm->counters));
+	metric(buf, sizeof(buf), &off, "keys_capacity", "gauge",
+	    "Capacity of the shared counter table.",
+	    W.shm->counters->capacity);
+	metric(buf, sizeof(buf), &off, "idempotency_keys", "gauge",
+	    "Idempotency-Keys held.", idem_count(W.shm->idem));
+	metric(buf, sizeof(buf), &off, "idempotency_keys_capacity", "gauge",
+	    "Capacity of the Idempotency-Key table.",
+	    idem_capacity(W.shm->idem));
+	metric(buf, sizeof(buf), &off, "postgres_up", "gauge",
+	    "1 when the flusher is connected to PostgreSQL.", h->pg_up != 0);
+#undef LOAD
+	if (off > sizeof(buf))
+		off = sizeof(buf);
+	shm_count(&W.h->stats.requests, 1);
+	req->res.status = 200;
+	req->res.reason = "OK";
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
+	    NULL, H2O_STRLIT("text/plain; version=0.0.4"));
+	req->res.content_length = off;
+	h2o_send_inline(req, buf, off);
 	return 0;
 }
 
@@ -703,6 +791,11 @@ worker_on_req(h2o_handler_t *self, h2o_req_t *req)
 			return respond_method(req, "GET, HEAD");
 		respond(req, 200, "{\"status\":\"ok\"}", 15);
 		return 0;
+	}
+	if (path_is(p, "/metrics")) {
+		if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+			return respond_method(req, "GET, HEAD");
+		return handle_metrics(req);
 	}
 	if (path_is(p, "/readyz")) {
 		if (!method_is(req, "GET") && !method_is(req, "HEAD"))
@@ -830,6 +923,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 			log_warn("worker: event loop");
 		/* In case a wake-up raced with our last check. */
 		worker_ack();
+		proc_reloaded(W.h);
 	}
 	return 0;
 }
