@@ -102,9 +102,10 @@ cmd_run() {
 	PGPORT=${TALLYD_DEV_PGPORT:-5433}
 
 	if [ -z "$dsn" ]; then
-		mkdir -p "$PGSOCK"
-		[ "$(id -u)" = 0 ] && chown postgres: "$PGSOCK" && \
-		    { [ -d "$PGDATA" ] || install -d -o postgres "$PGDATA"; }
+		mkdir -p "$PGSOCK" "$PGDATA"
+		if [ "$(id -u)" = 0 ]; then
+			chown postgres: "$PGSOCK" "$PGDATA"
+		fi
 		if [ ! -f "$PGDATA/PG_VERSION" ]; then
 			say "creating a private PostgreSQL in $PGDATA"
 			as_pg "$PGBIN/initdb" -D "$PGDATA" -A trust -U postgres \
@@ -113,8 +114,10 @@ cmd_run() {
 		if as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; then
 			say "PostgreSQL already running in $PGDATA"
 		else
-			[ "$(id -u)" = 0 ] && touch "$DEV/postgresql.log" && \
-			    chown postgres: "$DEV/postgresql.log"
+			touch "$DEV/postgresql.log"
+			if [ "$(id -u)" = 0 ]; then
+				chown postgres: "$DEV/postgresql.log"
+			fi
 			as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$DEV/postgresql.log" \
 			    -w -t 60 -o "-k $PGSOCK -p $PGPORT -c listen_addresses=''" \
 			    start >/dev/null

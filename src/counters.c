@@ -140,7 +140,8 @@ find(struct counters *c, const char *key, size_t len, int insert)
 			e->committed = 0;
 			e->unflushed = 0;
 			e->pending = 0;
-			e->committed_known = 0;
+			/* A new key starts from 0 until a flush says more. */
+			e->committed_known = 1;
 			__atomic_store_n(&e->state, COUNTER_READY,
 			    __ATOMIC_RELEASE);
 			return e;
@@ -243,6 +244,14 @@ counters_commit(struct counter_entry *e, int64_t committed, int64_t flushed)
 	__atomic_store_n(&e->committed, committed, __ATOMIC_RELAXED);
 	__atomic_fetch_sub(&e->unflushed, flushed, __ATOMIC_RELAXED);
 	e->committed_known = 1;
+	seq_end(e);
+}
+
+void
+counters_forget_committed(struct counter_entry *e)
+{
+	seq_begin(e);
+	e->committed_known = 0;
 	seq_end(e);
 }
 

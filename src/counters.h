@@ -72,6 +72,8 @@ int64_t	counters_total(const struct counter_entry *e, int *overflow);
  */
 void	counters_commit(struct counter_entry *e, int64_t committed,
 	    int64_t flushed);
+/* Recovery: this entry's committed value must come from PostgreSQL. */
+void	counters_forget_committed(struct counter_entry *e);
 /* Flusher, at (re)connect: committed value learnt from PostgreSQL. */
 void	counters_set_committed(struct counter_entry *e, int64_t committed);
 

@@ -746,6 +746,8 @@ flusher_load_keys(struct flusher *fl)
 	return 0;
 }
 
+static int flusher_connect_once(struct flusher *, uint64_t *);
+
 /* Forget expired Idempotency-Keys, in shared memory and PostgreSQL. */
 static void
 flusher_expire_keys(struct flusher *fl)
@@ -764,6 +766,17 @@ static int
 flusher_connect(struct flusher *fl)
 {
 	uint64_t cursor = 0;
+	int rc = flusher_connect_once(fl, &cursor);
+
+	/* The master starts the workers once this is known either way. */
+	__atomic_store_n(&fl->h->flusher_tried, 1, __ATOMIC_RELEASE);
+	return rc;
+}
+
+static int
+flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
+{
+	uint64_t cursor = *cursorp;
 
 	if (pg_connect(&fl->pg, fl->cf->dsn, "tallyd-flusher",
 	    fl->cf->schema) == -1) {

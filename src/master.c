@@ -52,6 +52,7 @@
 #define BACKOFF_MIN_MS	100
 #define BACKOFF_MAX_MS	5000
 #define STABLE_MS	10000	/* a child that lived this long was healthy */
+#define FLUSHER_WAIT_MS	3000	/* for its first PostgreSQL connection */
 
 enum master_state {
 	STARTING, RUNNING, STOP_WORKERS, STOP_SYNCER, STOP_FLUSHER, FAST_STOP
@@ -416,6 +417,28 @@ master_advance(void)
 	}
 }
 
+/*
+ * The syncer and the flusher first; the workers once the flusher has
+ * tried PostgreSQL (bounded), so that totals rebuilt at start are known
+ * before the first GET whenever PostgreSQL is up.
+ */
+static void
+master_start_children(void)
+{
+	struct timespec ms10 = { 0, 10 * 1000000 };
+	uint64_t until = now_ms() + FLUSHER_WAIT_MS;
+
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].role != PROC_WORKER)
+			child_start(&M.children[i]);
+	while (!__atomic_load_n(&M.shm.hdr->flusher_tried, __ATOMIC_ACQUIRE) &&
+	    now_ms() < until && master_alive(PROC_FLUSHER))
+		nanosleep(&ms10, NULL);
+	for (int i = 0; i < M.nchildren; i++)
+		if (M.children[i].role == PROC_WORKER)
+			child_start(&M.children[i]);
+}
+
 /* Run recovery in a child, as PostgreSQL's postmaster does. */
 static void
 master_recover(void)
@@ -607,8 +630,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		    .slot = i };
 	M.nchildren = n;
 	M.state = RUNNING;
-	for (int i = 0; i < M.nchildren; i++)
-		child_start(&M.children[i]);
+	master_start_children();
 	log_info("serving on %s%s with %d workers, journal %s, sync = %s",
 	    cf->listen[0], cf->nlisten > 1 ? " and more" : "", cf->workers,
 	    cf->journal_dir, cf->sync == SYNC_GROUP ? "group" : "interval");

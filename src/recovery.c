@@ -70,6 +70,8 @@ recovery_apply(struct rec_state *rs, const uint8_t *f,
 			    (unsigned long long)fi->lsn);
 			return -2;
 		}
+		if (e->committed_known && e->unflushed == 0)
+			counters_forget_committed(e);
 		counters_add(e, r.value);
 		rs->records++;
 		if (r.idem && r.time_us + rs->cf->idem_ttl_us > rs->now_us) {

@@ -52,6 +52,7 @@ struct shm_hdr {
 	uint8_t		epoch[JOURNAL_EPOCH_LEN];
 	int		journal_errno;	/* sticky I/O error: refuse increments */
 	int		pg_up;		/* flusher's last word on PostgreSQL */
+	int		flusher_tried;	/* its first connection attempt ended */
 	uint64_t	flush_seq;	/* bumped to ask the flusher to run now */
 	uint64_t	flush_done;	/* flush_seq value last served */
 	int		syncer_efd;	/* eventfd: a frame was published */

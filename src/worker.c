@@ -615,6 +615,13 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	if ((e = counters_lookup(W.shm->counters, key, n)) != NULL) {
 		int64_t total = counters_total(e, &overflow);
 
+		/*
+		 * Rebuilt from the journal at start, and PostgreSQL not
+		 * reached since: only part of the total is known here.
+		 */
+		if (!__atomic_load_n(&e->committed_known, __ATOMIC_ACQUIRE))
+			return respond_retry(req, "total not known until "
+			    "PostgreSQL is reachable");
 		if (!overflow) {
 			respond_total(req, 200, key, n, total, 1);
 			return 0;
