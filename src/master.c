@@ -16,10 +16,12 @@
  *	FAST_STOP	(SIGQUIT) every child is told to go now; the journal
  *			makes that safe
  *
- * Signals are blocked and taken synchronously with sigtimedwait(), so
- * there are no handlers at all: the loop does the work.
+ * Signals are blocked and read from a signalfd in the same poll() as the
+ * control socket, so there are no handlers at all: the loop does the
+ * work.
  */
 #include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -31,7 +33,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -41,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "control.h"
 #include "log.h"
 #include "master.h"
 #include "proc.h"
@@ -53,6 +58,7 @@
 #define BACKOFF_MAX_MS	5000
 #define STABLE_MS	10000	/* a child that lived this long was healthy */
 #define FLUSHER_WAIT_MS	3000	/* for its first PostgreSQL connection */
+#define CTL_FLUSH_MS	60000	/* tallyctl flush gives up after this */
 
 enum master_state {
 	STARTING, RUNNING, STOP_WORKERS, STOP_SYNCER, STOP_FLUSHER, FAST_STOP
@@ -84,6 +90,9 @@ static struct master {
 	const char		*path;
 	char *const		*overrides;
 	int			 noverrides;
+	int			 ctl_fd;
+	struct control_client	*clients[CONTROL_MAX_CLIENTS];
+	time_t			 started;
 } M;
 
 static uint64_t
@@ -478,7 +487,7 @@ master_publish(const struct config *cf)
  * SIGHUP: re-read the file.  A file with errors changes nothing; keys
  * that need a restart are named, so the operator knows.
  */
-static void
+static int
 master_reload(void)
 {
 	static struct config next;
@@ -492,7 +501,7 @@ master_reload(void)
 		log_warnx("reload: configuration has errors; keeping the "
 		    "running one");
 		config_errors_free(&errs);
-		return;
+		return -1;
 	}
 	config_errors_free(&errs);
 #define CHANGED(f) (memcmp(&cur->f, &next.f, sizeof(cur->f)) != 0)
@@ -513,6 +522,231 @@ master_reload(void)
 	log_info("reload: configuration applied (flush_interval %llu ms, "
 	    "log_level %s)", (unsigned long long)(M.cf->flush_interval_us /
 	    1000), M.cf->log_level);
+	return 0;
+}
+
+/* --- the control socket --- */
+
+/* Make the directory a run-time file lives in, if it is missing. */
+static void
+master_rundir(const char *file)
+{
+	char dir[1024], *slash;
+
+	snprintf(dir, sizeof(dir), "%s", file);
+	if ((slash = strrchr(dir, '/')) == NULL || slash == dir)
+		return;
+	*slash = '\0';
+	if (mkdir(dir, 0755) == 0 && M.env.uid != (uid_t)-1 &&
+	    chown(dir, 0, M.env.gid) == -1)
+		log_warn("cannot give %s to group %d", dir, (int)M.env.gid);
+}
+
+static void
+ctl_close(int i)
+{
+	close(M.clients[i]->fd);
+	free(M.clients[i]);
+	M.clients[i] = NULL;
+}
+
+static int
+ctl_json_escape(char *out, size_t cap, const char *s, size_t len)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len && o + 7 < cap; i++) {
+		unsigned char ch = s[i];
+
+		if (ch == '"' || ch == '\\') {
+			out[o++] = '\\';
+			out[o++] = ch;
+		} else if (ch < 0x20 || ch == 0x7f)
+			o += snprintf(out + o, cap - o, "\\u%04x", ch);
+		else
+			out[o++] = ch;
+	}
+	out[o] = '\0';
+	return (int)o;
+}
+
+static void
+ctl_status(struct control_client *c)
+{
+	struct shm_hdr *h = M.shm.hdr;
+	char buf[CONTROL_MAX_PAYLOAD], epoch[33];
+	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
+	size_t o = 0;
+
+	journal_epoch_hex(h->epoch, epoch);
+	o += snprintf(buf + o, sizeof(buf) - o, "{\"version\":\"%s\","
+	    "\"pid\":%d,\"uptime_s\":%lld,\"node\":\"%s\",\"state\":\"%s\","
+	    "\"processes\":[", PACKAGE_VERSION, (int)getpid(),
+	    (long long)(time(NULL) - M.started), M.cf->node,
+	    M.state == RUNNING ? "running" : "stopping");
+	for (int i = 0; i < M.nchildren && o < sizeof(buf) - 64; i++)
+		o += snprintf(buf + o, sizeof(buf) - o,
+		    "%s{\"role\":\"%s\",\"pid\":%d}", i ? "," : "",
+		    proc_name(M.children[i].role), (int)M.children[i].pid);
+	if (o < sizeof(buf))
+		o += snprintf(buf + o, sizeof(buf) - o, "],\"journal\":{"
+		    "\"dir\":\"%s\",\"epoch\":\"%s\",\"sync\":\"%s\","
+		    "\"insert_lsn\":%" PRIu64 ",\"written_lsn\":%" PRIu64 ","
+		    "\"durable_lsn\":%" PRIu64 ",\"checkpoint_lsn\":%" PRIu64 ","
+		    "\"backlog_bytes\":%" PRIu64 ",\"error\":%d},"
+		    "\"counters\":{\"keys\":%" PRIu64 ",\"capacity\":%" PRIu64
+		    "},\"idempotency\":{\"keys\":%" PRIu64 ",\"capacity\":%"
+		    PRIu64 "},\"postgres\":{\"up\":%s}}",
+		    M.cf->journal_dir, epoch,
+		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
+		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,
+		    ins > ck ? ins - ck : 0, h->journal_errno,
+		    counters_count(M.shm.counters), M.shm.counters->capacity,
+		    idem_count(M.shm.idem), idem_capacity(M.shm.idem),
+		    h->pg_up ? "true" : "false");
+	if (o >= sizeof(buf))
+		o = sizeof(buf) - 1;
+	control_reply(c->fd, CTL_OK, buf, o);
+}
+
+static void
+ctl_get(struct control_client *c, const char *key, size_t len)
+{
+	struct counter_entry *e;
+	char buf[CONTROL_MAX_PAYLOAD], k[CONTROL_MAX_PAYLOAD];
+	int64_t committed, unflushed;
+	int n;
+
+	if ((e = counters_lookup(M.shm.counters, key, len)) == NULL) {
+		n = snprintf(buf, sizeof(buf), "{\"error\":\"key not held in "
+		    "memory (GET /increment/KEY asks PostgreSQL)\"}");
+		control_reply(c->fd, CTL_FAILED, buf, n);
+		return;
+	}
+	counters_read(e, &committed, &unflushed);
+	ctl_json_escape(k, sizeof(k), key, len);
+	n = snprintf(buf, sizeof(buf), "{\"key\":\"%s\",\"value\":%" PRId64
+	    ",\"committed\":%" PRId64 ",\"unflushed\":%" PRId64 ","
+	    "\"committed_known\":%s}", k, committed + unflushed, committed,
+	    unflushed, e->committed_known ? "true" : "false");
+	control_reply(c->fd, CTL_OK, buf, n < (int)sizeof(buf) ? n :
+	    (int)sizeof(buf) - 1);
+}
+
+static void master_graceful(void);
+static void master_fast_stop(int code);
+
+/* A whole request is in c->buf: act on it.  0 keeps the client. */
+static int
+ctl_dispatch(struct control_client *c)
+{
+	struct shm_hdr *h = M.shm.hdr;
+	uint16_t type, len;
+	char *p = (char *)c->buf + CONTROL_HDR;
+
+	control_parse_header(c->buf, &type, &len);
+	c->have = 0;
+	switch (type) {
+	case CTL_STATUS:
+		ctl_status(c);
+		return 0;
+	case CTL_GET:
+		if (len == 0)
+			return -1;
+		ctl_get(c, p, len);
+		return 0;
+	case CTL_FLUSH:
+		c->flush_seq = __atomic_add_fetch(&h->flush_seq, 1,
+		    __ATOMIC_ACQ_REL);
+		c->deadline_ms = now_ms() + CTL_FLUSH_MS;
+		syncer_kick(h->flusher_efd);
+		return 0;
+	case CTL_RELOAD:
+		if (master_reload() == 0)
+			control_reply(c->fd, CTL_OK, "{\"reloaded\":true}", 17);
+		else
+			control_reply(c->fd, CTL_FAILED, "{\"error\":\"the "
+			    "configuration has errors; see the log\"}", 54);
+		return 0;
+	case CTL_STOP:
+		control_reply(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}", 25);
+		master_graceful();
+		return 0;
+	case CTL_STOP_FAST:
+		control_reply(c->fd, CTL_OK, "{\"stopping\":\"fast\"}", 21);
+		log_info("fast stop requested by tallyctl");
+		master_fast_stop(0);
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* Answer the flushes that are done, or that waited too long. */
+static void
+ctl_flush_waiters(void)
+{
+	uint64_t done = shm_load(&M.shm.hdr->flush_done), t = now_ms();
+	char buf[128];
+	int n;
+
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++) {
+		struct control_client *c = M.clients[i];
+
+		if (c == NULL || c->flush_seq == 0)
+			continue;
+		if (done >= c->flush_seq) {
+			n = snprintf(buf, sizeof(buf), "{\"flushed\":true,"
+			    "\"checkpoint_lsn\":%" PRIu64 "}",
+			    shm_load(&M.shm.hdr->checkpoint_lsn));
+			control_reply(c->fd, CTL_OK, buf, n);
+			c->flush_seq = 0;
+		} else if (t > c->deadline_ms || M.state == FAST_STOP) {
+			n = snprintf(buf, sizeof(buf), "{\"error\":\"flush did "
+			    "not complete (is PostgreSQL reachable?)\"}");
+			control_reply(c->fd, CTL_FAILED, buf, n);
+			c->flush_seq = 0;
+		}
+	}
+}
+
+static void
+ctl_accept(void)
+{
+	int fd, i;
+
+	while ((fd = accept4(M.ctl_fd, NULL, NULL, SOCK_NONBLOCK |
+	    SOCK_CLOEXEC)) != -1) {
+		for (i = 0; i < CONTROL_MAX_CLIENTS && M.clients[i]; i++)
+			;
+		if (i == CONTROL_MAX_CLIENTS ||
+		    (M.clients[i] = calloc(1, sizeof(**M.clients))) == NULL) {
+			close(fd);
+			continue;
+		}
+		M.clients[i]->fd = fd;
+	}
+}
+
+/* One pass of the control socket: new clients, requests, answers. */
+static void
+ctl_serve(struct pollfd *pfd, const int *slot, int npfd)
+{
+	for (int k = 2; k < npfd; k++) {
+		int i = slot[k], rc;
+
+		if (M.clients[i] == NULL || !(pfd[k].revents &
+		    (POLLIN | POLLHUP | POLLERR)))
+			continue;
+		rc = control_read(M.clients[i]);
+		if (rc == 1)
+			rc = ctl_dispatch(M.clients[i]);
+		if (rc == -1)
+			ctl_close(i);
+	}
+	if (npfd > 1 && (pfd[1].revents & POLLIN))
+		ctl_accept();
+	ctl_flush_waiters();
 }
 
 static int
@@ -559,21 +793,43 @@ master_daemonize(void)
 	return p[1];
 }
 
+static int
+master_pollfds(struct pollfd *pfd, int *slot, int sigfd)
+{
+	int n = 0;
+
+	pfd[n].fd = sigfd;
+	pfd[n++].events = POLLIN;
+	pfd[n].fd = M.ctl_fd;
+	pfd[n++].events = M.ctl_fd != -1 ? POLLIN : 0;
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++) {
+		if (M.clients[i] == NULL)
+			continue;
+		slot[n] = i;
+		pfd[n].fd = M.clients[i]->fd;
+		pfd[n++].events = POLLIN;
+	}
+	return n;
+}
+
 int
 master_main(struct config *cf, const char *path, char *const *overrides,
     int noverrides, int foreground)
 {
 	struct shm_hdr *h;
 	sigset_t set;
-	siginfo_t si;
-	struct timespec tick = { 0, 250 * 1000000 };
-	int ready_fd = -1, sig, n;
+	struct signalfd_siginfo si;
+	struct pollfd pfd[2 + CONTROL_MAX_CLIENTS];
+	int slot[2 + CONTROL_MAX_CLIENTS];
+	int ready_fd = -1, sigfd, sig, n, npfd;
 
 	M.cf = cf;
 	M.path = path;
 	M.overrides = overrides;
 	M.noverrides = noverrides;
 	M.exit_code = 0;
+	M.ctl_fd = -1;
+	M.started = time(NULL);
 	log_init(1, "tallyd", LOG_DAEMON);
 	log_set_role("master");
 	/* Refusals that need no daemon are said on the terminal. */
@@ -581,6 +837,11 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	for (M.nlisten = 0; M.nlisten < cf->nlisten; M.nlisten++)
 		M.listen_fds[M.nlisten] = master_bind_one(cf->listen[M.nlisten]);
 	master_user();
+	master_rundir(cf->control_socket);
+	if ((M.ctl_fd = control_listen(cf->control_socket, M.env.uid,
+	    M.env.gid)) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot listen on control socket %s",
+		    cf->control_socket);
 	if (!foreground) {
 		ready_fd = master_daemonize();
 		log_init(0, "tallyd", LOG_DAEMON);
@@ -611,8 +872,12 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	M.env.shm = &M.shm;
 	M.env.listen_fds = M.listen_fds;
 	M.env.nlisten = M.nlisten;
-	if (!foreground)
+	if (!foreground) {
+		master_rundir(cf->pid_file);
 		master_pid_file();
+	}
+	if ((sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) == -1)
+		fatal(1, "signalfd");
 
 	if (cf->rate > 0)
 		log_warnx("ratelimit.rate is set, but this release does not "
@@ -640,7 +905,14 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	}
 
 	for (;;) {
-		sig = sigtimedwait(&set, &si, &tick);
+		npfd = master_pollfds(pfd, slot, sigfd);
+		if (poll(pfd, npfd, 250) == -1 && errno != EINTR)
+			log_warn("poll");
+		sig = 0;
+		if ((pfd[0].revents & POLLIN) &&
+		    read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+			sig = si.ssi_signo;
+		ctl_serve(pfd, slot, npfd);
 		switch (sig) {
 		case SIGCHLD:
 			break;
@@ -665,6 +937,11 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	}
 	if (M.pid_file_written)
 		unlink(cf->pid_file);
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (M.clients[i])
+			ctl_close(i);
+	close(M.ctl_fd);
+	unlink(cf->control_socket);
 	log_info("stopped");
 	return M.exit_code;
 }

@@ -1,8 +1,12 @@
 /*
- * tallyctl: the admin command.  The journal commands read journal files
- * offline, from the same code the daemon uses, so they work on a copy of
- * a journal or on one whose daemon cannot start.
+ * tallyctl: the admin command.  Commands for a running tallyd go to the
+ * master over the control socket (control.h).  The journal commands read
+ * journal files offline, from the same code the daemon uses, so they work
+ * on a copy of a journal or on one whose daemon cannot start.
  */
+#include <sys/socket.h>
+#include <sys/un.h>
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -10,8 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <yajl/yajl_tree.h>
 
 #include "config.h"
+#include "control.h"
 #include "journal.h"
 #include "request.h"
 
@@ -35,13 +43,21 @@ usage(FILE *f)
 	    "usage: tallyctl [-c file] [-s socket] command [argument]\n"
 	    "\n"
 	    "commands:\n"
+	    "  status                 version, uptime, processes, journal positions,\n"
+	    "                         keys held and PostgreSQL state of the daemon\n"
+	    "  flush                  flush now; wait until PostgreSQL has every\n"
+	    "                         increment acknowledged so far\n"
+	    "  get KEY                a key's total as the daemon holds it\n"
+	    "  reload                 re-read the configuration (as SIGHUP)\n"
+	    "  stop [--fast]          stop the daemon: gracefully, or at once\n"
 	    "  journal verify [dir]   check every frame of a journal; exit 1 if any is bad\n"
 	    "  journal dump [dir]     print every record of a journal\n"
 	    "\n"
 	    "options:\n"
 	    "  -c file     configuration file (default %s/tallyd.conf); gives the\n"
-	    "              journal directory when none is named\n"
+	    "              control socket and the journal directory\n"
 	    "  -s socket   control socket of a running tallyd\n"
+	    "  -j, --json  print the daemon's answers as JSON\n"
 	    "  -h, --help  this text\n"
 	    "\n"
 	    "exit status: 0 success, 1 failure, 2 usage\n", SYSCONFDIR);
@@ -207,24 +223,185 @@ journal_cmd(const char *cmd, const char *dir)
 	return w.bad ? 1 : 0;
 }
 
+/* Send one request, read one response.  Returns its status or -1. */
+static int
+ctl_call(const char *path, int type, const char *payload, size_t len,
+    char *out, size_t outcap)
+{
+	struct sockaddr_un sun;
+	uint8_t hdr[CONTROL_HDR];
+	uint16_t status, rlen;
+	size_t got = 0;
+	ssize_t n;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path) || len > CONTROL_MAX_PAYLOAD) {
+		fprintf(stderr, "tallyctl: control socket path or argument "
+		    "too long\n");
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1 ||
+	    connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		fprintf(stderr, "tallyctl: cannot reach tallyd at %s: %s\n",
+		    path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	control_header(hdr, type, len);
+	if (write(fd, hdr, sizeof(hdr)) != (ssize_t)sizeof(hdr) ||
+	    (len && write(fd, payload, len) != (ssize_t)len))
+		goto broken;
+	while (got < sizeof(hdr)) {
+		if ((n = read(fd, hdr + got, sizeof(hdr) - got)) <= 0)
+			goto broken;
+		got += n;
+	}
+	if (control_parse_header(hdr, &status, &rlen) == -1 || rlen >= outcap)
+		goto broken;
+	for (got = 0; got < rlen; got += n)
+		if ((n = read(fd, out + got, rlen - got)) <= 0)
+			goto broken;
+	out[rlen] = '\0';
+	close(fd);
+	return status;
+broken:
+	fprintf(stderr, "tallyctl: tallyd at %s closed the connection\n",
+	    path);
+	close(fd);
+	return -1;
+}
+
+static const char *
+jstr(yajl_val v, const char **path)
+{
+	yajl_val x = yajl_tree_get(v, path, yajl_t_any);
+
+	if (x == NULL)
+		return "?";
+	if (YAJL_IS_STRING(x))
+		return YAJL_GET_STRING(x);
+	if (YAJL_IS_NUMBER(x))
+		return YAJL_GET_NUMBER(x);
+	return YAJL_IS_TRUE(x) ? "yes" : YAJL_IS_FALSE(x) ? "no" : "?";
+}
+
+/* The human form of an answer; --json prints it as it came. */
+static void
+ctl_print(int type, const char *json)
+{
+	static const char *version[] = { "version", NULL },
+	    *pid[] = { "pid", NULL }, *uptime[] = { "uptime_s", NULL },
+	    *node[] = { "node", NULL }, *state[] = { "state", NULL },
+	    *ins[] = { "journal", "insert_lsn", NULL },
+	    *dur[] = { "journal", "durable_lsn", NULL },
+	    *ck[] = { "journal", "checkpoint_lsn", NULL },
+	    *backlog[] = { "journal", "backlog_bytes", NULL },
+	    *keys[] = { "counters", "keys", NULL },
+	    *cap[] = { "counters", "capacity", NULL },
+	    *ikeys[] = { "idempotency", "keys", NULL },
+	    *pg[] = { "postgres", "up", NULL },
+	    *err[] = { "error", NULL }, *key[] = { "key", NULL },
+	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL };
+	yajl_val v = yajl_tree_parse(json, NULL, 0), p;
+
+	if (v == NULL) {
+		printf("%s\n", json);
+		return;
+	}
+	if (yajl_tree_get(v, err, yajl_t_string))
+		printf("%s\n", jstr(v, err));
+	else if (type == CTL_STATUS) {
+		printf("tallyd %s, pid %s, node %s, %s for %s s\n",
+		    jstr(v, version), jstr(v, pid), jstr(v, node), jstr(v, state),
+		    jstr(v, uptime));
+		if ((p = yajl_tree_get(v, procs, yajl_t_array)) != NULL) {
+			static const char *role[] = { "role", NULL },
+			    *ppid[] = { "pid", NULL };
+
+			for (size_t i = 0; i < YAJL_GET_ARRAY(p)->len; i++)
+				printf("  %-8s pid %s\n",
+				    jstr(YAJL_GET_ARRAY(p)->values[i], role),
+				    jstr(YAJL_GET_ARRAY(p)->values[i], ppid));
+		}
+		printf("journal: insert %s, durable %s, checkpoint %s, "
+		    "backlog %s bytes\n", jstr(v, ins), jstr(v, dur),
+		    jstr(v, ck), jstr(v, backlog));
+		printf("keys held: %s of %s; idempotency keys: %s\n",
+		    jstr(v, keys), jstr(v, cap), jstr(v, ikeys));
+		printf("PostgreSQL: %s\n", strcmp(jstr(v, pg), "yes") == 0 ?
+		    "up" : "down");
+	} else if (type == CTL_GET)
+		printf("%s %s\n", jstr(v, key), jstr(v, value));
+	else if (type == CTL_FLUSH)
+		printf("flushed\n");
+	else if (type == CTL_RELOAD)
+		printf("reloaded\n");
+	else
+		printf("stopping\n");
+	yajl_tree_free(v);
+}
+
+static int
+ctl_command(const char *sock, int json, int argc, char **argv)
+{
+	static char out[CONTROL_MAX_PAYLOAD + 1];
+	const char *arg = NULL;
+	int type, st;
+
+	if (strcmp(argv[0], "status") == 0 && argc == 1)
+		type = CTL_STATUS;
+	else if (strcmp(argv[0], "flush") == 0 && argc == 1)
+		type = CTL_FLUSH;
+	else if (strcmp(argv[0], "reload") == 0 && argc == 1)
+		type = CTL_RELOAD;
+	else if (strcmp(argv[0], "get") == 0 && argc == 2 && argv[1][0]) {
+		type = CTL_GET;
+		arg = argv[1];
+	} else if (strcmp(argv[0], "stop") == 0 && argc == 1)
+		type = CTL_STOP;
+	else if (strcmp(argv[0], "stop") == 0 && argc == 2 &&
+	    strcmp(argv[1], "--fast") == 0)
+		type = CTL_STOP_FAST;
+	else
+		return -1;
+	st = ctl_call(sock, type, arg, arg ? strlen(arg) : 0, out,
+	    sizeof(out));
+	if (st == -1)
+		return 1;
+	if (json)
+		printf("%s\n", out);
+	else
+		ctl_print(type, out);
+	return st == CTL_OK ? 0 : 1;
+}
+
 int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
+		{ "json", no_argument, NULL, 'j' },
 		{ NULL, 0, NULL, 0 }
 	};
 	static struct config cf;
 	struct config_errors errs = { NULL, 0 };
-	const char *conf = SYSCONFDIR "/tallyd.conf", *dir;
-	int ch;
+	const char *conf = SYSCONFDIR "/tallyd.conf", *dir, *sock = NULL;
+	int ch, json = 0, rc;
 
-	while ((ch = getopt_long(argc, argv, "c:hs:", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "+c:hjs:", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			conf = optarg;
 			break;
 		case 's':
+			sock = optarg;
+			break;
+		case 'j':
+			json = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -251,6 +428,19 @@ main(int argc, char *argv[])
 			dir = cf.journal_dir;
 		}
 		return journal_cmd(argv[1], dir);
+	}
+	if (argc >= 1 && strcmp(argv[0], "journal") != 0) {
+		if (sock == NULL) {
+			if (config_load(&cf, conf, NULL, 0, &errs) != 0) {
+				for (int i = 0; i < errs.n; i++)
+					fprintf(stderr, "%s\n", errs.msgs[i]);
+				config_errors_free(&errs);
+				return 1;
+			}
+			sock = cf.control_socket;
+		}
+		if ((rc = ctl_command(sock, json, argc, argv)) != -1)
+			return rc;
 	}
 	usage(stderr);
 	return EXIT_USAGE;

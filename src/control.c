@@ -1,0 +1,134 @@
+/*
+ * The control socket's wire format and its socket plumbing.  The master
+ * decides what each command does (master.c); this file only makes sure
+ * that what reaches it is one well-formed message.
+ */
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "control.h"
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	p[0] = v;
+	p[1] = v >> 8;
+}
+
+void
+control_header(uint8_t *out, uint16_t type_or_status, uint16_t len)
+{
+	for (int i = 0; i < 4; i++)
+		out[i] = (CONTROL_MAGIC >> (8 * i)) & 0xff;
+	put16(out + 4, type_or_status);
+	put16(out + 6, len);
+}
+
+int
+control_parse_header(const uint8_t *in, uint16_t *type_or_status,
+    uint16_t *len)
+{
+	uint32_t magic = in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
+	    (uint32_t)in[3] << 24;
+
+	*type_or_status = in[4] | (uint16_t)in[5] << 8;
+	*len = in[6] | (uint16_t)in[7] << 8;
+	if (magic != CONTROL_MAGIC || *len > CONTROL_MAX_PAYLOAD)
+		return -1;
+	return 0;
+}
+
+int
+control_listen(const char *path, uid_t uid, gid_t gid)
+{
+	struct sockaddr_un sun;
+	mode_t old;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) == -1)
+		return -1;
+	/* A socket left by a crashed master; the state lock says we own it. */
+	unlink(path);
+	old = umask(0117);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
+	    listen(fd, 16) == -1) {
+		int e = errno;
+
+		umask(old);
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	umask(old);
+	if (chmod(path, 0660) == -1 ||
+	    (uid != (uid_t)-1 && chown(path, uid, gid) == -1)) {
+		int e = errno;
+
+		close(fd);
+		unlink(path);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+int
+control_read(struct control_client *c)
+{
+	uint16_t type, len;
+	ssize_t n;
+
+	for (;;) {
+		size_t want = CONTROL_HDR;
+
+		if (c->have >= CONTROL_HDR) {
+			if (control_parse_header(c->buf, &type, &len) == -1)
+				return -1;
+			want = CONTROL_HDR + len;
+		}
+		if (c->have == want && c->have >= CONTROL_HDR)
+			return 1;
+		n = read(c->fd, c->buf + c->have, want - c->have);
+		if (n == 0)
+			return -1;
+		if (n == -1)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		c->have += n;
+	}
+}
+
+int
+control_reply(int fd, int status, const char *payload, size_t len)
+{
+	uint8_t hdr[CONTROL_HDR];
+	struct iovec iov[2];
+	struct msghdr msg;
+
+	if (len > CONTROL_MAX_PAYLOAD)
+		len = CONTROL_MAX_PAYLOAD;
+	control_header(hdr, status, len);
+	iov[0].iov_base = hdr;
+	iov[0].iov_len = sizeof(hdr);
+	iov[1].iov_base = (void *)(uintptr_t)payload;
+	iov[1].iov_len = len;
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_iov = iov;
+	msg.msg_iovlen = 2;
+	/* Small replies to a waiting client: one send does it. */
+	return sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) ==
+	    (ssize_t)(sizeof(hdr) + len) ? 0 : -1;
+}

@@ -1,0 +1,60 @@
+/*
+ * The control socket: tallyctl talks to the master over a Unix stream
+ * socket, never to the children.  Messages are typed and length-checked:
+ *
+ *	request		u32 magic "TLYC" | u16 type | u16 length | payload
+ *	response	u32 magic "TLYC" | u16 status | u16 length | payload
+ *
+ * all little-endian; a payload is at most CONTROL_MAX_PAYLOAD bytes (a
+ * counter key for CTL_GET, JSON in responses).  An unknown type, a bad
+ * magic or an oversized length closes the connection.
+ */
+#ifndef TALLY_CONTROL_H
+#define TALLY_CONTROL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define CONTROL_MAGIC		0x43594c54U	/* "TLYC" */
+#define CONTROL_HDR		8
+#define CONTROL_MAX_PAYLOAD	8192
+#define CONTROL_MAX_CLIENTS	16
+
+enum control_type {
+	CTL_STATUS = 1,
+	CTL_FLUSH = 2,
+	CTL_GET = 3,
+	CTL_RELOAD = 4,
+	CTL_STOP = 5,
+	CTL_STOP_FAST = 6
+};
+
+enum control_status {
+	CTL_OK = 0,
+	CTL_FAILED = 1
+};
+
+/* One connected tallyctl, as the master reads it. */
+struct control_client {
+	int		fd;
+	size_t		have;
+	uint8_t		buf[CONTROL_HDR + CONTROL_MAX_PAYLOAD];
+	uint64_t	flush_seq;	/* waiting for this flush; 0: not */
+	uint64_t	deadline_ms;
+};
+
+/* Encode a header into 8 bytes. */
+void	control_header(uint8_t *out, uint16_t type_or_status, uint16_t len);
+/* Decode one; -1 for a bad magic or a length over the maximum. */
+int	control_parse_header(const uint8_t *in, uint16_t *type_or_status,
+	    uint16_t *len);
+
+/* The listening socket, mode 0660, owned by uid:gid ((uid_t)-1: keep). */
+int	control_listen(const char *path, uid_t uid, gid_t gid);
+/* 1: a whole request is in c->buf; 0: need more; -1: close the client. */
+int	control_read(struct control_client *c);
+/* Send one response.  -1 on failure (the client is then closed). */
+int	control_reply(int fd, int status, const char *payload, size_t len);
+
+#endif
