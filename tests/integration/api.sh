@@ -24,7 +24,8 @@ post_ok() {
 # --- liveness and readiness
 assert_eq "GET /healthz" 200 "$(http GET /healthz)"
 assert_eq "/healthz body" '{"status":"ok"}' "$(last_body)"
-assert_eq "GET /readyz with PostgreSQL up" 200 "$(http GET /readyz)"
+# Ready once the flusher has connected to PostgreSQL, shortly after start.
+assert_eq "GET /readyz with PostgreSQL up" 200 "$(wait_status /readyz 200)"
 assert_match "/readyz is a JSON object" '^\{.*\}$' "$(last_body)"
 assert_match "/readyz names PostgreSQL" '"postgres' "$(last_body)"
 assert_match "/readyz gives journal LSNs" '[Ll][Ss][Nn].*[0-9]' "$(last_body)"

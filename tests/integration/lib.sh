@@ -415,6 +415,18 @@ http() {
 	cat "$T/last.status"
 }
 
+# wait_status PATH STATUS: poll (15 s) until GET PATH answers STATUS;
+# prints the last status.
+wait_status() {
+	local i st
+	for i in $(seq 75); do
+		st=$(http GET "$1")
+		[ "$st" = "$2" ] && break
+		sleep 0.2
+	done
+	echo "$st"
+}
+
 last_body() { json_min <"$T/last.body"; }
 last_status() { cat "$T/last.status"; }
 # last_header NAME: its value, without CR.

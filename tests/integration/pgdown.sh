@@ -19,17 +19,6 @@ post_n() {
 	echo $n
 }
 
-# wait_status PATH STATUS: poll (15 s) until GET PATH answers STATUS.
-wait_status() {
-	local i st
-	for i in $(seq 75); do
-		st=$(http GET "$1")
-		[ "$st" = "$2" ] && break
-		sleep 0.2
-	done
-	echo "$st"
-}
-
 assert_eq "up: 10 increments acknowledged" 10 "$(post_n a 3 10)"
 pg_wait_value a 30
 assert_eq "up: /readyz" 200 "$(http GET /readyz)"
@@ -51,6 +40,12 @@ assert_eq "down, after restart: 10 more acknowledged" 10 "$(post_n a 3 10)"
 assert_eq "down, after restart: 5 more on b acknowledged" 5 "$(post_n b 7 5)"
 assert_eq "down, after restart: 1 on a new key acknowledged" 1 "$(post_n c 1 1)"
 assert_eq "down, after restart: /readyz says 503" 503 "$(wait_status /readyz 503)"
+# a's total was rebuilt from the journal alone: tallyd will not guess it.
+assert_eq "down, after restart: GET a is 503" 503 "$(http GET /increment/a)"
+assert_match "down, after restart: with Retry-After" '^[0-9]+$' \
+    "$(last_header retry-after)"
+# c is new since the restart: its total is all here.
+assert_eq "down, after restart: GET c" '{"c":1}' "$(get c)"
 sleep 1	# the flusher meets PostgreSQL down again, and retries
 
 pg_start

@@ -1,0 +1,495 @@
+#!/bin/bash
+# The Idempotency-Key header: its syntax, replays of the kept answer, 422
+# for a key reused for another request, 409 while the first use is in
+# flight, retry storms across workers, kill -9 before and after the flush
+# and in the middle of keyed load, two nodes on one PostgreSQL, expiry and
+# a full key table.  Whatever the retries, PostgreSQL counts each keyed
+# increment once.
+. "$(dirname "$0")/lib.sh"
+need h2load psql xargs
+
+# ---------------------------------------------------------------- nodes
+
+# Several instances, each with its own node name, port, state directory
+# and log; lib.sh's TALLYD_PID and TALLYD_LOG follow the selected one.
+declare -A NPORT NPID NLOG
+CUR=
+
+# node_conf NAME [LINE]...: $T/NAME.conf for node NAME (extra lines with
+# their own [section] headers).
+node_conf() {
+	local name=$1 port l
+	shift
+	port=$(free_port) || die "no free port for node $name"
+	NPORT[$name]=$port
+	mkdir -p "$T/$name"
+	{
+		echo "[server]"
+		echo "listen = 127.0.0.1:$port"
+		echo "workers = 2"
+		echo "node = $name"
+		echo "state_dir = $T/$name"
+		echo "pid_file = $T/$name/tallyd.pid"
+		echo "control_socket = $T/$name/tallyd.sock"
+		echo "[journal]"
+		echo "segment_size = 1M"
+		echo "[postgres]"
+		echo "dsn = $DSN"
+		echo "flush_interval = 100ms"
+		for l in "$@"; do
+			echo "$l"
+		done
+	} >"$T/$name.conf"
+}
+
+# use_node NAME: later requests, tallyctl, tallyd_start/stop act on it.
+use_node() {
+	if [ -n "$CUR" ]; then
+		NPID[$CUR]=$TALLYD_PID
+		NLOG[$CUR]=$TALLYD_LOG
+	fi
+	CUR=$1
+	CONF=$T/$1.conf
+	TPORT=${NPORT[$1]}
+	BASE=http://127.0.0.1:$TPORT
+	TALLYD_PID=${NPID[$1]:-}
+	TALLYD_LOG=${NLOG[$1]:-}
+}
+
+# Every node still running is killed, not only the selected one.
+kill_nodes() {
+	local n
+	[ -n "$CUR" ] && NPID[$CUR]=$TALLYD_PID
+	for n in "${!NPID[@]}"; do
+		[ "$n" = "$CUR" ] && continue
+		TALLYD_PID=${NPID[$n]}
+		if [ -n "$TALLYD_PID" ] && pid_alive "$TALLYD_PID"; then
+			tallyd_kill9_all >/dev/null 2>&1
+		fi
+	done
+	TALLYD_PID=${NPID[$CUR]:-}
+}
+trap 'rc=$?; kill_nodes; (exit $rc); cleanup' EXIT
+
+# ---------------------------------------------------------------- requests
+
+CT=(-H 'Content-Type: application/json')
+
+# ipost IK KEY VALUE: a keyed POST /increment; prints the status.
+ipost() {
+	post_body "{\"key\":$(json_str "$2"),\"value\":$3}" \
+	    -H "Idempotency-Key: $1"
+}
+
+replayed() { last_header idempotent-replayed; }
+
+# fresh DESCRIPTION IK KEY VALUE TOTAL: a first use, applied.
+fresh() {
+	assert_eq "$1: status" 202 "$(ipost "$2" "$3" "$4")"
+	assert_eq "$1: body" "{\"key\":$(json_str "$3"),\"value\":$5}" "$(last_body)"
+	assert_eq "$1: not a replay" "" "$(replayed)"
+}
+
+# replay DESCRIPTION IK KEY VALUE KEPT_TOTAL: answered from the kept response.
+replay() {
+	assert_eq "$1: status" 202 "$(ipost "$2" "$3" "$4")"
+	assert_eq "$1: kept body" "{\"key\":$(json_str "$3"),\"value\":$5}" "$(last_body)"
+	assert_eq "$1: Idempotent-Replayed" true "$(replayed)"
+}
+
+json_error() {
+	assert_match "$1: JSON error" '^\{.*"error":"[^"]+"' "$(last_body)"
+}
+
+pg_idem_count() {
+	pg_sql "select count(*) from tally_idempotency where idem_key = $(sql_quote "$1")"
+}
+
+# pg_wait_idem IK EXPECTED_COUNT [TIMEOUT_S]
+pg_wait_idem() {
+	local got i
+	for i in $(seq 0 $((${3:-15} * 5))); do
+		got=$(pg_idem_count "$1")
+		[ "$got" = "$2" ] && break
+		sleep 0.2
+	done
+	assert_eq "tally_idempotency holds $1 $2 time(s)" "$2" "$got"
+}
+
+# wait_flushed [TIMEOUT_S]: the node's journal is all in PostgreSQL.
+wait_flushed() {
+	local i body
+	for i in $(seq 0 $((${1:-15} * 10))); do
+		body=$(curl -s -m 2 "$BASE/readyz" | json_min)
+		case "$body" in *'"backlog_bytes":0,'*) return 0 ;; esac
+		sleep 0.1
+	done
+	notok "node $CUR did not flush its journal in time: $body"
+	return 1
+}
+
+# storm OUT N PARALLEL IK KEY VALUE: N curl processes (one connection
+# each), PARALLEL at a time; one "status replayed" line per answer in OUT.
+storm() {
+	local out=$1 n=$2 par=$3 ik=$4 key=$5 value=$6
+	printf '{"key":"%s","value":%s}' "$key" "$value" >"$out.json"
+	seq "$n" | xargs -P "$par" -I{} curl -s -m 20 -o /dev/null \
+	    -w '%{http_code} %header{idempotent-replayed}\n' \
+	    -H 'Content-Type: application/json' -H "Idempotency-Key: $ik" \
+	    --data-binary "@$out.json" "$BASE/increment" >"$out"
+}
+
+# storm_check DESCRIPTION OUT N: one fresh 202, the rest replays or 409.
+storm_check() {
+	local fresh_n replays conflicts other
+	fresh_n=$(grep -c '^202 $' "$2")
+	replays=$(grep -c '^202 true$' "$2")
+	conflicts=$(grep -c '^409 $' "$2")
+	other=$(grep -Evc '^(202 |202 true|409 )$' "$2")
+	note "$1: $fresh_n applied, $replays replayed, $conflicts 409"
+	assert_eq "$1: every request answered" "$3" "$(wc -l <"$2")"
+	assert_eq "$1: exactly one answer applied it" 1 "$fresh_n"
+	assert_eq "$1: no answer but 202 replayed or 409" 0 "$other"
+	[ "$other" = 0 ] || grep -Ev '^(202 |202 true|409 )$' "$2" |
+	    sort | uniq -c | sed 's/^/#   /'
+}
+
+pg_start
+
+# ================================================================ node main
+node_conf main
+use_node main
+tallyd_start
+
+# --- the header's syntax
+RECS=$(journal_records)
+fresh "bare key, first use" bare1 sf 3 3
+replay "the same key as a Structured Field string" '"bare1"' sf 3 3
+fresh "quoted key, first use" '"quoted1"' sf 4 7
+replay "the same key bare" quoted1 sf 4 7
+fresh "quoted key with escapes" '"a\\b\"c"' esc 1 1
+fresh "bare a\\b is another key" 'a\b' esc 1 2
+replay "the escaped key again" '"a\\b\"c"' esc 1 1
+fresh "key with surrounding spaces" ' sp1 ' sp 1 1
+replay "the same key without them" sp1 sp 1 1
+LONGIK=$(printf 'k%.0s' $(seq 255))
+fresh "key of 255 characters" "$LONGIK" long 2 2
+replay "key of 255 characters again" "$LONGIK" long 2 2
+fresh "key of printable punctuation" '!#$%&()*+,-./:;<=>?@[]^_`{|}~' punct 1 1
+assert_eq "journal: one record per applied request" $((RECS + 7)) "$(journal_records)"
+
+# --- malformed keys: 400, nothing stored, nothing journaled
+RECS=$(journal_records)
+# bad DESCRIPTION CURL_HEADER_ARG...: 400 with a JSON error.
+bad() {
+	local what=$1
+	shift
+	assert_eq "$what: 400" 400 \
+	    "$(post_body '{"key":"mal","value":1}' "$@")"
+	json_error "$what"
+}
+bad "empty Idempotency-Key" -H 'Idempotency-Key;'
+bad "empty sf-string" -H 'Idempotency-Key: ""'
+bad "key of 256 characters" -H "Idempotency-Key: ${LONGIK}k"
+bad "quoted key of 256 characters" -H "Idempotency-Key: \"${LONGIK}k\""
+bad "key with a tab inside" -H $'Idempotency-Key: a\tb'
+bad "key with a space inside" -H 'Idempotency-Key: a b'
+bad "key not ASCII" -H 'Idempotency-Key: café'
+bad "unbalanced quote at the start" -H 'Idempotency-Key: "mal1'
+bad "unbalanced quote at the end" -H 'Idempotency-Key: mal1"'
+bad "quote inside a bare key" -H 'Idempotency-Key: ma"l1'
+bad "sf-string with an unknown escape" -H 'Idempotency-Key: "ma\l1"'
+bad "sf-string ending in a backslash" -H 'Idempotency-Key: "mal1\"'
+bad "two Idempotency-Key headers" -H 'Idempotency-Key: dup-a' \
+    -H 'Idempotency-Key: dup-b'
+bad "the same Idempotency-Key twice" -H 'Idempotency-Key: dup-a' \
+    -H 'Idempotency-Key: dup-a'
+# The HTTP parser may refuse these itself, without a JSON body.
+assert_eq "key with a control character: 400" 400 \
+    "$(post_body '{"key":"mal","value":1}' -H $'Idempotency-Key: a\001b')"
+assert_eq "key with DEL: 400" 400 \
+    "$(post_body '{"key":"mal","value":1}' -H $'Idempotency-Key: a\177b')"
+assert_eq "after malformed keys: nothing counted" none "$(total mal)"
+assert_eq "after malformed keys: nothing journaled" "$RECS" "$(journal_records)"
+fresh "a valid key after malformed ones" dup-a mal 5 5
+fresh "the other key of the pair" dup-b mal 1 6
+
+# --- replays: the kept answer, nothing applied again
+fresh "kept: first use" kept1 kc 5 5
+assert_eq "kept: an unkeyed increment" 202 "$(post kc 1)"
+assert_eq "kept: unkeyed total" '{"key":"kc","value":6}' "$(last_body)"
+RECS=$(journal_records)
+replay "kept: the retry gets the first answer" kept1 kc 5 5
+replay "kept: and again" '"kept1"' kc 5 5
+assert_match "kept: replay Content-Type" '^application/json' "$(last_header Content-Type)"
+assert_eq "kept: total unchanged by replays" '{"kc":6}' "$(get kc)"
+assert_eq "kept: replays journal nothing" "$RECS" "$(journal_records)"
+
+# --- same key, another request: 422
+assert_eq "same key, other value: 422" 422 "$(ipost kept1 kc 6)"
+json_error "same key, other value"
+assert_eq "same key, other counter key: 422" 422 "$(ipost kept1 kc2 5)"
+json_error "same key, other counter key"
+assert_eq "same key, other value and counter key: 422" 422 "$(ipost kept1 kc2 6)"
+assert_eq "after 422: total unchanged" '{"kc":6}' "$(get kc)"
+assert_eq "after 422: other counter key not created" none "$(total kc2)"
+assert_eq "after 422: nothing journaled" "$RECS" "$(journal_records)"
+replay "after 422: the first request still replays" kept1 kc 5 5
+
+# --- a refused request stores nothing
+assert_eq "keyed request with a bad body: 400" 400 \
+    "$(post_body '{"key":"ref","value":"1"}' -H 'Idempotency-Key: ref1')"
+fresh "the same key, valid body: applied" ref1 ref 2 2
+assert_eq "keyed request with the wrong content type: 415" 415 \
+    "$(http POST /increment -H 'Content-Type: text/plain' \
+    -H 'Idempotency-Key: ref2' --data-binary '{"key":"ref","value":1}')"
+fresh "the same key after 415: applied" ref2 ref 1 3
+MAX=9223372036854775807
+assert_eq "int64 max" 202 "$(post refbig $MAX)"
+assert_eq "keyed request past int64: 422" 422 "$(ipost ref3 refbig 1)"
+fresh "the same key, another request: applied" ref3 ref 4 7
+assert_eq "refbig unchanged" "{\"refbig\":$MAX}" "$(get refbig)"
+
+# --- all of it reaches PostgreSQL once
+pg_wait_value sf 7
+pg_wait_value kc 6
+pg_wait_value mal 6
+pg_wait_value ref 7
+pg_wait_value esc 2
+pg_wait_idem kept1 1
+pg_wait_idem bare1 1
+pg_wait_idem quoted1 1
+pg_wait_idem ref3 1
+assert_eq "refused keys are not in tally_idempotency" 0 \
+    "$(pg_sql "select count(*) from tally_idempotency where idem_key in ('mal1', 'ma\"l1', '')")"
+replay "after the flush: still a replay" kept1 kc 5 5
+sleep 0.5	# five flush intervals
+assert_eq "after the flush: replay applied nothing" 6 "$(pg_value kc)"
+
+# --- a burst of one keyed request: applied once, the others 409 or replays
+storm "$T/burst" 64 32 burst1 burst 7
+storm_check "burst of 64, 32 at a time" "$T/burst" 64
+assert_eq "burst: total is the value once" 7 "$(total burst)"
+storm "$T/burst2" 64 64 burst2 burst 3
+storm_check "burst of 64, all at once" "$T/burst2" 64
+assert_eq "burst: total is both values once" 10 "$(total burst)"
+pg_wait_value burst 10
+
+# --- a retry storm across both workers, short and keep-alive connections
+storm "$T/storm" 200 50 storm1 storm 11
+storm_check "storm of 200, 50 connections at a time" "$T/storm" 200
+printf '{"key":"storm","value":13}' >"$T/h2.json"
+h2load -n 2000 -c 50 -m 4 -d "$T/h2.json" -H 'Content-Type: application/json' \
+    -H 'idempotency-key: storm2' "$BASE/increment" >"$T/h2load.out" 2>&1
+codes=$(sed -n 's/^status codes: //p' "$T/h2load.out")
+note "h2load storm: $codes"
+assert_match "h2load storm: every request answered" \
+    '2000 succeeded, 0 failed, 0 errored' "$(cat "$T/h2load.out")"
+assert_match "h2load storm: only 2xx (202) and 4xx (409) answers" \
+    '^[0-9]+ 2xx, 0 3xx, [0-9]+ 4xx, 0 5xx$' "$codes"
+h2load --h1 -n 1000 -c 20 -d "$T/h2.json" -H 'Content-Type: application/json' \
+    -H 'idempotency-key: storm2' "$BASE/increment" >"$T/h2load1.out" 2>&1
+codes=$(sed -n 's/^status codes: //p' "$T/h2load1.out")
+assert_match "h2load HTTP/1.1 storm: every request answered" \
+    '1000 succeeded, 0 failed, 0 errored' "$(cat "$T/h2load1.out")"
+assert_match "h2load HTTP/1.1 storm: only 202 replays" \
+    '^1000 2xx, 0 3xx, 0 4xx, 0 5xx$' "$codes"
+replay "after the storms" storm2 storm 13 24
+assert_eq "storms: total is each value once" 24 "$(total storm)"
+pg_wait_value storm 24
+pg_wait_idem storm1 1
+pg_wait_idem storm2 1
+
+# --- kill -9 after the flush: the key comes back from PostgreSQL
+fresh "before kill -9, flushed" after1 kaf 9 9
+pg_wait_value kaf 9
+pg_wait_idem after1 1
+no_crashes
+tallyd_kill9_all
+tallyd_start
+RECS=$(journal_records)
+replay "after kill -9: the retry replays" after1 kaf 9 9
+assert_eq "after kill -9: 422 for another request" 422 "$(ipost after1 kaf 1)"
+assert_eq "after kill -9: a key flushed long before: status" 202 "$(ipost kept1 kc 5)"
+assert_eq "after kill -9: a key flushed long before: replayed" true "$(replayed)"
+assert_eq "after kill -9: total" '{"kaf":9}' "$(get kaf)"
+assert_eq "after kill -9: replays journal nothing" "$RECS" "$(journal_records)"
+sleep 0.5
+assert_eq "after kill -9: PostgreSQL unchanged" 9 "$(pg_value kaf)"
+pg_wait_idem after1 1
+
+# --- kill -9 in the middle of keyed load; unanswered requests are retried
+# with their key after the restart.
+# load_client ID: unique keys, one request at a time, each retried with
+# its key until a 202; after $T/stop, only the pending one (bounded: 60 s).
+load_client() {
+	local id=$1 out=$T/load.$1 n=0 ik= st end=$((SECONDS + 60))
+	: >"$out.acks"
+	: >"$out.codes"
+	while [ $SECONDS -lt $end ]; do
+		if [ -z "$ik" ]; then
+			[ -e "$T/stop" ] && break
+			n=$((n + 1))
+			ik=load-$id-$n
+		fi
+		st=$(curl -s -m 5 -o /dev/null \
+		    -w '%{http_code} %header{idempotent-replayed}' \
+		    -H 'Content-Type: application/json' \
+		    -H "Idempotency-Key: $ik" \
+		    --data-binary '{"key":"load","value":1}' "$BASE/increment")
+		echo "$ik $st" >>"$out.codes"
+		case "$st" in
+		"202 "*) echo "$ik $st" >>"$out.acks"; ik= ;;
+		*) sleep 0.02 ;;
+		esac
+	done
+	[ -z "$ik" ] || echo "$ik" >"$out.pending"
+}
+
+rm -f "$T/stop"
+NCLIENTS=6
+for c in $(seq $NCLIENTS); do
+	load_client "$c" &
+	BGPIDS+=($!)
+done
+for round in 1 2; do
+	for i in $(seq 100); do
+		[ "$(cat "$T"/load.*.acks 2>/dev/null | wc -l)" -ge $((round * 150)) ] && break
+		sleep 0.05
+	done
+	no_crashes
+	tallyd_kill9_all
+	tallyd_start
+done
+sleep 0.5
+touch "$T/stop"
+for p in "${BGPIDS[@]}"; do
+	wait "$p"
+done
+BGPIDS=()
+cat "$T"/load.*.acks >"$T/load.acks"
+cat "$T"/load.*.codes >"$T/load.codes"
+N=$(wc -l <"$T/load.acks")
+assert_between "keyed load: requests acknowledged" 10 999999 "$N"
+assert_eq "keyed load: each key acknowledged once" "$N" \
+    "$(cut -d' ' -f1 "$T/load.acks" | sort -u | wc -l)"
+assert_eq "keyed load: no request left unanswered" "" \
+    "$(cat "$T"/load.*.pending 2>/dev/null)"
+other=$(cut -d' ' -f2- "$T/load.codes" | grep -Ev '^(202 |202 true|409 |000 )$')
+assert_eq "keyed load: only 202, 409 or no answer (kill)" "" "$other"
+retried=$(cut -d' ' -f1 "$T/load.codes" | sort | uniq -d | wc -l)
+note "keyed load: $N keys, $retried retried," \
+    "$(grep -c ' 202 true$' "$T/load.acks") resolved as replays"
+assert_between "keyed load: some requests were retried across a kill" 1 999999 "$retried"
+assert_eq "keyed load: total is one per key" "$N" "$(total load)"
+pg_wait_value load "$N"
+assert_eq "keyed load: tally_idempotency has each key once" "$N" \
+    "$(pg_sql "select count(*) from tally_idempotency where idem_key like 'load-%'")"
+
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# --- kill -9 before the flush: the key comes back from the journal
+tallyd_start -o postgres.flush_interval=60s
+fresh "before kill -9, not flushed" before1 kbf 4 4
+RECS=$(journal_records)
+assert_eq "not flushed yet: PostgreSQL lacks it" none "$(pg_value kbf)"
+assert_eq "not flushed yet: tally_idempotency lacks it" 0 "$(pg_idem_count before1)"
+no_crashes
+tallyd_kill9_all
+tallyd_start -o postgres.flush_interval=60s
+replay "after kill -9 from the journal: the retry replays" before1 kbf 4 4
+replay "after kill -9 from the journal: quoted" '"before1"' kbf 4 4
+assert_eq "after kill -9 from the journal: 422 for another request" 422 \
+    "$(ipost before1 kbf 5)"
+assert_eq "after kill -9 from the journal: total" '{"kbf":4}' "$(get kbf)"
+assert_eq "after kill -9 from the journal: nothing journaled" "$RECS" "$(journal_records)"
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+assert_eq "flushed at stop: PostgreSQL has it once" 4 "$(pg_value kbf)"
+assert_eq "flushed at stop: tally_idempotency has it once" 1 "$(pg_idem_count before1)"
+st=0
+tallyctl journal verify >"$T/verify.out" 2>&1 || st=$?
+assert_eq "journal verify" 0 "$st"
+
+# ================================================================ two nodes
+node_conf na
+node_conf nb
+use_node na
+tallyd_start
+use_node nb
+tallyd_start
+
+use_node na
+fresh "node A: first use" two1 two 5 5
+pg_wait_value two 5
+pg_wait_idem two1 1
+use_node nb
+assert_eq "node B: the retry (B does not know the key)" 202 "$(ipost two1 two 5)"
+note "node B's answer: $(last_body), replayed: '$(replayed)'"
+wait_flushed
+pg_wait_value two 5
+pg_wait_idem two1 1
+# Both nodes take the key before either flushes.
+use_node na
+assert_eq "node A: second key" 202 "$(ipost two2 two 2)"
+use_node nb
+assert_eq "node B: its retry at once" 202 "$(ipost two2 two 2)"
+wait_flushed
+use_node na
+wait_flushed
+pg_wait_value two 7
+pg_wait_idem two2 1
+assert_eq "tally_idempotency: the nodes' keys, once each" 2 \
+    "$(pg_sql "select count(*) from tally_idempotency where idem_key like 'two%'")"
+use_node nb
+tallyd_stop TERM
+assert_eq "node B: SIGTERM exit status" 0 "$TALLYD_STATUS"
+use_node na
+tallyd_stop TERM
+assert_eq "node A: SIGTERM exit status" 0 "$TALLYD_STATUS"
+assert_eq "after both stopped: PostgreSQL counted each once" 7 "$(pg_value two)"
+
+# ================================================================ expiry
+node_conf nttl "[idempotency]" "ttl = 2s"
+use_node nttl
+tallyd_start
+fresh "expiry: first use" exp1 exp 3 3
+t0=$(date +%s%N)
+assert_eq "expiry: another request before expiry: 422" 422 "$(ipost exp1 exp 4)"
+replay "expiry: a retry before expiry" exp1 exp 3 3
+# Poll with the other request: 422 until the key expires, then applied.
+for i in $(seq 100); do
+	st=$(ipost exp1 exp 4)
+	[ "$st" = 422 ] || break
+	sleep 0.1
+done
+el=$((($(date +%s%N) - t0) / 1000000))
+assert_eq "expiry: another request after expiry: 202" 202 "$st"
+assert_eq "expiry: applied" '{"key":"exp","value":7}' "$(last_body)"
+assert_eq "expiry: not a replay" "" "$(replayed)"
+assert_between "expiry: not before the ttl (ms since first use)" 1000 30000 "$el"
+replay "expiry: the new use replays" exp1 exp 4 7
+pg_wait_value exp 7
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# ================================================================ table full
+node_conf nfull "[idempotency]" "max_keys = 3"
+use_node nfull
+tallyd_start
+fresh "full: key 1" full1 full 1 1
+fresh "full: key 2" full2 full 1 2
+fresh "full: key 3" full3 full 1 3
+assert_eq "full: a 4th key: 503" 503 "$(ipost full4 full 1)"
+json_error "full: 503"
+assert_match "full: Retry-After" '^[0-9]+$' "$(last_header Retry-After)"
+assert_eq "full: an unkeyed request still 202" 202 "$(post full 10)"
+assert_eq "full: unkeyed total" '{"key":"full","value":13}' "$(last_body)"
+replay "full: a known key still replays" full2 full 1 2
+assert_eq "full: a known key, another request: 422" 422 "$(ipost full3 full 2)"
+assert_eq "full: the 4th key again: 503" 503 "$(ipost full4 other 1)"
+assert_eq "full: nothing counted for the refused key" none "$(total other)"
+pg_wait_value full 13
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"

@@ -1,0 +1,110 @@
+#!/bin/bash
+# tallyctl against a running tallyd: every command, its exit code, its
+# --json form, and the control socket's refusal of malformed messages;
+# then the exit codes with no daemon at all.
+. "$(dirname "$0")/lib.sh"
+need psql perl
+
+pg_start
+tallyd_conf
+tallyd_start
+SOCK=$T/tallyd.sock
+
+# raw BYTES: send bytes (perl string syntax) to the control socket and
+# print what comes back (nothing when the master closes the connection).
+raw() {
+	perl -MIO::Socket::UNIX -e '
+		my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 3;
+		print $s eval qq("$ARGV[1]");
+		shutdown($s, 1);
+		my $buf = ""; 1 while sysread($s, $buf, 65536, length $buf);
+		print length($buf), "\n";' "$SOCK" "$1"
+}
+
+assert_eq "socket mode is 0660" 660 "$(stat -c %a "$SOCK")"
+
+out=$(tallyctl status); st=$?
+assert_eq "status: exit 0" 0 "$st"
+assert_match "status names the processes" 'worker +pid [0-9]+' "$out"
+assert_match "status says PostgreSQL is up" 'PostgreSQL: up' "$out"
+out=$(tallyctl --json status); st=$?
+assert_eq "status --json: exit 0" 0 "$st"
+assert_match "status --json: journal positions" '"durable_lsn":[0-9]+' "$out"
+assert_match "status --json: PostgreSQL" '"postgres":\{"up":true\}' "$out"
+
+assert_eq "POST k" 202 "$(post k 5)"
+assert_eq "get k" "k 5" "$(tallyctl get k)"
+assert_eq "get --json k" '{"key":"k","value":5,' \
+    "$(tallyctl --json get k | cut -c1-21)"
+tallyctl get never-seen >/dev/null 2>&1
+assert_eq "get of a key not held: exit 1" 1 "$?"
+
+# A long flush interval: only the explicit flush moves data now.
+sed -i 's/^flush_interval = .*/flush_interval = 1h/' "$CONF"
+out=$(tallyctl reload); st=$?
+assert_eq "reload: exit 0" 0 "$st"
+grep -q 'take effect only at the next restart' "$TALLYD_LOG"
+assert_eq "a reloadable change is not called a restart" 1 "$?"
+grep -q 'reload: configuration applied (flush_interval 3600000 ms' "$TALLYD_LOG"
+assert_eq "reload applied the new flush interval" 0 "$?"
+sleep 1.5	# the flusher finishes the cycle it slept under the old interval
+assert_eq "POST k again" 202 "$(post k 7)"
+assert_eq "PostgreSQL before flush" 5 "$(pg_value k)"
+tallyctl flush >/dev/null; st=$?
+assert_eq "flush: exit 0" 0 "$st"
+assert_eq "PostgreSQL right after flush" 12 "$(pg_value k)"
+
+echo "[bogus]" >>"$CONF"
+# -s: tallyctl itself would refuse the broken file it reads the socket from.
+"$TALLYCTL" -s "$SOCK" reload >/dev/null 2>&1
+assert_eq "reload of a bad file: exit 1" 1 "$?"
+grep -q 'keeping the running one' "$TALLYD_LOG"
+assert_eq "bad reload logged and ignored" 0 "$?"
+sed -i '$d' "$CONF"
+kill -HUP "$TALLYD_PID"
+for i in $(seq 50); do
+	[ "$(grep -c 'reload: configuration applied' "$TALLYD_LOG")" -ge 2 ] && break
+	sleep 0.1
+done
+assert_eq "SIGHUP reloads too" 2 "$(grep -c 'reload: configuration applied' "$TALLYD_LOG")"
+
+# Malformed messages close the connection; the master carries on.
+assert_eq "bad magic: closed without an answer" 0 "$(raw 'GARBAGE!GARBAGE')"
+assert_eq "oversized length: closed" 0 "$(raw 'TLYC\x01\x00\xff\xff')"
+assert_eq "unknown type: closed" 0 "$(raw 'TLYC\x63\x00\x00\x00')"
+assert_eq "truncated header: closed" 0 "$(raw 'TLY')"
+curl -s -m 5 --unix-socket "$SOCK" http://localhost/ >/dev/null 2>&1
+assert_eq "well-formed status still answered" 1 \
+    "$(raw 'TLYC\x01\x00\x00\x00' | awk '$1 > 8 {print 1}')"
+assert_eq "status after the garbage: exit 0" 0 "$(tallyctl status >/dev/null; echo $?)"
+
+out=$(tallyctl stop); st=$?
+assert_eq "stop: exit 0" 0 "$st"
+wait_gone 30 "$TALLYD_PID"
+assert_eq "stop: the daemon is gone" 0 "$?"
+wait "$TALLYD_PID" 2>/dev/null
+assert_eq "stop: the daemon exited 0" 0 "$?"
+TALLYD_PID=
+no_crashes
+assert_eq "stop flushed the rest" 12 "$(pg_value k)"
+assert_eq "control socket removed" no "$([ -e "$SOCK" ] && echo yes || echo no)"
+
+# No daemon: every daemon command fails with 1, usage errors with 2.
+for c in status flush reload stop "get k"; do
+	# shellcheck disable=SC2086
+	tallyctl $c >/dev/null 2>&1
+	assert_eq "no daemon: $c exits 1" 1 "$?"
+done
+tallyctl frobnicate >/dev/null 2>&1
+assert_eq "unknown command exits 2" 2 "$?"
+tallyctl stop --later >/dev/null 2>&1
+assert_eq "bad argument exits 2" 2 "$?"
+help=$("$TALLYCTL" --help); st=$?
+assert_eq "--help exits 0" 0 "$st"
+for c in status flush get reload stop "journal verify" "journal dump"; do
+	printf '%s\n' "$help" | grep -q "^  $c" ||
+	    notok "--help lists $c"
+	grep -q "^\.It Cm ${c% *}" "$top_srcdir/man/tallyctl.8" ||
+	    notok "tallyctl(8) documents $c"
+done
+ok "every command in --help is in tallyctl(8)"
