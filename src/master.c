@@ -588,9 +588,12 @@ ctl_status(struct control_client *c)
 	journal_epoch_hex(h->epoch, epoch);
 	o += snprintf(buf + o, sizeof(buf) - o, "{\"version\":\"%s\","
 	    "\"pid\":%d,\"uptime_s\":%lld,\"node\":\"%s\",\"state\":\"%s\","
+	    "\"flush_interval_ms\":%llu,\"log_level\":\"%s\","
 	    "\"processes\":[", PACKAGE_VERSION, (int)getpid(),
 	    (long long)(time(NULL) - M.started), M.cf->node,
-	    M.state == RUNNING ? "running" : "stopping");
+	    M.state == RUNNING ? "running" : "stopping",
+	    (unsigned long long)(M.cf->flush_interval_us / 1000),
+	    M.cf->log_level);
 	for (int i = 0; i < M.nchildren && o < sizeof(buf) - 64; i++)
 		o += snprintf(buf + o, sizeof(buf) - o,
 		    "%s{\"role\":\"%s\",\"pid\":%d}", i ? "," : "",
