@@ -158,11 +158,19 @@ static void
 master_lock(void)
 {
 	char path[1100], buf[32];
+	struct stat st;
 	int n;
 
 	if (mkdir(M.cf->state_dir, 0700) == -1 && errno != EEXIST)
 		fatal(PROC_EXIT_FATAL, "cannot create state directory %s",
 		    M.cf->state_dir);
+	/* The journal holds every client's data: no one else reads it. */
+	if (stat(M.cf->state_dir, &st) == 0 && (st.st_mode & 077)) {
+		log_info("state directory %s was mode %03o; making it 0700",
+		    M.cf->state_dir, (unsigned)(st.st_mode & 0777));
+		if (chmod(M.cf->state_dir, 0700) == -1)
+			log_warn("cannot chmod 0700 %s", M.cf->state_dir);
+	}
 	snprintf(path, sizeof(path), "%s/tallyd.lock", M.cf->state_dir);
 	if ((M.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
 		fatal(PROC_EXIT_FATAL, "cannot open lock file %s", path);

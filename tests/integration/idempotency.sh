@@ -171,12 +171,14 @@ fresh "quoted key with escapes" '"a\\b\"c"' esc 1 1
 fresh "bare a\\b is another key" 'a\b' esc 1 2
 replay "the escaped key again" '"a\\b\"c"' esc 1 1
 fresh "key with surrounding spaces" ' sp1 ' sp 1 1
+fresh "key with an inner space (printable)" 'sp 1' sp 1 2
 replay "the same key without them" sp1 sp 1 1
+replay "the inner space quoted" '"sp 1"' sp 1 2
 LONGIK=$(printf 'k%.0s' $(seq 255))
 fresh "key of 255 characters" "$LONGIK" long 2 2
 replay "key of 255 characters again" "$LONGIK" long 2 2
 fresh "key of printable punctuation" '!#$%&()*+,-./:;<=>?@[]^_`{|}~' punct 1 1
-assert_eq "journal: one record per applied request" $((RECS + 7)) "$(journal_records)"
+assert_eq "journal: one record per applied request" $((RECS + 8)) "$(journal_records)"
 
 # --- malformed keys: 400, nothing stored, nothing journaled
 RECS=$(journal_records)
@@ -193,7 +195,6 @@ bad "empty sf-string" -H 'Idempotency-Key: ""'
 bad "key of 256 characters" -H "Idempotency-Key: ${LONGIK}k"
 bad "quoted key of 256 characters" -H "Idempotency-Key: \"${LONGIK}k\""
 bad "key with a tab inside" -H $'Idempotency-Key: a\tb'
-bad "key with a space inside" -H 'Idempotency-Key: a b'
 bad "key not ASCII" -H 'Idempotency-Key: café'
 bad "unbalanced quote at the start" -H 'Idempotency-Key: "mal1'
 bad "unbalanced quote at the end" -H 'Idempotency-Key: mal1"'
@@ -284,9 +285,13 @@ h2load -n 2000 -c 50 -m 4 -d "$T/h2.json" -H 'Content-Type: application/json' \
 codes=$(sed -n 's/^status codes: //p' "$T/h2load.out")
 note "h2load storm: $codes"
 assert_match "h2load storm: every request answered" \
-    '2000 succeeded, 0 failed, 0 errored' "$(cat "$T/h2load.out")"
+    '2000 done, [0-9]+ succeeded, [0-9]+ failed, 0 errored, 0 timeout' \
+    "$(cat "$T/h2load.out")"
 assert_match "h2load storm: only 2xx (202) and 4xx (409) answers" \
     '^[0-9]+ 2xx, 0 3xx, [0-9]+ 4xx, 0 5xx$' "$codes"
+n2=$(echo "$codes" | sed 's/ 2xx.*//')
+n4=$(echo "$codes" | sed 's/.* 3xx, \([0-9]*\) 4xx.*/\1/')
+assert_eq "h2load storm: 2xx and 4xx make all" 2000 $((${n2:-0} + ${n4:-0}))
 h2load --h1 -n 1000 -c 20 -d "$T/h2.json" -H 'Content-Type: application/json' \
     -H 'idempotency-key: storm2' "$BASE/increment" >"$T/h2load1.out" 2>&1
 codes=$(sed -n 's/^status codes: //p' "$T/h2load1.out")
