@@ -34,38 +34,12 @@
 #include <zlib.h>
 
 #include "checkpoint.h"
+#include "le.h"
 
 #define CHECKPOINT_MAGIC	"TALLYCKP"
 #define CHECKPOINT_VERSION	1
 #define CHECKPOINT_SIZE		40
 #define CHECKPOINT_CRC_AT	36
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = v >> (8 * i);
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = v >> (8 * i);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	    (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 static int
 checkpoint_path(char *buf, size_t len, const char *dir, const char *name)
@@ -103,10 +77,10 @@ checkpoint_write(const char *state_dir, const struct checkpoint *cp)
 
 	memset(b, 0, sizeof(b));
 	memcpy(b, CHECKPOINT_MAGIC, 8);
-	put32(b + 8, CHECKPOINT_VERSION);
+	le_put32(b + 8, CHECKPOINT_VERSION);
 	memcpy(b + 12, cp->epoch, JOURNAL_EPOCH_LEN);
-	put64(b + 28, cp->lsn);
-	put32(b + CHECKPOINT_CRC_AT, crc32(0, b, CHECKPOINT_CRC_AT));
+	le_put64(b + 28, cp->lsn);
+	le_put32(b + CHECKPOINT_CRC_AT, crc32(0, b, CHECKPOINT_CRC_AT));
 
 	if (checkpoint_path(path, sizeof(path), state_dir, "checkpoint") ||
 	    checkpoint_path(tmp, sizeof(tmp), state_dir, "checkpoint.tmp"))
@@ -174,15 +148,15 @@ checkpoint_read(const char *state_dir, struct checkpoint *cp)
 	}
 	close(fd);
 	if (got != CHECKPOINT_SIZE || memcmp(b, CHECKPOINT_MAGIC, 8) != 0 ||
-	    get32(b + CHECKPOINT_CRC_AT) != crc32(0, b, CHECKPOINT_CRC_AT)) {
+	    le_get32(b + CHECKPOINT_CRC_AT) != crc32(0, b, CHECKPOINT_CRC_AT)) {
 		errno = EINVAL;
 		return -1;
 	}
-	if (get32(b + 8) != CHECKPOINT_VERSION) {
+	if (le_get32(b + 8) != CHECKPOINT_VERSION) {
 		errno = ENOTSUP;
 		return -1;
 	}
 	memcpy(cp->epoch, b + 12, JOURNAL_EPOCH_LEN);
-	cp->lsn = get64(b + 28);
+	cp->lsn = le_get64(b + 28);
 	return 1;
 }

@@ -13,33 +13,23 @@
 #include <unistd.h>
 
 #include "control.h"
-
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-}
+#include "le.h"
 
 void
 control_header(uint8_t *out, uint16_t type_or_status, uint16_t len)
 {
-	for (int i = 0; i < 4; i++)
-		out[i] = (CONTROL_MAGIC >> (8 * i)) & 0xff;
-	put16(out + 4, type_or_status);
-	put16(out + 6, len);
+	le_put32(out, CONTROL_MAGIC);
+	le_put16(out + 4, type_or_status);
+	le_put16(out + 6, len);
 }
 
 int
 control_parse_header(const uint8_t *in, uint16_t *type_or_status,
     uint16_t *len)
 {
-	uint32_t magic = in[0] | (uint32_t)in[1] << 8 | (uint32_t)in[2] << 16 |
-	    (uint32_t)in[3] << 24;
-
-	*type_or_status = in[4] | (uint16_t)in[5] << 8;
-	*len = in[6] | (uint16_t)in[7] << 8;
-	if (magic != CONTROL_MAGIC || *len > CONTROL_MAX_PAYLOAD)
+	*type_or_status = le_get16(in + 4);
+	*len = le_get16(in + 6);
+	if (le_get32(in) != CONTROL_MAGIC || *len > CONTROL_MAX_PAYLOAD)
 		return -1;
 	return 0;
 }

@@ -74,50 +74,11 @@
 #include <zlib.h>
 
 #include "journal.h"
+#include "le.h"
 #include "log.h"
 
 #define SEG_MAGIC	"TALLYJNL"
 #define FRAME_MAGIC	0x46594c54U
-
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	p[0] = v;
-	p[1] = v >> 8;
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = v >> (8 * i);
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = v >> (8 * i);
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	return p[0] | (uint16_t)p[1] << 8;
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	    (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 uint32_t
 journal_crc(uint32_t crc, const void *p, size_t len)
@@ -136,9 +97,9 @@ journal_record_size(size_t key_len, size_t idem_len)
 size_t
 journal_record_put(uint8_t *dst, const struct journal_record *r)
 {
-	put64(dst, (uint64_t)r->value);
-	put64(dst + 8, r->time_us);
-	put16(dst + 16, r->key_len);
+	le_put64(dst, (uint64_t)r->value);
+	le_put64(dst + 8, r->time_us);
+	le_put16(dst + 16, r->key_len);
 	dst[18] = r->idem ? r->idem_len : 0;
 	dst[19] = 0;
 	memcpy(dst + JOURNAL_REC_HDR, r->key, r->key_len);
@@ -159,13 +120,13 @@ journal_record_next(const uint8_t **pp, const uint8_t *end,
 		return 0;
 	if (end - p < JOURNAL_REC_HDR)
 		return -1;
-	klen = get16(p + 16);
+	klen = le_get16(p + 16);
 	ilen = p[18];
 	if (klen == 0 || p[19] != 0 ||
 	    (size_t)(end - p) < journal_record_size(klen, ilen))
 		return -1;
-	r->value = (int64_t)get64(p);
-	r->time_us = get64(p + 8);
+	r->value = (int64_t)le_get64(p);
+	r->time_us = le_get64(p + 8);
 	r->key = (const char *)p + JOURNAL_REC_HDR;
 	r->key_len = klen;
 	r->idem = ilen ? r->key + klen : NULL;
@@ -200,16 +161,16 @@ static void
 frame_header(uint8_t *dst, uint16_t flags, uint32_t len, uint32_t plen,
     uint64_t lsn, uint32_t raw_len, uint32_t nrec, const uint8_t *epoch)
 {
-	put32(dst, FRAME_MAGIC);
-	put16(dst + 4, JOURNAL_VERSION);
-	put16(dst + 6, flags);
-	put32(dst + 8, len);
-	put32(dst + 12, plen);
-	put64(dst + 16, lsn);
-	put32(dst + 24, raw_len);
-	put32(dst + 28, nrec);
+	le_put32(dst, FRAME_MAGIC);
+	le_put16(dst + 4, JOURNAL_VERSION);
+	le_put16(dst + 6, flags);
+	le_put32(dst + 8, len);
+	le_put32(dst + 12, plen);
+	le_put64(dst + 16, lsn);
+	le_put32(dst + 24, raw_len);
+	le_put32(dst + 28, nrec);
 	memcpy(dst + 32, epoch, 4);
-	put32(dst + 36, frame_crc(dst, dst + JOURNAL_FRAME_HDR, plen));
+	le_put32(dst + 36, frame_crc(dst, dst + JOURNAL_FRAME_HDR, plen));
 }
 
 size_t
@@ -237,9 +198,9 @@ journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 void
 journal_frame_relocate(uint8_t *frame, uint64_t lsn)
 {
-	put64(frame + 16, lsn);
-	put32(frame + 36, frame_crc(frame, frame + JOURNAL_FRAME_HDR,
-	    get32(frame + 12)));
+	le_put64(frame + 16, lsn);
+	le_put32(frame + 36, frame_crc(frame, frame + JOURNAL_FRAME_HDR,
+	    le_get32(frame + 12)));
 }
 
 void
@@ -280,25 +241,25 @@ journal_frame_check(const uint8_t *p, size_t avail, uint64_t lsn,
 		return FRAME_EMPTY;
 	}
 	memcpy(w, &first, 8);
-	if (get32(w) != FRAME_MAGIC) {
+	if (le_get32(w) != FRAME_MAGIC) {
 		fi->why = "bad frame magic";
 		return FRAME_BAD;
 	}
-	if (get16(w + 4) != JOURNAL_VERSION) {
+	if (le_get16(w + 4) != JOURNAL_VERSION) {
 		fi->why = "unknown frame version";
 		return FRAME_BAD;
 	}
-	fi->flags = get16(w + 6);
-	fi->len = get32(p + 8);
-	fi->payload_len = get32(p + 12);
-	fi->raw_len = get32(p + 24);
-	fi->nrecords = get32(p + 28);
+	fi->flags = le_get16(w + 6);
+	fi->len = le_get32(p + 8);
+	fi->payload_len = le_get32(p + 12);
+	fi->raw_len = le_get32(p + 24);
+	fi->nrecords = le_get32(p + 28);
 	if (fi->len < JOURNAL_FRAME_HDR || fi->len % JOURNAL_ALIGN ||
 	    fi->len > avail || fi->payload_len > fi->len - JOURNAL_FRAME_HDR) {
 		fi->why = "bad frame length";
 		return FRAME_BAD;
 	}
-	if (get64(p + 16) != lsn) {
+	if (le_get64(p + 16) != lsn) {
 		fi->why = "frame LSN does not match its position";
 		return FRAME_BAD;
 	}
@@ -316,7 +277,7 @@ journal_frame_check(const uint8_t *p, size_t avail, uint64_t lsn,
 		memcpy(hdr, w, 8);
 		memcpy(hdr + 8, p + 8, 28);
 		if (frame_crc(hdr, p + JOURNAL_FRAME_HDR, fi->payload_len) !=
-		    get32(p + 36)) {
+		    le_get32(p + 36)) {
 			fi->why = "frame CRC mismatch";
 			return FRAME_BAD;
 		}
@@ -467,13 +428,13 @@ seg_header(const struct journal *j, uint64_t base, uint8_t *h)
 {
 	memset(h, 0, JOURNAL_SEG_HDR);
 	memcpy(h, SEG_MAGIC, 8);
-	put32(h + 8, JOURNAL_VERSION);
-	put32(h + 12, JOURNAL_SEG_HDR);
-	put64(h + 16, base);
-	put64(h + 24, j->seg_size);
+	le_put32(h + 8, JOURNAL_VERSION);
+	le_put32(h + 12, JOURNAL_SEG_HDR);
+	le_put64(h + 16, base);
+	le_put64(h + 24, j->seg_size);
 	memcpy(h + 32, j->epoch, JOURNAL_EPOCH_LEN);
 	memcpy(h + 48, j->node, strnlen(j->node, JOURNAL_NODE_LEN - 1));
-	put32(h + 252, journal_crc(0, h, 252));
+	le_put32(h + 252, journal_crc(0, h, 252));
 }
 
 static int
@@ -724,19 +685,19 @@ journal_scan_dir(const char *dir, uint64_t **bases,
 		    "(bad magic)", path);
 		goto fail;
 	}
-	if (get32(h + 8) != JOURNAL_VERSION) {
+	if (le_get32(h + 8) != JOURNAL_VERSION) {
 		snprintf(err, errlen, "%s: journal version %u, this tallyd "
-		    "reads version %u", path, get32(h + 8), JOURNAL_VERSION);
+		    "reads version %u", path, le_get32(h + 8), JOURNAL_VERSION);
 		free(*bases);
 		*bases = NULL;
 		return -2;
 	}
-	if (get32(h + 252) != journal_crc(0, h, 252) ||
-	    get32(h + 12) != JOURNAL_SEG_HDR || get64(h + 16) != (*bases)[0]) {
+	if (le_get32(h + 252) != journal_crc(0, h, 252) ||
+	    le_get32(h + 12) != JOURNAL_SEG_HDR || le_get64(h + 16) != (*bases)[0]) {
 		snprintf(err, errlen, "%s: segment header is corrupt", path);
 		goto fail;
 	}
-	*seg_size = get64(h + 24);
+	*seg_size = le_get64(h + 24);
 	if (*seg_size < 2 * JOURNAL_SEG_HDR || (*bases)[0] % *seg_size) {
 		snprintf(err, errlen, "%s: bad segment size", path);
 		goto fail;

@@ -43,18 +43,23 @@
 #define RESP_MAX	(REQUEST_MAX_KEY_BYTES * 6 + 128)
 #define STOP_GRACE_MS	10000
 
+/*
+ * Lives in a request's pool and points at our pointer to the request:
+ * when h2o frees the request (the client went away, an HTTP/2 stream was
+ * reset) the pointer is cleared, so we never answer a freed request.
+ */
+struct req_token {
+	h2o_req_t	**ref;	/* NULL once we answered and let go */
+};
+
 struct waiter {
 	h2o_req_t		*req;	/* NULL once the client went away */
-	struct waiter_token	*tok;
+	struct req_token	*tok;
 	struct counter_entry	*e;
 	struct idem_entry	*ie;	/* its Idempotency-Key claim, or NULL */
 	int64_t			 value;
 };
 
-/* Lives in the request's pool; tells us when h2o frees the request. */
-struct waiter_token {
-	struct waiter	*w;
-};
 
 struct batch {
 	struct batch	*next;
@@ -68,14 +73,11 @@ struct batch {
 /* A GET waiting for PostgreSQL. */
 struct lookup {
 	h2o_req_t	*req;
-	struct lookup_token *tok;	/* in req's pool, while req lives */
+	struct req_token *tok;
 	char		 key[REQUEST_MAX_KEY_BYTES];
 	size_t		 key_len;
 };
 
-struct lookup_token {
-	struct lookup	*l;
-};
 
 static struct worker {
 	const struct config	*cf;
@@ -225,12 +227,22 @@ batch_free(struct batch *b)
 }
 
 static void
-waiter_dispose(void *p)
+req_token_dispose(void *p)
 {
-	struct waiter_token *t = p;
+	struct req_token *t = p;
 
-	if (t->w)
-		t->w->req = NULL;
+	if (t->ref)
+		*t->ref = NULL;
+}
+
+static struct req_token *
+req_token_new(h2o_req_t *req, h2o_req_t **ref)
+{
+	struct req_token *t;
+
+	t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), req_token_dispose);
+	t->ref = ref;
+	return t;
 }
 
 /* Answer every request of a batch the same way (refusals). */
@@ -244,7 +256,7 @@ batch_refuse(struct batch *b, const char *msg)
 		if (w->ie)
 			idem_abort(W.shm->idem, w->ie);
 		if (w->req) {
-			w->tok->w = NULL;
+			w->tok->ref = NULL;
 			respond_retry(w->req, msg);
 		}
 	}
@@ -274,7 +286,7 @@ batch_ack(struct batch *b)
 			idem_complete(W.shm->idem, w->ie, 202, total, expires);
 		if (w->req == NULL)
 			continue;
-		w->tok->w = NULL;
+		w->tok->ref = NULL;
 		respond_total(w->req, 202, w->e->key, w->e->key_len, total, 0);
 	}
 }
@@ -562,19 +574,8 @@ handle_post(h2o_req_t *req)
 	w->e = e;
 	w->ie = ie;
 	w->value = in.value;
-	w->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*w->tok),
-	    waiter_dispose);
-	w->tok->w = w;
+	w->tok = req_token_new(req, &w->req);
 	return 0;
-}
-
-static void
-lookup_dispose(void *p)
-{
-	struct lookup_token *t = p;
-
-	if (t->l)
-		t->l->req = NULL;
 }
 
 static void
@@ -588,7 +589,7 @@ lookup_done(void *arg, int status, int64_t value)
 
 		/* l is freed below; the pool's token must not point at it. */
 		l->req = NULL;
-		l->tok->l = NULL;
+		l->tok->ref = NULL;
 		if (status == 1)
 			respond_total(req, 200, l->key, l->key_len, value, 1);
 		else if (status == 0)
@@ -605,7 +606,6 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	char key[REQUEST_MAX_KEY_BYTES];
 	struct counter_entry *e;
 	struct lookup *l;
-	struct lookup_token *t;
 	ssize_t n;
 	int overflow;
 
@@ -632,9 +632,7 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	memcpy(l->key, key, n);
 	l->key_len = n;
 	l->req = req;
-	t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), lookup_dispose);
-	t->l = l;
-	l->tok = t;
+	l->tok = req_token_new(req, &l->req);
 	W.lookups++;
 	pgread_lookup(W.pg, key, n, lookup_done, l);
 	return 0;
