@@ -126,21 +126,34 @@ syncer_wake_workers(struct shm_hdr *h)
 }
 
 /*
- * Create the next segment before any worker needs it, so that the
- * preallocation never runs on a worker's event loop.
+ * Create the segments writers are about to need, so that preallocation
+ * never runs on a worker's event loop; and, after a full disk, notice when
+ * the journal can be written again: then the workers accept increments
+ * once more (an fdatasync failure, by contrast, is never forgiven).
  */
 static void
-syncer_prepare_next(struct journal *j, struct shm_hdr *h)
+syncer_prepare(struct journal *j, struct shm_hdr *h)
 {
 	uint64_t ins = shm_load(&h->insert_lsn);
-	uint64_t next = journal_seg_base(j->seg_size, ins) + j->seg_size;
+	uint64_t cur = journal_seg_base(j->seg_size, ins);
+	int err = h->journal_errno;
 
-	if (ins % j->seg_size > j->seg_size / 2 &&
-	    journal_at(j, next + JOURNAL_SEG_HDR, 1) == NULL &&
-	    h->journal_errno == 0) {
-		log_warn("syncer: cannot create journal segment at LSN %llu "
-		    "in %s", (unsigned long long)next, j->dir);
-		h->journal_errno = errno;
+	if (err == 0 && ins % j->seg_size <= j->seg_size / 2)
+		return;
+	if (journal_at(j, cur + JOURNAL_SEG_HDR, 1) == NULL ||
+	    journal_at(j, cur + j->seg_size + JOURNAL_SEG_HDR, 1) == NULL) {
+		if (err == 0) {
+			log_warn("syncer: cannot create a journal segment near "
+			    "LSN %llu in %s; refusing increments until it can",
+			    (unsigned long long)ins, j->dir);
+			h->journal_errno = errno ? errno : EIO;
+		}
+		return;
+	}
+	if (err != 0 && !h->sync_failed) {
+		h->journal_errno = 0;
+		log_warnx("syncer: journal %s can be written again; accepting "
+		    "increments", j->dir);
 	}
 }
 
@@ -217,7 +230,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 		if (syncer_stop == 1)
 			break;
 		proc_reloaded(h);
-		syncer_prepare_next(&j, h);
+		syncer_prepare(&j, h);
 	}
 	journal_close(&j);
 	return 0;

@@ -339,6 +339,12 @@ worker_write(struct batch *b)
 	uint8_t pad[JOURNAL_FRAME_HDR], *at, *pat = NULL;
 	size_t len;
 
+	/* The journal failed since these requests were accepted. */
+	if (W.h->journal_errno || W.h->sync_failed) {
+		batch_refuse(b, "journal unavailable");
+		batch_free(b);
+		return;
+	}
 	len = journal_frame_build(W.frame, W.frame_cap, 0, W.h->epoch, b->raw,
 	    b->raw_len, b->nw);
 	if (len == 0) {
@@ -359,7 +365,8 @@ worker_write(struct batch *b)
 	if (at == NULL || (pad_len && pat == NULL)) {
 		int e = errno;
 
-		log_warn("worker: cannot map journal %s at LSN %llu",
+		log_warn("worker: cannot write journal %s at LSN %llu; "
+		    "refusing increments until it can be written",
 		    W.j.dir, (unsigned long long)lsn);
 		W.h->journal_errno = e ? e : EIO;
 		/* Leave the range to the syncer, as if we had died. */
