@@ -64,7 +64,7 @@ recovery_apply(struct rec_state *rs, const uint8_t *f,
 	while (journal_record_next(&p, end, &r) == 1) {
 		if ((e = counters_get(rs->shm->counters, r.key, r.key_len)) ==
 		    NULL) {
-			log_warnx("recovery: counter table full (max_keys %llu) "
+			log_warnx("counter table full (max_keys %llu) "
 			    "at LSN %llu; raise counters.max_keys",
 			    (unsigned long long)rs->cf->max_keys,
 			    (unsigned long long)fi->lsn);
@@ -86,7 +86,7 @@ recovery_apply(struct rec_state *rs, const uint8_t *f,
 			    counters_total(e, &overflow),
 			    r.time_us + rs->cf->idem_ttl_us) == -1 &&
 			    !rs->idem_full_logged) {
-				log_warnx("recovery: Idempotency-Key table full "
+				log_warnx("Idempotency-Key table full "
 				    "(idempotency.max_keys %llu) at LSN %llu; "
 				    "older keys are not restored",
 				    (unsigned long long)rs->cf->idem_max_keys,
@@ -117,7 +117,7 @@ recovery_cut(struct rec_state *rs, uint64_t from)
 			memset(seg + off, 0, last - off);
 			if (journal_sync(&rs->j, base, base + rs->j.seg_size))
 				return -1;
-			log_info("recovery: cut %llu bytes of unfinished "
+			log_info("cut %llu bytes of unfinished "
 			    "journal tail at LSN %llu",
 			    (unsigned long long)(last - off),
 			    (unsigned long long)from);
@@ -130,7 +130,7 @@ recovery_cut(struct rec_state *rs, uint64_t from)
 		journal_seg_name(name, sizeof(name), rs->bases[i]);
 		if (unlinkat(rs->j.dirfd, name, 0) == -1)
 			return -1;
-		log_info("recovery: removed segment %s past the journal end",
+		log_info("removed segment %s past the journal end",
 		    name);
 	}
 	return fsync(rs->j.dirfd);
@@ -140,7 +140,7 @@ static int
 recovery_mkdir(const char *dir)
 {
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
-		log_warn("recovery: cannot create directory %s", dir);
+		log_warn("cannot create directory %s", dir);
 		return -1;
 	}
 	return 0;
@@ -155,18 +155,18 @@ recovery_create(struct rec_state *rs)
 	char hex[33];
 
 	if (journal_new_epoch(h->epoch) == -1) {
-		log_warn("recovery: cannot make a journal epoch");
+		log_warn("cannot make a journal epoch");
 		return 1;
 	}
 	h->seg_size = rs->cf->segment_size;
 	if (journal_open(&rs->j, rs->cf->journal_dir, h->seg_size, h->epoch,
 	    rs->cf->node) == -1 || journal_at(&rs->j, start, 1) == NULL) {
-		log_warn("recovery: cannot create journal in %s",
+		log_warn("cannot create journal in %s",
 		    rs->cf->journal_dir);
 		return 1;
 	}
 	journal_epoch_hex(h->epoch, hex);
-	log_info("recovery: created journal %s, epoch %s", rs->cf->journal_dir,
+	log_info("created journal %s, epoch %s", rs->cf->journal_dir,
 	    hex);
 	h->start_lsn = h->checkpoint_lsn = start;
 	h->insert_lsn = h->written_lsn = h->durable_lsn = start;
@@ -191,7 +191,7 @@ recovery_replay(struct rec_state *rs)
 	h->checkpoint_lsn = start;
 	rc = checkpoint_read(rs->cf->state_dir, &cp);
 	if (rc == -1) {
-		log_warn("recovery: ignoring unreadable %s/checkpoint",
+		log_warn("ignoring unreadable %s/checkpoint",
 		    rs->cf->state_dir);
 	} else if (rc == 1 && memcmp(cp.epoch, h->epoch,
 	    JOURNAL_EPOCH_LEN) == 0 && cp.lsn > start)
@@ -224,7 +224,7 @@ recovery_replay(struct rec_state *rs)
 
 			journal_seg_name(name, sizeof(name),
 			    journal_seg_base(h->seg_size, p));
-			log_warnx("recovery: journal corrupt in %s/%s at offset "
+			log_warnx("journal corrupt in %s/%s at offset "
 			    "%llu (LSN %llu): %s; a valid frame follows at LSN "
 			    "%llu, so this is not a torn tail. Refusing to "
 			    "start; inspect with 'tallyctl journal verify'",
@@ -240,22 +240,22 @@ recovery_replay(struct rec_state *rs)
 		 * every later reader walks straight over it.
 		 */
 		if (journal_pad(&rs->j, p, found) == -1) {
-			log_warn("recovery: cannot pad unfinished frame at LSN "
+			log_warn("cannot pad unfinished frame at LSN "
 			    "%llu", (unsigned long long)p);
 			return 1;
 		}
-		log_info("recovery: padded unfinished frame at LSN %llu..%llu",
+		log_info("padded unfinished frame at LSN %llu..%llu",
 		    (unsigned long long)p, (unsigned long long)found);
 		p = found;
 	}
 	if (recovery_cut(rs, p) == -1) {
-		log_warn("recovery: cannot cut the journal tail at LSN %llu",
+		log_warn("cannot cut the journal tail at LSN %llu",
 		    (unsigned long long)p);
 		return 1;
 	}
 	if (p < h->checkpoint_lsn) {
 		/* Only possible if the journal lost its tail on its own. */
-		log_warnx("recovery: journal ends at LSN %llu, before the "
+		log_warnx("journal ends at LSN %llu, before the "
 		    "checkpoint %llu; continuing after the checkpoint",
 		    (unsigned long long)p,
 		    (unsigned long long)h->checkpoint_lsn);
@@ -263,7 +263,7 @@ recovery_replay(struct rec_state *rs)
 	}
 	h->insert_lsn = h->written_lsn = h->durable_lsn = p;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	log_info("recovery: replayed %llu records in %llu frames from LSN "
+	log_info("replayed %llu records in %llu frames from LSN "
 	    "%llu to %llu in %.3f s; %llu keys held",
 	    (unsigned long long)rs->records, (unsigned long long)rs->frames,
 	    (unsigned long long)h->checkpoint_lsn, (unsigned long long)p,
@@ -297,7 +297,7 @@ recovery_run(const struct config *cf, struct shm *shm)
 	rs.nseg = journal_scan_dir(cf->journal_dir, &rs.bases, h->epoch, node,
 	    &h->seg_size, err, sizeof(err));
 	if (rs.nseg < 0) {
-		log_warnx("recovery: %s", err);
+		log_warnx("%s", err);
 		return 2;
 	}
 	if (rs.nseg == 0) {
@@ -305,14 +305,14 @@ recovery_run(const struct config *cf, struct shm *shm)
 		goto done;
 	}
 	if (strcmp(node, cf->node) != 0)
-		log_warnx("recovery: journal %s was written by node '%s', this "
+		log_warnx("journal %s was written by node '%s', this "
 		    "is node '%s'", cf->journal_dir, node, cf->node);
 	if (h->seg_size != cf->segment_size)
-		log_info("recovery: journal %s keeps its segment size %llu",
+		log_info("journal %s keeps its segment size %llu",
 		    cf->journal_dir, (unsigned long long)h->seg_size);
 	if (journal_open(&rs.j, cf->journal_dir, h->seg_size, h->epoch,
 	    cf->node) == -1) {
-		log_warn("recovery: cannot open journal %s", cf->journal_dir);
+		log_warn("cannot open journal %s", cf->journal_dir);
 		rc = 1;
 		goto done;
 	}

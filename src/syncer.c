@@ -72,12 +72,12 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 		if (p < journal_lsn_normalize(j->seg_size, s))
 			continue;
 		if (journal_pad(j, p, e) == -1) {
-			log_warn("syncer: cannot pad dead worker's journal "
+			log_warn("cannot pad dead worker's journal "
 			    "range %llu..%llu", (unsigned long long)p,
 			    (unsigned long long)e);
 			return 0;
 		}
-		log_info("syncer: padded journal range %llu..%llu left by a "
+		log_info("padded journal range %llu..%llu left by a "
 		    "dead worker", (unsigned long long)p, (unsigned long long)e);
 		shm_store(&h->orphan_start[i], 0);
 		return 1;
@@ -110,7 +110,7 @@ syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
 		if (st == FRAME_EMPTY && syncer_fill_orphan(j, h, q))
 			continue;
 		if (st == FRAME_BAD)
-			log_warnx("syncer: bad frame at LSN %llu: %s",
+			log_warnx("bad frame at LSN %llu: %s",
 			    (unsigned long long)q, fi.why);
 		break;
 	}
@@ -134,27 +134,38 @@ syncer_wake_workers(struct shm_hdr *h)
 static void
 syncer_prepare(struct journal *j, struct shm_hdr *h)
 {
+	static int warned;
 	uint64_t ins = shm_load(&h->insert_lsn);
 	uint64_t cur = journal_seg_base(j->seg_size, ins);
 	int err = h->journal_errno;
 
 	if (err == 0 && ins % j->seg_size <= j->seg_size / 2)
 		return;
-	if (journal_at(j, cur + JOURNAL_SEG_HDR, 1) == NULL ||
-	    journal_at(j, cur + j->seg_size + JOURNAL_SEG_HDR, 1) == NULL) {
+	/* The segment being written: without it nothing can be. */
+	if (journal_at(j, cur + JOURNAL_SEG_HDR, 1) == NULL) {
 		if (err == 0) {
-			log_warn("syncer: cannot create a journal segment near "
-			    "LSN %llu in %s; refusing increments until it can",
-			    (unsigned long long)ins, j->dir);
+			log_warn("cannot create journal segment at LSN "
+			    "%llu in %s; refusing increments until it can",
+			    (unsigned long long)cur, j->dir);
 			h->journal_errno = errno ? errno : EIO;
 		}
 		return;
 	}
 	if (err != 0 && !h->sync_failed) {
 		h->journal_errno = 0;
-		log_warnx("syncer: journal %s can be written again; accepting "
+		log_warnx("journal %s can be written again; accepting "
 		    "increments", j->dir);
 	}
+	/* The next one: its lack is a warning until it is needed. */
+	if (journal_at(j, cur + j->seg_size + JOURNAL_SEG_HDR, 1) == NULL) {
+		if (!warned)
+			log_warn("cannot prepare the next journal "
+			    "segment at LSN %llu in %s; increments will be "
+			    "refused when this one is full",
+			    (unsigned long long)(cur + j->seg_size), j->dir);
+		warned = 1;
+	} else
+		warned = 0;
 }
 
 static int
@@ -166,7 +177,7 @@ syncer_sync(struct journal *j, struct shm_hdr *h, uint64_t to)
 	if (to <= from)
 		return 0;
 	if (journal_sync(j, from, to) == -1) {
-		log_warn("syncer: fdatasync of journal %s LSN %llu..%llu "
+		log_warn("fdatasync of journal %s LSN %llu..%llu "
 		    "failed; refusing all further acknowledgements", j->dir,
 		    (unsigned long long)from, (unsigned long long)to);
 		h->journal_errno = errno ? errno : EIO;
@@ -197,7 +208,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 	sigaction(SIGQUIT, &sa, NULL);
 	if (journal_open(&j, cf->journal_dir, h->seg_size, h->epoch,
 	    cf->node) == -1)
-		fatal(1, "syncer: cannot open journal directory %s",
+		fatal(1, "cannot open journal directory %s",
 		    cf->journal_dir);
 	pfd.fd = h->syncer_efd;
 	pfd.events = POLLIN;

@@ -348,7 +348,7 @@ worker_write(struct batch *b)
 	len = journal_frame_build(W.frame, W.frame_cap, 0, W.h->epoch, b->raw,
 	    b->raw_len, b->nw);
 	if (len == 0) {
-		log_warnx("worker: cannot build a journal frame of %zu bytes",
+		log_warnx("cannot build a journal frame of %zu bytes",
 		    b->raw_len);
 		batch_refuse(b, "journal error");
 		batch_free(b);
@@ -365,7 +365,7 @@ worker_write(struct batch *b)
 	if (at == NULL || (pad_len && pat == NULL)) {
 		int e = errno;
 
-		log_warn("worker: cannot write journal %s at LSN %llu; "
+		log_warn("cannot write journal %s at LSN %llu; "
 		    "refusing increments until it can be written",
 		    W.j.dir, (unsigned long long)lsn);
 		W.h->journal_errno = e ? e : EIO;
@@ -894,14 +894,14 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 
 	if (journal_open(&W.j, cf->journal_dir, W.h->seg_size, W.h->epoch,
 	    cf->node) == -1)
-		fatal(1, "worker: cannot open journal directory %s",
+		fatal(1, "cannot open journal directory %s",
 		    cf->journal_dir);
 	W.frame_cap = journal_frame_bound(JOURNAL_MAX_RAW);
 	if ((W.frame = malloc(W.frame_cap)) == NULL)
-		fatal(1, "worker: out of memory");
+		fatal(1, "out of memory");
 	worker_setup_h2o();
 	if ((W.pg = pgread_new(W.loop, cf)) == NULL)
-		fatalx(1, "worker: cannot set up PostgreSQL look-ups");
+		fatalx(1, "cannot set up PostgreSQL look-ups");
 	W.wake = h2o_evloop_socket_create(W.loop, W.slot->efd,
 	    H2O_SOCKET_FLAG_DONT_READ);
 	h2o_socket_read_start(W.wake, worker_on_wake);
@@ -926,13 +926,13 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 			clock_gettime(CLOCK_MONOTONIC, &t);
 			if ((t.tv_sec - t0.tv_sec) * 1000 +
 			    (t.tv_nsec - t0.tv_nsec) / 1000000 > STOP_GRACE_MS) {
-				log_warnx("worker: stopping with requests "
+				log_warnx("stopping with requests "
 				    "still unanswered");
 				break;
 			}
 		}
 		if (h2o_evloop_run(W.loop, 100) != 0 && errno != EINTR)
-			log_warn("worker: event loop");
+			log_warn("event loop");
 		/* In case a wake-up raced with our last check. */
 		worker_ack();
 		proc_reloaded(W.h);
