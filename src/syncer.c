@@ -77,8 +77,8 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 			    (unsigned long long)e);
 			return 0;
 		}
-		log_info("padded journal range %llu..%llu left by a "
-		    "dead worker", (unsigned long long)p, (unsigned long long)e);
+		log_info("padded journal range %llu..%llu left unwritten "
+		    "by a worker", (unsigned long long)p, (unsigned long long)e);
 		shm_store(&h->orphan_start[i], 0);
 		return 1;
 	}

@@ -239,7 +239,8 @@ assert_eq "same key, other counter key: 422" 422 "$(ipost kept1 kc2 5)"
 json_error "same key, other counter key"
 assert_eq "same key, other value and counter key: 422" 422 "$(ipost kept1 kc2 6)"
 assert_eq "after 422: total unchanged" '{"kc":6}' "$(get kc)"
-assert_eq "after 422: other counter key not created" none "$(total kc2)"
+# A refused request must not leave the other counter key behind either.
+assert_eq "after 422: the other counter key was never incremented (404)" none "$(total kc2)"
 assert_eq "after 422: nothing journaled" "$RECS" "$(journal_records)"
 replay "after 422: the first request still replays" kept1 kc 5 5
 
@@ -267,6 +268,8 @@ pg_wait_idem kept1 1
 pg_wait_idem bare1 1
 pg_wait_idem quoted1 1
 pg_wait_idem ref3 1
+assert_eq "after 422: PostgreSQL has no row for the other counter key" none \
+    "$(pg_value kc2)"
 assert_eq "refused keys are not in tally_idempotency" 0 \
     "$(pg_sql "select count(*) from tally_idempotency where idem_key in ('mal1', 'ma\"l1', '')")"
 replay "after the flush: still a replay" kept1 kc 5 5
@@ -527,7 +530,7 @@ assert_eq "full: unkeyed total" '{"key":"full","value":13}' "$(last_body)"
 replay "full: a known key still replays" full2 full 1 2
 assert_eq "full: a known key, another request: 422" 422 "$(ipost full3 full 2)"
 assert_eq "full: the 4th key again: 503" 503 "$(ipost full4 other 1)"
-assert_eq "full: nothing counted for the refused key" none "$(total other)"
+assert_eq "full: the refused request's counter key was never incremented (404)" none "$(total other)"
 pg_wait_value full 13
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
