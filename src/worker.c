@@ -543,10 +543,14 @@ handle_post(h2o_req_t *req)
 		return respond_retry(req, "journal unavailable");
 	if (backlog_full())
 		return respond_retry(req, "journal full: PostgreSQL is behind");
-	if ((e = counters_get(W.shm->counters, in.key, in.key_len)) == NULL)
-		return respond_retry(req, "counter table full");
+	/* Settled first: a refusal must not leave a key behind. */
 	if (idem_settle(req, &in, ik, ik_len, &ie))
 		return 0;
+	if ((e = counters_get(W.shm->counters, in.key, in.key_len)) == NULL) {
+		if (ie)
+			idem_abort(W.shm->idem, ie);
+		return respond_retry(req, "counter table full");
+	}
 	if (counters_reserve(e, in.value) == -1) {
 		if (ie)
 			idem_abort(W.shm->idem, ie);

@@ -17,7 +17,7 @@
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
-#define SEG_SIZE	(64 * 1024)
+#define SEG_SIZE	(16 * 1024)
 
 static const uint8_t epoch[JOURNAL_EPOCH_LEN] = {
 	'f', 'u', 'z', 'z', 'e', 'p', 'o', 'c', 'h', '0', '1', '2', '3',
@@ -110,6 +110,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static int ready;
+	static size_t dirty;
 	size_t room = SEG_SIZE - JOURNAL_SEG_HDR;
 
 	if (!ready) {
@@ -122,7 +123,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size > room)
 		size = room;
 	memcpy(seg + JOURNAL_SEG_HDR, data, size);
-	memset(seg + JOURNAL_SEG_HDR + size, 0, room - size);
+	/* The file is all zero beyond what the last input wrote. */
+	if (dirty > size)
+		memset(seg + JOURNAL_SEG_HDR + size, 0, dirty - size);
+	dirty = size;
 	walk(JOURNAL_SEG_HDR, SEG_SIZE);
 	return 0;
 }

@@ -15,12 +15,29 @@ need h2load psql xargs
 declare -A NPORT NPID NLOG
 CUR=
 
+# node_port: a port for a node, outside the ephemeral range (where other
+# programs' outgoing connections could take it before tallyd binds it),
+# with no socket in any state on it, and not another node's.
+node_port() {
+	local p i lo hi
+	read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
+	for i in $(seq 200); do
+		p=$(free_port) || return 1
+		[ "$p" -ge "$lo" ] && [ "$p" -le "$hi" ] && continue
+		case " ${NPORT[*]} " in *" $p "*) continue ;; esac
+		[ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ] || continue
+		echo "$p"
+		return 0
+	done
+	return 1
+}
+
 # node_conf NAME [LINE]...: $T/NAME.conf for node NAME (extra lines with
 # their own [section] headers).
 node_conf() {
 	local name=$1 port l
 	shift
-	port=$(free_port) || die "no free port for node $name"
+	port=$(node_port) || die "no free port for node $name"
 	NPORT[$name]=$port
 	mkdir -p "$T/$name"
 	{

@@ -118,7 +118,9 @@ USED_PORTS=" "
 free_port() {
 	local p i
 	for i in $(seq 1 100); do
-		p=$((20000 + RANDOM % 40000))
+		# Below Linux's ephemeral range (32768-60999), where another
+		# program's outgoing connection could take the port first.
+		p=$((10000 + RANDOM % 22000))
 		case "$USED_PORTS" in *" $p "*) continue ;; esac
 		if port_free "$p"; then
 			USED_PORTS="$USED_PORTS$p "
