@@ -624,6 +624,15 @@ list_segments(const char *dir, uint64_t **out)
 	return n;
 }
 
+void
+journal_forget(struct journal *j, uint64_t below_lsn)
+{
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++)
+		if (j->maps[i].index != UINT64_MAX &&
+		    (j->maps[i].index + 1) * j->seg_size <= below_lsn)
+			map_drop(j, &j->maps[i]);
+}
+
 int
 journal_recycle(struct journal *j, uint64_t below_lsn)
 {

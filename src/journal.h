@@ -148,6 +148,11 @@ void	journal_seg_name(char *buf, size_t len, uint64_t base);
 uint8_t *journal_at(struct journal *j, uint64_t lsn, int create);
 /* fdatasync every segment that holds bytes of [from, to).  -1 with errno. */
 int	journal_sync(struct journal *j, uint64_t from, uint64_t to);
+/*
+ * Unmap cached segments that end at or below lsn.  A removed segment's
+ * space is only given back once no process maps it any more.
+ */
+void	journal_forget(struct journal *j, uint64_t below_lsn);
 /* Remove segments that end at or below lsn.  Returns how many. */
 int	journal_recycle(struct journal *j, uint64_t below_lsn);
 

@@ -241,6 +241,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 		if (syncer_stop == 1)
 			break;
 		proc_reloaded(h);
+		journal_forget(&j, shm_load(&h->start_lsn));
 		syncer_prepare(&j, h);
 	}
 	journal_close(&j);

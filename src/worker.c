@@ -940,6 +940,8 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 		/* In case a wake-up raced with our last check. */
 		worker_ack();
 		proc_reloaded(W.h);
+		/* Segments the flusher removed: let their space go. */
+		journal_forget(&W.j, shm_load(&W.h->start_lsn));
 	}
 	return 0;
 }
