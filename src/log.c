@@ -31,6 +31,18 @@ log_set_level(enum log_level level)
 }
 
 int
+log_facility_parse(const char *name)
+{
+	static const int local[] = { LOG_LOCAL0, LOG_LOCAL1, LOG_LOCAL2,
+	    LOG_LOCAL3, LOG_LOCAL4, LOG_LOCAL5, LOG_LOCAL6, LOG_LOCAL7 };
+
+	if (strncmp(name, "local", 5) == 0 && name[5] >= '0' &&
+	    name[5] <= '7' && name[6] == '\0')
+		return local[name[5] - '0'];
+	return LOG_DAEMON;
+}
+
+int
 log_level_parse(const char *name)
 {
 	static const char *names[] = { "error", "warning", "info", "debug" };

@@ -13,6 +13,8 @@ enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARN, LOG_LEVEL_INFO, LOG_LEVEL_DEBU
 
 void	log_init(int foreground, const char *ident, int facility);
 void	log_set_level(enum log_level level);
+/* "daemon", "local0".."local7" as a syslog facility; LOG_DAEMON otherwise. */
+int	log_facility_parse(const char *name);
 /* "error", "warning", "info", "debug"; -1 for anything else. */
 int	log_level_parse(const char *name);
 void	log_set_role(const char *role);

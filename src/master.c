@@ -862,7 +862,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		    cf->control_socket);
 	if (!foreground) {
 		ready_fd = master_daemonize();
-		log_init(0, "tallyd", LOG_DAEMON);
+		log_init(0, "tallyd", log_facility_parse(cf->syslog_facility));
 		master_lock_pid();
 	}
 
