@@ -514,6 +514,23 @@ pg_reserve(struct pg *pg, size_t need)
 	return 0;
 }
 
+/* Append a quoted element of a text[] literal at pg->buf + *o. */
+static void
+pg_put_elem(struct pg *pg, size_t *o, const char *s, size_t len, int first)
+{
+	char *b = pg->buf;
+
+	if (!first)
+		b[(*o)++] = ',';
+	b[(*o)++] = '"';
+	for (size_t k = 0; k < len; k++) {
+		if (s[k] == '"' || s[k] == '\\')
+			b[(*o)++] = '\\';
+		b[(*o)++] = s[k];
+	}
+	b[(*o)++] = '"';
+}
+
 /*
  * Write the text[] literal of the keys, then (with values) the bigint[]
  * literal, NUL-terminated, into pg->buf.  *second gets the offset of the
@@ -533,19 +550,8 @@ pg_arrays(struct pg *pg, const struct pg_kv *kv, size_t n, int values,
 		return -1;
 	b = pg->buf;
 	b[o++] = '{';
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			b[o++] = ',';
-		b[o++] = '"';
-		for (size_t k = 0; k < kv[i].len; k++) {
-			char ch = kv[i].key[k];
-
-			if (ch == '"' || ch == '\\')
-				b[o++] = '\\';
-			b[o++] = ch;
-		}
-		b[o++] = '"';
-	}
+	for (size_t i = 0; i < n; i++)
+		pg_put_elem(pg, &o, kv[i].key, kv[i].len, i == 0);
 	b[o++] = '}';
 	b[o++] = '\0';
 	*second = o;
@@ -601,23 +607,6 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	return 0;
 }
 
-/* Append a quoted element of a text[] literal at pg->buf + *o. */
-static void
-pg_put_elem(struct pg *pg, size_t *o, const char *s, size_t len, int first)
-{
-	char *b = pg->buf;
-
-	if (!first)
-		b[(*o)++] = ',';
-	b[(*o)++] = '"';
-	for (size_t k = 0; k < len; k++) {
-		if (s[k] == '"' || s[k] == '\\')
-			b[(*o)++] = '\\';
-		b[(*o)++] = s[k];
-	}
-	b[(*o)++] = '"';
-}
-
 /*
  * The fingerprint of a keyed request is exact, not a hash: "value:key".
  * It is what pg_idem_load hands back to rebuild the shared table.
@@ -626,7 +615,7 @@ int
 pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
     uint64_t ttl_us, pg_idem_fn fn, void *arg)
 {
-	const char *params[5];
+	const char *params[6];
 	char sql[1024], ttl[32];
 	size_t need = 16, o = 0, at[3];
 	PGresult *res;
@@ -668,6 +657,7 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	params[2] = pg->buf + at[1];
 	params[3] = pg->buf + at[2];
 	params[4] = ttl;
+	params[5] = pg->node;
 	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_idempotency AS t "
 	    "(idem_key, fingerprint, node, created_at) "
 	    "SELECT i, v::text || ':' || k, $6, "
@@ -679,13 +669,8 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    "created_at = EXCLUDED.created_at WHERE t.created_at < "
 	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
 	    "RETURNING idem_key", pg->schema);
-	{
-		const char *p6[6] = { params[0], params[1], params[2],
-		    params[3], params[4], pg->node };
-
-		if ((res = pg_exec(pg, sql, 6, p6)) == NULL)
-			return -1;
-	}
+	if ((res = pg_exec(pg, sql, 6, params)) == NULL)
+		return -1;
 	for (int r = 0; r < PQntuples(res); r++)
 		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
 		    0, 0);
