@@ -15,7 +15,7 @@
 # Environment (defaults):
 #	TALLYD=./src/tallyd  NULLSRV=./contrib/bench/h2o-null
 #	WORKERS=2  ROUNDS=3  DURATION=10s  CONNS=128  THREADS=1
-#	WORKLOADS="random hot"  SYSTEMS="tallyd h2o-null"
+#	WORKLOADS="random hot"  SYSTEMS="tallyd h2o-null"  SYNC=group
 #	PG_BINDIR=(pg_config --bindir, else the newest /usr/lib/postgresql/*/bin)
 # A system whose binary is missing is skipped and marked so in the table.
 #
@@ -30,6 +30,7 @@ CONNS=${CONNS:-128}
 THREADS=${THREADS:-1}
 WORKLOADS=${WORKLOADS:-random hot}
 SYSTEMS=${SYSTEMS:-tallyd h2o-null}
+SYNC=${SYNC:-group}	# tallyd's journal.sync: group or interval
 
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -188,6 +189,8 @@ start_server() {
 		state_dir = $tmp/state
 		pid_file = $tmp/tallyd.pid
 		control_socket = $tmp/tallyd.sock
+		[journal]
+		sync = $SYNC
 		[postgres]
 		dsn = host=$tmp/pgsock port=$pg_port user=postgres dbname=postgres
 		EOF
