@@ -263,7 +263,7 @@ static int
 xff_client(const struct rl_settings *s, const struct ratelimit_str *xff,
     int nxff, struct ratelimit_client *out)
 {
-	struct ratelimit_client c;
+	struct ratelimit_client c, leftmost;
 	int seen = 0;
 
 	if (nxff > RATELIMIT_MAX_XFF)
@@ -284,16 +284,21 @@ xff_client(const struct rl_settings *s, const struct ratelimit_str *xff,
 				;
 			if (ratelimit_parse_addr(p + a, b - a, &c) == -1)
 				return -1;
-			*out = c;
-			seen = 1;
-			if (!trusted(s, c.addr))
+			if (!trusted(s, c.addr)) {
+				*out = c;
 				return 0;
+			}
+			leftmost = c;
+			seen = 1;
 			if (start == 0)
 				break;
 			end = start - 1;
 		}
 	}
-	return seen ? 0 : -1;
+	if (!seen)
+		return -1;
+	*out = leftmost;
+	return 0;
 }
 
 int
