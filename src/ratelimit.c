@@ -17,8 +17,9 @@
  * seed that does not happen in practice).  Finding a client takes no lock.
  * Adding one takes a lock (one of RL_LOCKS, chosen by the set), a word
  * holding the pid of the process adding, so that two workers seeing a new
- * client at once do not give it two buckets; a worker that dies holding
- * it is found by the master, which releases it.  A full set gives the new client the slot of the bucket
+ * client at once do not give it two buckets; the lock of a worker that
+ * died holding it is taken over by the next process that needs it once
+ * the dead one is gone, or released by the master when it reaps it.  A full set gives the new client the slot of the bucket
  * closest to full: a full one if there is one, for free, otherwise the
  * client furthest from its limit loses its debt.
  *
@@ -30,6 +31,8 @@
 #include <sys/un.h>
 
 #include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -37,7 +40,8 @@
 
 #define RL_WAYS		8
 #define RL_LOCKS	256		/* lock stripes, shared by the sets */
-#define RL_SPINS	4096		/* tries for a set's lock, then let go */
+#define RL_SPINS	1024		/* tries for a lock before yielding */
+#define RL_YIELDS	100000		/* yields before letting the request by */
 #define RL_MAX_T	(UINT64_C(1) << 60)	/* ns per token: 36 years */
 #define RL_MAX_TAU	(UINT64_C(1) << 62)
 #define NS_S		UINT64_C(1000000000)
@@ -366,28 +370,48 @@ slot_find(struct rl_set *set, uint64_t key)
 }
 
 /*
+ * The holder of a lock only ever holds it for a few stores, but it may
+ * be preempted there, or die there: then spin, yield, and take over the
+ * lock of a process that is gone.  -1 only if that takes very long.
+ */
+static int
+lock_take(uint32_t *lock, uint32_t me)
+{
+	uint32_t cur;
+
+	for (unsigned i = 0; i < RL_SPINS + RL_YIELDS; i++) {
+		cur = 0;
+		if (__atomic_compare_exchange_n(lock, &cur, me, 0,
+		    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return 0;
+		if (i < RL_SPINS) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		if (kill((pid_t)cur, 0) == -1 && errno == ESRCH &&
+		    __atomic_compare_exchange_n(lock, &cur, me, 0,
+		    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			return 0;
+		sched_yield();
+	}
+	return -1;
+}
+
+/*
  * Give key a slot in set: a free one, else the one whose bucket is
- * closest to full.  NULL when the set's lock cannot be had (its holder
- * died and the master has not yet released it).
+ * closest to full.  NULL when the set's lock cannot be had.
  */
 static struct rl_slot *
 slot_claim(struct ratelimit *rl, uint64_t idx, uint64_t key, uint64_t now_ns)
 {
 	struct rl_set *set = &rl->sets[idx];
 	uint32_t *lock = &rl->lock[idx % RL_LOCKS];
-	uint32_t me = (uint32_t)getpid(), none;
+	uint32_t me = (uint32_t)getpid();
 	struct rl_slot *s, *victim = NULL;
 	uint64_t k, t, best = UINT64_MAX;
 
-	for (int i = 0;; i++) {
-		none = 0;
-		if (__atomic_compare_exchange_n(lock, &none, me, 0,
-		    __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
-			break;
-		if (i == RL_SPINS)
-			return NULL;
-		__builtin_ia32_pause();
-	}
+	if (lock_take(lock, me) == -1)
+		return NULL;
 	/* Another process may have added it meanwhile. */
 	if ((s = slot_find(set, key)) == NULL) {
 		for (int i = 0; i < RL_WAYS; i++) {
@@ -437,6 +461,7 @@ ratelimit_take(struct ratelimit *rl, const struct ratelimit_client *c,
 	key = client_key(rl, c);
 	idx = ((key >> 32) * rl->nsets) >> 32;
 	set = &rl->sets[idx];
+	/* No slot (a lock held far too long): let the request by. */
 	if ((slot = slot_find(set, key)) == NULL &&
 	    (slot = slot_claim(rl, idx, key, now_ns)) == NULL)
 		return 0;
