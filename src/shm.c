@@ -1,14 +1,14 @@
 /*
  * The shared region: one anonymous shared mapping, header first, then the
  * counter table, then the Idempotency-Key table, then the rate limiter's
- * buckets.  Anonymous memory is zero-filled and only the
- * pages touched cost memory, so a large max_keys is cheap until used.
+ * buckets.  Anonymous memory is zero-filled and only the pages
+ * touched cost memory, so a large max_keys is cheap until used.
  */
 #include <sys/mman.h>
+#include <sys/random.h>
 
 #include <errno.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include "shm.h"
