@@ -127,6 +127,8 @@ static int	parse_count_size_t(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
 static int	parse_rate(struct cfparse *, const struct cfkey *, const char *,
 		    const char **);
+static int	parse_proxies(struct cfparse *, const struct cfkey *,
+		    const char *, const char **);
 static int	parse_statsd(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
 static int	parse_prefix(struct cfparse *, const struct cfkey *,
@@ -185,6 +187,10 @@ static const struct cfkey cfkeys[] = {
 	{ "ratelimit", "rate", parse_rate, F(rate), 0, 1000000000,
 	    "expected a number from 0 to 1000000000" },
 	{ "ratelimit", "burst", parse_count, F(burst), 0, 1000000000, NULL },
+	{ "ratelimit", "max_clients", parse_count, F(rl_max_clients), 1,
+	    10000000, NULL },
+	{ "ratelimit", "trusted_proxies", parse_proxies, F(proxies), 0, 0,
+	    NULL },
 
 	{ "metrics", "statsd", parse_statsd, F(statsd), 0, 0,
 	    "expected host:port, or nothing to turn it off" },
@@ -789,6 +795,90 @@ parse_rate(struct cfparse *st, const struct cfkey *k, const char *v,
 	return 0;
 }
 
+int
+config_parse_cidr(const char *s, struct config_cidr *out, const char **why)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *slash = strchr(s, '/'), *end;
+	size_t len = slash ? (size_t)(slash - s) : strlen(s);
+	uint64_t bits, max;
+	struct in_addr a4;
+	int v4;
+
+	*why = "not an IPv4 or IPv6 address or block (a.b.c.d[/n], "
+	    "v6addr[/n] or unix)";
+	if (len == 0 || len >= sizeof(host))
+		return -1;
+	memcpy(host, s, len);
+	host[len] = '\0';
+	memset(out, 0, sizeof(*out));
+	if ((v4 = inet_pton(AF_INET, host, &a4) == 1)) {
+		out->addr[10] = out->addr[11] = 0xff;
+		memcpy(out->addr + 12, &a4, 4);
+	} else if (inet_pton(AF_INET6, host, out->addr) != 1)
+		return -1;
+	max = v4 ? 32 : 128;
+	bits = max;
+	if (slash && (parse_digits(slash + 1, &bits, &end) == -1 ||
+	    *end != '\0' || bits > max || end - slash > 4)) {
+		*why = v4 ? "the prefix length of an IPv4 block must be 0..32" :
+		    "the prefix length of an IPv6 block must be 0..128";
+		return -1;
+	}
+	out->bits = (uint8_t)(v4 ? bits + 96 : bits);
+	for (unsigned i = out->bits; i < 128; i++)
+		if (out->addr[i / 8] & (0x80 >> (i % 8))) {
+			*why = "bits are set past the prefix length";
+			return -1;
+		}
+	return 0;
+}
+
+/* Addresses and blocks, separated by commas or blanks; "unix" too. */
+static int
+parse_proxies(struct cfparse *st, const struct cfkey *k, const char *v,
+    const char **why)
+{
+	struct config_cidr list[CONFIG_MAX_PROXIES];
+	char *copy, *tok, *save = NULL;
+	const char *reason;
+	int n = 0, has_unix = 0, rc = 0;
+
+	if ((copy = strdup(v)) == NULL) {
+		*why = "out of memory";
+		return -1;
+	}
+	for (tok = strtok_r(copy, ", \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, ", \t", &save)) {
+		if (strcmp(tok, "unix") == 0) {
+			has_unix = 1;
+			continue;
+		}
+		if (n == CONFIG_MAX_PROXIES) {
+			snprintf(st->why, sizeof(st->why), "at most %d "
+			    "addresses or blocks", CONFIG_MAX_PROXIES);
+			rc = -1;
+			break;
+		}
+		if (config_parse_cidr(tok, &list[n], &reason) == -1) {
+			snprintf(st->why, sizeof(st->why), "'%.64s': %s", tok,
+			    reason);
+			rc = -1;
+			break;
+		}
+		n++;
+	}
+	free(copy);
+	if (rc == -1) {
+		*why = st->why;
+		return -1;
+	}
+	memcpy(st->cf->proxies, list, n * sizeof(list[0]));
+	st->cf->nproxies = n;
+	st->cf->proxy_unix = has_unix;
+	return 0;
+}
+
 static int
 parse_statsd(struct cfparse *st, const struct cfkey *k, const char *v,
     const char **why)
@@ -850,6 +940,7 @@ defaults_static(struct config *cf)
 
 	cf->rate = 0;
 	cf->burst = 0;
+	cf->rl_max_clients = 65536;
 
 	snprintf(cf->metrics_prefix, sizeof(cf->metrics_prefix), "tallyd");
 }

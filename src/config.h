@@ -11,6 +11,13 @@
 
 #define CONFIG_MAX_LISTEN	8
 #define CONFIG_MAX_WORKERS	64
+#define CONFIG_MAX_PROXIES	32
+
+/* An address block; IPv4 is held as ::ffff:a.b.c.d, its bits plus 96. */
+struct config_cidr {
+	uint8_t		addr[16];
+	uint8_t		bits;
+};
 
 /* Durability policies; the contract each keeps is in tallyd.conf(5). */
 enum sync_policy {
@@ -57,6 +64,10 @@ struct config {
 	/* [ratelimit] */
 	double		 rate;			/* requests/s; 0 = off */
 	uint64_t	 burst;
+	uint64_t	 rl_max_clients;
+	struct config_cidr proxies[CONFIG_MAX_PROXIES];	/* trusted_proxies */
+	int		 nproxies;
+	int		 proxy_unix;		/* "unix" listed */
 
 	/* [metrics] */
 	char		 statsd[256];
@@ -87,5 +98,8 @@ void	config_errors_free(struct config_errors *errs);
 int	config_parse_size(const char *s, uint64_t *out);	/* 4K, 64M, 4G */
 int	config_parse_duration(const char *s, uint64_t *out_us);	/* 10ms 1s 5m 24h; bare number = seconds */
 int	config_parse_bool(const char *s, int *out);
+/* a.b.c.d, a.b.c.d/n, v6addr, v6addr/n; *why says what is wrong. */
+int	config_parse_cidr(const char *s, struct config_cidr *out,
+	    const char **why);
 
 #endif

@@ -334,6 +334,7 @@ master_reaped(struct child *c, int status)
 		s->pid = 0;
 		/* Its keyed requests in flight may be retried now. */
 		idem_release_owner(M.shm.idem, c->pid);
+		ratelimit_release_owner(M.shm.rl, c->pid);
 	}
 	c->pid = 0;
 	if (stopping)
@@ -488,6 +489,7 @@ master_publish(const struct config *cf)
 	h->flush_interval_us = cf->flush_interval_us;
 	h->log_level = level < 0 ? LOG_LEVEL_INFO : level;
 	log_set_level(h->log_level);
+	ratelimit_configure(M.shm.rl, cf);
 	__atomic_add_fetch(&h->reload_gen, 1, __ATOMIC_RELEASE);
 }
 
@@ -523,7 +525,7 @@ master_reload(void)
 	    CHANGED(max_keys) || CHANGED(max_key_bytes) ||
 	    CHANGED(idem_ttl_us) || CHANGED(idem_max_keys) ||
 	    CHANGED(max_body) || CHANGED_S(pid_file) ||
-	    CHANGED_S(control_socket);
+	    CHANGED_S(control_socket) || CHANGED(rl_max_clients);
 	for (int i = 0; i < cur->nlisten && !restart; i++)
 		restart = strcmp(cur->listen[i], next.listen[i]) != 0;
 	if (restart)
@@ -533,6 +535,11 @@ master_reload(void)
 #undef CHANGED_S
 	M.cf->flush_interval_us = next.flush_interval_us;
 	memcpy(M.cf->log_level, next.log_level, sizeof(M.cf->log_level));
+	M.cf->rate = next.rate;
+	M.cf->burst = next.burst;
+	memcpy(M.cf->proxies, next.proxies, sizeof(M.cf->proxies));
+	M.cf->nproxies = next.nproxies;
+	M.cf->proxy_unix = next.proxy_unix;
 	master_publish(M.cf);
 	log_info("reload: configuration applied (flush_interval %llu ms, "
 	    "log_level %s)", (unsigned long long)(M.cf->flush_interval_us /
@@ -614,13 +621,17 @@ ctl_status(struct control_client *c)
 		    "\"backlog_bytes\":%" PRIu64 ",\"error\":%d},"
 		    "\"counters\":{\"keys\":%" PRIu64 ",\"capacity\":%" PRIu64
 		    "},\"idempotency\":{\"keys\":%" PRIu64 ",\"capacity\":%"
-		    PRIu64 "},\"postgres\":{\"up\":%s}}",
+		    PRIu64 "},\"ratelimit\":{\"rate\":%g,\"limited\":%" PRIu64
+		    ",\"evicted\":%" PRIu64 ",\"capacity\":%" PRIu64 "},"
+		    "\"postgres\":{\"up\":%s}}",
 		    M.cf->journal_dir, epoch,
 		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
 		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,
 		    ins > ck ? ins - ck : 0, h->journal_errno,
 		    counters_count(M.shm.counters), M.shm.counters->capacity,
 		    idem_count(M.shm.idem), idem_capacity(M.shm.idem),
+		    M.cf->rate, shm_load(&h->stats.ratelimited),
+		    ratelimit_evicted(M.shm.rl), ratelimit_capacity(M.shm.rl),
 		    h->pg_up ? "true" : "false");
 	if (o >= sizeof(buf))
 		o = sizeof(buf) - 1;
@@ -897,9 +908,6 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	if ((sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) == -1)
 		fatal(1, "signalfd");
 
-	if (cf->rate > 0)
-		log_warnx("ratelimit.rate is set, but this release does not "
-		    "limit request rates");
 	if (cf->statsd[0])
 		log_warnx("metrics.statsd is set, but this release does not "
 		    "push to StatsD; /metrics serves Prometheus");

@@ -1,12 +1,15 @@
 /*
  * The shared region: one anonymous shared mapping, header first, then the
- * counter table, then the Idempotency-Key table.  Anonymous memory is zero-filled and only the
- * pages touched cost memory, so a large max_keys is cheap until used.
+ * counter table, then the Idempotency-Key table, then the rate limiter's
+ * buckets.  Anonymous memory is zero-filled and only the pages
+ * touched cost memory, so a large max_keys is cheap until used.
  */
 #include <sys/mman.h>
+#include <sys/random.h>
 
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "shm.h"
 
@@ -26,14 +29,17 @@ int
 shm_create(struct shm *s, const struct config *cf)
 {
 	size_t csize = align64(counters_size(cf->max_keys, cf->max_key_bytes));
-	size_t isize = idem_size(cf->idem_max_keys, cf->max_key_bytes);
+	size_t isize = align64(idem_size(cf->idem_max_keys, cf->max_key_bytes));
+	size_t rsize = ratelimit_size(cf->rl_max_clients);
+	struct timespec ts;
+	uint64_t seed;
 
 	memset(s, 0, sizeof(*s));
-	if (isize == 0) {
+	if (isize == 0 || rsize == 0) {
 		errno = ENOMEM;
 		return -1;
 	}
-	s->size = hdr_size() + csize + isize;
+	s->size = hdr_size() + csize + isize + rsize;
 	s->base = mmap(NULL, s->size, PROT_READ | PROT_WRITE,
 	    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (s->base == MAP_FAILED) {
@@ -48,6 +54,13 @@ shm_create(struct shm *s, const struct config *cf)
 	    cf->max_keys, cf->max_key_bytes);
 	s->idem = idem_init((char *)s->base + hdr_size() + csize,
 	    cf->idem_max_keys, cf->max_key_bytes);
+	/* Unknown outside, so that a client cannot aim at a bucket's set. */
+	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed)) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		seed = (uint64_t)ts.tv_nsec << 32 ^ (uint64_t)ts.tv_sec;
+	}
+	s->rl = ratelimit_init((char *)s->base + hdr_size() + csize + isize,
+	    cf->rl_max_clients, seed);
 	return 0;
 }
 

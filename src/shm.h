@@ -15,6 +15,7 @@
 #include "counters.h"
 #include "idem.h"
 #include "journal.h"
+#include "ratelimit.h"
 
 #define SHM_MAGIC	0x54414c4c59534d31ULL	/* "TALLYSM1" */
 
@@ -38,6 +39,7 @@ struct shm_stats {
 	uint64_t	rows_upserted;
 	uint64_t	pg_errors;
 	uint64_t	restarts;
+	uint64_t	ratelimited;	/* requests answered 429 */
 };
 
 struct shm_hdr {
@@ -81,6 +83,7 @@ struct shm {
 	struct shm_hdr	*hdr;
 	struct counters	*counters;
 	struct idem_table *idem;
+	struct ratelimit *rl;
 	void		*base;
 	size_t		 size;
 };

@@ -304,6 +304,9 @@ ctl_print(int type, const char *json)
 	    *cap[] = { "counters", "capacity", NULL },
 	    *ikeys[] = { "idempotency", "keys", NULL },
 	    *pg[] = { "postgres", "up", NULL },
+	    *rrate[] = { "ratelimit", "rate", NULL },
+	    *rlim[] = { "ratelimit", "limited", NULL },
+	    *revict[] = { "ratelimit", "evicted", NULL },
 	    *err[] = { "error", NULL }, *key[] = { "key", NULL },
 	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL };
 	yajl_val v = yajl_tree_parse(json, NULL, 0), p;
@@ -332,6 +335,9 @@ ctl_print(int type, const char *json)
 		    jstr(v, ck), jstr(v, backlog));
 		printf("keys held: %s of %s; idempotency keys: %s\n",
 		    jstr(v, keys), jstr(v, cap), jstr(v, ikeys));
+		printf("rate limit: %s/s per client (0: off); %s requests "
+		    "refused, %s busy buckets evicted\n", jstr(v, rrate),
+		    jstr(v, rlim), jstr(v, revict));
 		printf("PostgreSQL: %s\n", strcmp(jstr(v, pg), "yes") == 0 ?
 		    "up" : "down");
 	} else if (type == CTL_GET)

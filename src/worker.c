@@ -35,6 +35,7 @@
 #include "log.h"
 #include "pgread.h"
 #include "proc.h"
+#include "ratelimit.h"
 #include "request.h"
 #include "syncer.h"
 #include "worker.h"
@@ -199,6 +200,46 @@ respond_total(h2o_req_t *req, int status, const char *key, size_t key_len,
 		return;
 	}
 	respond(req, status, buf, off);
+}
+
+/*
+ * The client is over its rate: answer 429 here, before anything is
+ * parsed, journaled or counted.  Returns 1 when it answered.
+ */
+static int
+worker_ratelimited(h2o_req_t *req)
+{
+	struct ratelimit_str xff[RATELIMIT_MAX_XFF + 1];
+	struct ratelimit_client c;
+	struct sockaddr_storage ss;
+	struct timespec now;
+	socklen_t len;
+	uint64_t retry;
+	ssize_t i = -1;
+	char ra[24];
+	int n = 0;
+
+	if (!ratelimit_enabled(W.shm->rl))
+		return 0;
+	memset(&ss, 0, sizeof(ss));
+	len = req->conn->callbacks->get_peername(req->conn, (void *)&ss);
+	while (n <= RATELIMIT_MAX_XFF && (i = h2o_find_header(&req->headers,
+	    H2O_TOKEN_X_FORWARDED_FOR, i)) != -1) {
+		xff[n].p = req->headers.entries[i].value.base;
+		xff[n++].len = req->headers.entries[i].value.len;
+	}
+	if (ratelimit_client(W.shm->rl, (void *)&ss, len, xff, n, &c) != 0)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (ratelimit_take(W.shm->rl, &c, (uint64_t)now.tv_sec * 1000000000 +
+	    now.tv_nsec, &retry) == 0)
+		return 0;
+	shm_count(&W.h->stats.ratelimited, 1);
+	n = snprintf(ra, sizeof(ra), "%llu", (unsigned long long)retry);
+	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER,
+	    NULL, h2o_strdup(&req->pool, ra, n).base, n);
+	respond_error(req, 429, "rate limit exceeded");
+	return 1;
 }
 
 /* --- batches and the journal --- */
@@ -726,6 +767,9 @@ handle_metrics(h2o_req_t *req)
 	    "Counter rows upserted into PostgreSQL.", LOAD(s->rows_upserted));
 	metric(buf, sizeof(buf), &off, "postgres_errors_total", "counter",
 	    "PostgreSQL errors and failed connections.", LOAD(s->pg_errors));
+	metric(buf, sizeof(buf), &off, "ratelimited_requests_total",
+	    "counter", "Requests refused with 429 by ratelimit.rate.",
+	    LOAD(s->ratelimited));
 	metric(buf, sizeof(buf), &off, "process_restarts_total", "counter",
 	    "Children restarted after an unexpected exit.", LOAD(s->restarts));
 	metric(buf, sizeof(buf), &off, "journal_written_lsn", "gauge",
@@ -792,6 +836,10 @@ worker_on_req(h2o_handler_t *self, h2o_req_t *req)
 		p.base += 7;
 		p.len -= 7;
 	}
+	/* Probes and metrics are exempt: a limit must not fail them. */
+	if (!path_is(p, "/healthz") && !path_is(p, "/readyz") &&
+	    !path_is(p, "/metrics") && worker_ratelimited(req))
+		return 0;
 	if (path_is(p, "/increment")) {
 		if (!method_is(req, "POST"))
 			return respond_method(req, "POST");

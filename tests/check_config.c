@@ -159,6 +159,9 @@ assert_defaults(const struct config *c)
 	ck_assert_uint_eq(c->idem_max_keys, 1000000);
 	ck_assert(c->rate == 0.0);
 	ck_assert_uint_eq(c->burst, 0);
+	ck_assert_uint_eq(c->rl_max_clients, 65536);
+	ck_assert_int_eq(c->nproxies, 0);
+	ck_assert_int_eq(c->proxy_unix, 0);
 	ck_assert_str_eq(c->statsd, "");
 	ck_assert_str_eq(c->metrics_prefix, "tallyd");
 }
@@ -258,6 +261,8 @@ START_TEST(values_every_key)
 	    "[ratelimit]\n"
 	    "rate = 2.5\n"
 	    "burst = 10\n"
+	    "max_clients = 100\n"
+	    "trusted_proxies = 10.0.0.0/8 unix, 2001:db8::1\n"
 	    "[metrics]\n"
 	    "statsd = stats.example:8125\n"
 	    "prefix = tally.prod\n", NULL), 0);
@@ -289,6 +294,13 @@ START_TEST(values_every_key)
 	ck_assert_uint_eq(cf.idem_max_keys, 7);
 	ck_assert(cf.rate == 2.5);
 	ck_assert_uint_eq(cf.burst, 10);
+	ck_assert_uint_eq(cf.rl_max_clients, 100);
+	ck_assert_int_eq(cf.nproxies, 2);
+	ck_assert_int_eq(cf.proxy_unix, 1);
+	ck_assert_int_eq(cf.proxies[0].bits, 104);
+	ck_assert_int_eq(cf.proxies[0].addr[12], 10);
+	ck_assert_int_eq(cf.proxies[1].bits, 128);
+	ck_assert_int_eq(cf.proxies[1].addr[15], 1);
 	ck_assert_str_eq(cf.statsd, "stats.example:8125");
 	ck_assert_str_eq(cf.metrics_prefix, "tally.prod");
 }
@@ -527,6 +539,40 @@ START_TEST(values_bounds)
 		{ "[ratelimit]\nburst = x", "bad value 'x' for "
 		    "ratelimit.burst: expected an integer from 0 to "
 		    "1000000000" },
+		{ "[ratelimit]\nmax_clients = 0", "bad value '0' for "
+		    "ratelimit.max_clients: expected an integer from 1 to "
+		    "10000000" },
+		{ "[ratelimit]\nmax_clients = 10000000", NULL },
+		{ "[ratelimit]\ntrusted_proxies =", NULL },
+		{ "[ratelimit]\ntrusted_proxies = 10.0.0.0/8, ::1 unix "
+		    "2001:db8::/32,192.0.2.1", NULL },
+		{ "[ratelimit]\ntrusted_proxies = 10.0.0.1/8", "bad value "
+		    "'10.0.0.1/8' for ratelimit.trusted_proxies: '10.0.0.1/8': "
+		    "bits are set past the prefix length" },
+		{ "[ratelimit]\ntrusted_proxies = 10.0.0.0/8, 10.0.0.0/33",
+		    "bad value '10.0.0.0/8, 10.0.0.0/33' for "
+		    "ratelimit.trusted_proxies: '10.0.0.0/33': the prefix "
+		    "length of an IPv4 block must be 0..32" },
+		{ "[ratelimit]\ntrusted_proxies = ::/129", "bad value "
+		    "'::/129' for ratelimit.trusted_proxies: '::/129': the "
+		    "prefix length of an IPv6 block must be 0..128" },
+		{ "[ratelimit]\ntrusted_proxies = proxy.example", "bad value "
+		    "'proxy.example' for ratelimit.trusted_proxies: "
+		    "'proxy.example': not an IPv4 or IPv6 address or block "
+		    "(a.b.c.d[/n], v6addr[/n] or unix)" },
+		{ "[ratelimit]\ntrusted_proxies = 1.0.0.0 2.0.0.0 3.0.0.0 "
+		    "4.0.0.0 5.0.0.0 6.0.0.0 7.0.0.0 8.0.0.0 9.0.0.0 10.0.0.0 "
+		    "11.0.0.0 12.0.0.0 13.0.0.0 14.0.0.0 15.0.0.0 16.0.0.0 "
+		    "17.0.0.0 18.0.0.0 19.0.0.0 20.0.0.0 21.0.0.0 22.0.0.0 "
+		    "23.0.0.0 24.0.0.0 25.0.0.0 26.0.0.0 27.0.0.0 28.0.0.0 "
+		    "29.0.0.0 30.0.0.0 31.0.0.0 32.0.0.0 33.0.0.0",
+		    "bad value '1.0.0.0 2.0.0.0 3.0.0.0 4.0.0.0 5.0.0.0 "
+		    "6.0.0.0 7.0.0.0 8.0.0.0 9.0.0.0 10.0.0.0 11.0.0.0 "
+		    "12.0.0.0 13.0.0.0 14.0.0.0 15.0.0.0 16.0.0.0 17.0.0.0 "
+		    "18.0.0.0 19.0.0.0 20.0.0.0 21.0.0.0 22.0.0.0 23.0.0.0 "
+		    "24.0.0.0 25.0.0.0 26.0.0.0 27.0.0.0 28.0.0.0 29.0.0.0 "
+		    "30.0.0.0 31.0.0.0 32.0.0.0 33.0.0.0' for "
+		    "ratelimit.trusted_proxies: at most 32 addresses or blocks" },
 		{ "[metrics]\nstatsd = localhost", "bad value 'localhost' for "
 		    "metrics.statsd: expected host:port" },
 		{ "[metrics]\nstatsd = *:8125", "bad value '*:8125' for "
