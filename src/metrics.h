@@ -94,11 +94,10 @@ metrics_now(void)
 	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
 }
 
-/* Count one duration that started at t0 (metrics_now()). */
+/* Count one duration of d ns. */
 static inline void
-metrics_hist_add(struct metrics_hist *h, uint64_t t0)
+metrics_hist_record(struct metrics_hist *h, uint64_t d)
 {
-	uint64_t d = metrics_now() - t0;
 	int i = 0;
 
 	/* Most samples are short: a scan from the bottom ends early. */
@@ -106,6 +105,13 @@ metrics_hist_add(struct metrics_hist *h, uint64_t t0)
 		i++;
 	__atomic_fetch_add(&h->bucket[i], 1, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&h->sum_ns, d, __ATOMIC_RELAXED);
+}
+
+/* Count one duration that started at t0 (metrics_now()). */
+static inline void
+metrics_hist_add(struct metrics_hist *h, uint64_t t0)
+{
+	metrics_hist_record(h, metrics_now() - t0);
 }
 
 /* The route label of a request path (query and /api/v1 allowed). */
