@@ -293,6 +293,21 @@ assert_eq "PostgreSQL back: one reconnect" \
     $(( $(val "$e" tallyd_postgres_reconnects_total) + 1 )) \
     "$(val "$n" tallyd_postgres_reconnects_total)"
 
+# ---------------------------------------------------------------- StatsD gone
+# Nobody listens any more: sends fail (ICMP port unreachable on the
+# connected socket), are logged once a minute at most, and change nothing.
+kill "${BGPIDS[0]}"
+wait "${BGPIDS[0]}" 2>/dev/null
+for i in $(seq 100); do
+	grep -q "StatsD 127.0.0.1:$UPORT: cannot send" "$TALLYD_LOG" && break
+	post a 1 >/dev/null
+	sleep 0.1
+done
+for i in $(seq 10); do post a 1 >/dev/null; sleep 0.1; done
+assert_eq "StatsD gone: the failure is logged once" 1 \
+    "$(grep -c "StatsD 127.0.0.1:$UPORT: cannot send" "$TALLYD_LOG")"
+assert_eq "StatsD gone: increments acknowledged" 202 "$(post a 1)"
+
 # Stopped by hand: tallyd_stop would count the child killed above.
 pids="$TALLYD_PID $(descendants "$TALLYD_PID")"
 kill -TERM "$TALLYD_PID"
