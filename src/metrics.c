@@ -159,7 +159,7 @@ metrics_route(const char *p, size_t len)
 
 void
 metrics_request(struct metrics_slot *s, enum metrics_route route,
-    int status, uint64_t t0)
+    int status, uint64_t t0, uint64_t now)
 {
 	int c;
 
@@ -168,8 +168,11 @@ metrics_request(struct metrics_slot *s, enum metrics_route route,
 	if ((unsigned)route >= METRICS_NROUTES)
 		route = METRICS_ROUTE_OTHER;
 	__atomic_fetch_add(&s->requests[route][c], 1, __ATOMIC_RELAXED);
-	if (t0)
-		metrics_hist_add(&s->latency, t0);
+	if (t0 == 0)
+		return;
+	if (now == 0)
+		now = metrics_now();
+	metrics_hist_record(&s->latency, now > t0 ? now - t0 : 0);
 }
 
 void

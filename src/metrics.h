@@ -118,10 +118,11 @@ metrics_hist_add(struct metrics_hist *h, uint64_t t0)
 enum metrics_route metrics_route(const char *path, size_t len);
 /*
  * One answered request: its route, status and, when t0 is not 0, its
- * latency from t0 (metrics_now() at arrival) to now.
+ * latency from t0 (metrics_now() at arrival) to now (metrics_now(), or
+ * 0 to read the clock here).
  */
 void	metrics_request(struct metrics_slot *s, enum metrics_route route,
-	    int status, uint64_t t0);
+	    int status, uint64_t t0, uint64_t now);
 /* A child of the master restarted (proc_role: see proc.h). */
 void	metrics_restart(struct metrics_shm *m, int proc_role);
 

@@ -117,6 +117,7 @@ static struct worker {
 	struct metrics_slot	*mslot;
 	struct req_ctx		 cur;	/* the request being answered */
 	struct req_ctx		 outer;	/* the one cur interrupted */
+	uint64_t		 now;	/* answer time of a batch, or 0 */
 } W;
 
 static volatile sig_atomic_t worker_stop;	/* 1 graceful, 2 fast */
@@ -172,10 +173,10 @@ static void
 worker_account(h2o_req_t *req, int status)
 {
 	if (req != W.cur.req) {
-		metrics_request(W.mslot, METRICS_ROUTE_OTHER, status, 0);
+		metrics_request(W.mslot, METRICS_ROUTE_OTHER, status, 0, 0);
 		return;
 	}
-	metrics_request(W.mslot, W.cur.route, status, W.cur.t0);
+	metrics_request(W.mslot, W.cur.route, status, W.cur.t0, W.now);
 	W.cur = W.outer;
 	W.outer.req = NULL;
 }
@@ -324,6 +325,8 @@ batch_ack(struct batch *b)
 		counters_unreserve(w->e, w->value);
 	}
 	shm_count(&W.h->stats.increments, b->nw);
+	/* One clock read for the batch: its answers leave together. */
+	W.now = metrics_now();
 	for (uint32_t i = 0; i < b->nw; i++) {
 		struct waiter *w = &b->w[i];
 
@@ -336,6 +339,7 @@ batch_ack(struct batch *b)
 		worker_resume(w->tok, w->req);
 		respond_total(w->req, 202, w->e->key, w->e->key_len, total, 0);
 	}
+	W.now = 0;
 }
 
 static void

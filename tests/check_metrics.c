@@ -87,17 +87,31 @@ START_TEST(test_buckets)
 }
 END_TEST
 
+START_TEST(test_request_latency)
+{
+	static struct metrics_slot s;
+
+	metrics_request(&s, METRICS_ROUTE_GET, 200, 1000, 71000);
+	metrics_request(&s, METRICS_ROUTE_GET, 200, 0, 0);	/* no latency */
+	metrics_request(&s, METRICS_ROUTE_GET, 200, 5000, 4000);	/* clamped */
+	ck_assert_uint_eq(s.requests[METRICS_ROUTE_GET][0], 3);
+	ck_assert_uint_eq(s.latency.bucket[0], 1);
+	ck_assert_uint_eq(s.latency.bucket[1], 1);
+	ck_assert_uint_eq(s.latency.sum_ns, 70000);
+}
+END_TEST
+
 /* Requests in two slots, latencies, a restart, a few stats. */
 static void
 fill(void)
 {
 	struct metrics_shm *m = &shm.hdr->metrics;
 
-	metrics_request(&m->slots[0], METRICS_ROUTE_INCREMENT, 202, 0);
-	metrics_request(&m->slots[0], METRICS_ROUTE_INCREMENT, 202, 0);
-	metrics_request(&m->slots[3], METRICS_ROUTE_INCREMENT, 202, 0);
-	metrics_request(&m->slots[3], METRICS_ROUTE_OTHER, 404, 0);
-	metrics_request(&m->slots[1], METRICS_ROUTE_GET, 299, 0);
+	metrics_request(&m->slots[0], METRICS_ROUTE_INCREMENT, 202, 0, 0);
+	metrics_request(&m->slots[0], METRICS_ROUTE_INCREMENT, 202, 0, 0);
+	metrics_request(&m->slots[3], METRICS_ROUTE_INCREMENT, 202, 0, 0);
+	metrics_request(&m->slots[3], METRICS_ROUTE_OTHER, 404, 0, 0);
+	metrics_request(&m->slots[1], METRICS_ROUTE_GET, 299, 0, 0);
 	metrics_hist_record(&m->slots[0].latency, 70000);
 	metrics_hist_record(&m->slots[3].latency, 3000000);
 	metrics_hist_record(&m->fsync, 1000000);
@@ -192,8 +206,8 @@ START_TEST(test_statsd)
 
 	fill();
 	metrics_snapshot(&shm, &prev);
-	metrics_request(&m->slots[2], METRICS_ROUTE_INCREMENT, 202, 0);
-	metrics_request(&m->slots[2], METRICS_ROUTE_INCREMENT, 400, 0);
+	metrics_request(&m->slots[2], METRICS_ROUTE_INCREMENT, 202, 0, 0);
+	metrics_request(&m->slots[2], METRICS_ROUTE_INCREMENT, 400, 0, 0);
 	metrics_hist_record(&m->slots[2].latency, 1000000);
 	metrics_hist_record(&m->slots[5].latency, 3000000);
 	shm_count(&shm.hdr->stats.increments, 7);
@@ -235,6 +249,7 @@ metrics_suite(void)
 	tc = tcase_create("labels");
 	tcase_add_test(tc, test_route);
 	tcase_add_test(tc, test_buckets);
+	tcase_add_test(tc, test_request_latency);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("render");
