@@ -36,6 +36,7 @@
 #include "checkpoint.h"
 #include "flusher.h"
 #include "log.h"
+#include "metrics.h"
 #include "pg.h"
 #include "proc.h"
 
@@ -801,6 +802,9 @@ flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 	}
 	fl->connected = 1;
 	fl->h->pg_up = 1;
+	if (__atomic_exchange_n(&fl->h->metrics.pg_connected, 1,
+	    __ATOMIC_RELAXED))
+		shm_count(&fl->h->stats.pg_reconnects, 1);
 	fl->outage_logged = 0;
 	fl->last_err[0] = '\0';
 	fl->backoff_ms = 0;
@@ -883,6 +887,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	struct counter_entry *ce;
 	struct pg_kv *kv;
 	int64_t c, u;
+	uint64_t t0 = metrics_now();
 
 	if (pg_begin(&fl->pg) == -1) {
 		flusher_pg_failed(fl, "BEGIN");
@@ -948,6 +953,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		    journal_seg_base(h->seg_size, upto)));
 	shm_count(&h->stats.flushes, 1);
 	shm_count(&h->stats.rows_upserted, b->n);
+	metrics_hist_add(&h->metrics.flush, t0);
 	fl->last_err[0] = '\0';
 	return 0;
 }

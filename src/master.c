@@ -48,8 +48,10 @@
 #include "control.h"
 #include "log.h"
 #include "master.h"
+#include "metrics.h"
 #include "proc.h"
 #include "shm.h"
+#include "statsd.h"
 #include "syncer.h"
 
 #define STOP_PHASE_MS	30000	/* then SIGKILL the phase's children */
@@ -93,6 +95,7 @@ static struct master {
 	int			 ctl_fd;
 	struct control_client	*clients[CONTROL_MAX_CLIENTS];
 	time_t			 started;
+	struct statsd		 statsd;
 } M;
 
 static uint64_t
@@ -340,6 +343,7 @@ master_reaped(struct child *c, int status)
 	if (stopping)
 		return;
 	shm_count(&h->stats.restarts, 1);
+	metrics_restart(&h->metrics, c->role);
 	if (code == PROC_EXIT_FATAL) {
 		c->fatal = 1;
 		log_warnx("%s exited with the fatal code: not restarting it",
@@ -540,7 +544,11 @@ master_reload(void)
 	memcpy(M.cf->proxies, next.proxies, sizeof(M.cf->proxies));
 	M.cf->nproxies = next.nproxies;
 	M.cf->proxy_unix = next.proxy_unix;
+	memcpy(M.cf->statsd, next.statsd, sizeof(M.cf->statsd));
+	memcpy(M.cf->metrics_prefix, next.metrics_prefix,
+	    sizeof(M.cf->metrics_prefix));
 	master_publish(M.cf);
+	statsd_configure(&M.statsd, M.cf);
 	log_info("reload: configuration applied (flush_interval %llu ms, "
 	    "log_level %s)", (unsigned long long)(M.cf->flush_interval_us /
 	    1000), M.cf->log_level);
@@ -850,7 +858,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	struct signalfd_siginfo si;
 	struct pollfd pfd[2 + CONTROL_MAX_CLIENTS];
 	int slot[2 + CONTROL_MAX_CLIENTS];
-	int ready_fd = -1, sigfd, sig, n, npfd;
+	int ready_fd = -1, sigfd, sig, n, npfd, timeout;
 
 	M.cf = cf;
 	M.path = path;
@@ -908,9 +916,6 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	if ((sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) == -1)
 		fatal(1, "signalfd");
 
-	if (cf->statsd[0])
-		log_warnx("metrics.statsd is set, but this release does not "
-		    "push to StatsD; /metrics serves Prometheus");
 	master_recover();
 
 	n = 0;
@@ -929,10 +934,15 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		(void)write(ready_fd, "", 1);
 		close(ready_fd);
 	}
+	statsd_init(&M.statsd);
+	statsd_configure(&M.statsd, cf);
 
 	for (;;) {
 		npfd = master_pollfds(pfd, slot, sigfd);
-		if (poll(pfd, npfd, 250) == -1 && errno != EINTR)
+		timeout = statsd_tick(&M.statsd, &M.shm, M.cf->flush_interval_us);
+		if (timeout < 0 || timeout > 250)
+			timeout = 250;
+		if (poll(pfd, npfd, timeout) == -1 && errno != EINTR)
 			log_warn("poll");
 		sig = 0;
 		if ((pfd[0].revents & POLLIN) &&
@@ -961,6 +971,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		if (master_advance())
 			break;
 	}
+	statsd_close(&M.statsd, &M.shm);
 	if (M.pid_file_written)
 		unlink(cf->pid_file);
 	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)

@@ -15,6 +15,7 @@
 #include "counters.h"
 #include "idem.h"
 #include "journal.h"
+#include "metrics.h"
 #include "ratelimit.h"
 
 #define SHM_MAGIC	0x54414c4c59534d31ULL	/* "TALLYSM1" */
@@ -39,7 +40,9 @@ struct shm_stats {
 	uint64_t	rows_upserted;
 	uint64_t	pg_errors;
 	uint64_t	restarts;
-	uint64_t	ratelimited;	/* requests answered 429 */
+	uint64_t	pg_reconnects;
+	uint64_t	ratelimited;	/* requests refused by the rate limit */
+	uint64_t	rejected;	/* records set aside as undeliverable */
 };
 
 struct shm_hdr {
@@ -77,6 +80,7 @@ struct shm_hdr {
 	uint64_t	reload_gen;
 	uint64_t	flush_interval_us;
 	int		log_level;
+	struct metrics_shm metrics;
 };
 
 struct shm {

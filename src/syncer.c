@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "proc.h"
 #include "syncer.h"
 
@@ -172,7 +173,7 @@ static int
 syncer_sync(struct journal *j, struct shm_hdr *h, uint64_t to)
 {
 	uint64_t from = shm_load(&h->durable_lsn);
-	uint64_t t0 = now_us();
+	uint64_t t0 = metrics_now();
 
 	if (to <= from)
 		return 0;
@@ -186,7 +187,7 @@ syncer_sync(struct journal *j, struct shm_hdr *h, uint64_t to)
 	}
 	shm_advance(&h->durable_lsn, to);
 	shm_count(&h->stats.fsyncs, 1);
-	(void)t0;
+	metrics_hist_add(&h->metrics.fsync, t0);
 	return 0;
 }
 

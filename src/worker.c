@@ -33,6 +33,7 @@
 
 #include "journal.h"
 #include "log.h"
+#include "metrics.h"
 #include "pgread.h"
 #include "proc.h"
 #include "ratelimit.h"
@@ -51,6 +52,15 @@
  */
 struct req_token {
 	h2o_req_t	**ref;	/* NULL once we answered and let go */
+	uint64_t	 t0;	/* arrival, for the latency histogram */
+	enum metrics_route route;
+};
+
+/* The request being answered, for its metrics. */
+struct req_ctx {
+	h2o_req_t		*req;
+	uint64_t		 t0;
+	enum metrics_route	 route;
 };
 
 struct waiter {
@@ -105,6 +115,10 @@ static struct worker {
 	struct pgread		*pg;
 	int			 lookups;	/* GETs waiting on PostgreSQL */
 	int			 group;
+	struct metrics_slot	*mslot;
+	struct req_ctx		 cur;	/* the request being answered */
+	struct req_ctx		 outer;	/* the one cur interrupted */
+	uint64_t		 now;	/* answer time of a batch, or 0 */
 } W;
 
 static volatile sig_atomic_t worker_stop;	/* 1 graceful, 2 fast */
@@ -136,10 +150,42 @@ status_reason(int status)
 	}
 }
 
+/* A request arrived: time it from here. */
+static void
+worker_begin(h2o_req_t *req)
+{
+	W.cur.req = req;
+	W.cur.t0 = metrics_now();
+	W.cur.route = metrics_route(req->path.base, req->path.len);
+}
+
+/* A request answered later than its arrival becomes the current one. */
+static void
+worker_resume(struct req_token *t, h2o_req_t *req)
+{
+	t->ref = NULL;
+	W.outer = W.cur;
+	W.cur.req = req;
+	W.cur.t0 = t->t0;
+	W.cur.route = t->route;
+}
+
+static void
+worker_account(h2o_req_t *req, int status)
+{
+	if (req != W.cur.req) {
+		metrics_request(W.mslot, METRICS_ROUTE_OTHER, status, 0, 0);
+		return;
+	}
+	metrics_request(W.mslot, W.cur.route, status, W.cur.t0, W.now);
+	W.cur = W.outer;
+	W.outer.req = NULL;
+}
+
 static void
 respond(h2o_req_t *req, int status, const char *body, size_t len)
 {
-	shm_count(&W.h->stats.requests, 1);
+	worker_account(req, status);
 	req->res.status = status;
 	req->res.reason = status_reason(status);
 	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
@@ -283,6 +329,8 @@ req_token_new(h2o_req_t *req, h2o_req_t **ref)
 
 	t = h2o_mem_alloc_shared(&req->pool, sizeof(*t), req_token_dispose);
 	t->ref = ref;
+	t->t0 = W.cur.t0;
+	t->route = W.cur.route;
 	return t;
 }
 
@@ -297,7 +345,7 @@ batch_refuse(struct batch *b, const char *msg)
 		if (w->ie)
 			idem_abort(W.shm->idem, w->ie);
 		if (w->req) {
-			w->tok->ref = NULL;
+			worker_resume(w->tok, w->req);
 			respond_retry(w->req, msg);
 		}
 	}
@@ -318,6 +366,8 @@ batch_ack(struct batch *b)
 		counters_unreserve(w->e, w->value);
 	}
 	shm_count(&W.h->stats.increments, b->nw);
+	/* One clock read for the batch: its answers leave together. */
+	W.now = metrics_now();
 	for (uint32_t i = 0; i < b->nw; i++) {
 		struct waiter *w = &b->w[i];
 
@@ -327,9 +377,10 @@ batch_ack(struct batch *b)
 			idem_complete(W.shm->idem, w->ie, 202, total, expires);
 		if (w->req == NULL)
 			continue;
-		w->tok->ref = NULL;
+		worker_resume(w->tok, w->req);
 		respond_total(w->req, 202, w->e->key, w->e->key_len, total, 0);
 	}
+	W.now = 0;
 }
 
 static void
@@ -641,7 +692,7 @@ lookup_done(void *arg, int status, int64_t value)
 
 		/* l is freed below; the pool's token must not point at it. */
 		l->req = NULL;
-		l->tok->ref = NULL;
+		worker_resume(l->tok, req);
 		if (status == 1)
 			respond_total(req, 200, l->key, l->key_len, value, 1);
 		else if (status == 0)
@@ -721,89 +772,27 @@ handle_readyz(h2o_req_t *req)
 	return 0;
 }
 
-/* Append one Prometheus sample with its HELP and TYPE lines. */
-static void
-metric(char *buf, size_t cap, size_t *off, const char *name,
-    const char *type, const char *help, uint64_t v)
-{
-	int n;
-
-	if (*off >= cap)
-		return;
-	n = snprintf(buf + *off, cap - *off, "# HELP tallyd_%s %s\n"
-	    "# TYPE tallyd_%s %s\ntallyd_%s %llu\n", name, help, name, type,
-	    name, (unsigned long long)v);
-	if (n > 0)
-		*off += (size_t)n;
-}
-
 /* The Prometheus text format, summed over all processes by the region. */
 static int
 handle_metrics(h2o_req_t *req)
 {
-	struct shm_hdr *h = W.h;
-	struct shm_stats *s = &h->stats;
-	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
-	char buf[8192];
-	size_t off = 0;
+	struct metrics_snap snap;
+	size_t cap = 65536, n;
+	char *buf;
 
-#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
-	metric(buf, sizeof(buf), &off, "http_requests_total", "counter",
-	    "HTTP requests answered.", LOAD(s->requests));
-	metric(buf, sizeof(buf), &off, "increments_total", "counter",
-	    "Increments acknowledged.", LOAD(s->increments));
-	metric(buf, sizeof(buf), &off, "idempotent_replays_total", "counter",
-	    "Requests answered from a kept Idempotency-Key response.",
-	    LOAD(s->replays));
-	metric(buf, sizeof(buf), &off, "journal_frames_total", "counter",
-	    "Journal frames written.", LOAD(s->frames));
-	metric(buf, sizeof(buf), &off, "journal_bytes_total", "counter",
-	    "Journal bytes written.", LOAD(s->journal_bytes));
-	metric(buf, sizeof(buf), &off, "journal_fsyncs_total", "counter",
-	    "Journal fdatasync calls.", LOAD(s->fsyncs));
-	metric(buf, sizeof(buf), &off, "flushes_total", "counter",
-	    "Transactions committed to PostgreSQL.", LOAD(s->flushes));
-	metric(buf, sizeof(buf), &off, "rows_upserted_total", "counter",
-	    "Counter rows upserted into PostgreSQL.", LOAD(s->rows_upserted));
-	metric(buf, sizeof(buf), &off, "postgres_errors_total", "counter",
-	    "PostgreSQL errors and failed connections.", LOAD(s->pg_errors));
-	metric(buf, sizeof(buf), &off, "ratelimited_requests_total",
-	    "counter", "Requests refused with 429 by ratelimit.rate.",
-	    LOAD(s->ratelimited));
-	metric(buf, sizeof(buf), &off, "process_restarts_total", "counter",
-	    "Children restarted after an unexpected exit.", LOAD(s->restarts));
-	metric(buf, sizeof(buf), &off, "journal_written_lsn", "gauge",
-	    "End of the contiguous written journal.",
-	    shm_load(&h->written_lsn));
-	metric(buf, sizeof(buf), &off, "journal_durable_lsn", "gauge",
-	    "End of the journal on disk.", shm_load(&h->durable_lsn));
-	metric(buf, sizeof(buf), &off, "journal_checkpoint_lsn", "gauge",
-	    "End of the journal held by PostgreSQL.", ck);
-	metric(buf, sizeof(buf), &off, "journal_backlog_bytes", "gauge",
-	    "Journal bytes not yet in PostgreSQL.", ins > ck ? ins - ck : 0);
-	metric(buf, sizeof(buf), &off, "keys", "gauge",
-	    "Keys held in the shared counter table.",
-	    counters_count(W.shm->counters));
-	metric(buf, sizeof(buf), &off, "keys_capacity", "gauge",
-	    "Capacity of the shared counter table.",
-	    W.shm->counters->capacity);
-	metric(buf, sizeof(buf), &off, "idempotency_keys", "gauge",
-	    "Idempotency-Keys held.", idem_count(W.shm->idem));
-	metric(buf, sizeof(buf), &off, "idempotency_keys_capacity", "gauge",
-	    "Capacity of the Idempotency-Key table.",
-	    idem_capacity(W.shm->idem));
-	metric(buf, sizeof(buf), &off, "postgres_up", "gauge",
-	    "1 when the flusher is connected to PostgreSQL.", h->pg_up != 0);
-#undef LOAD
-	if (off > sizeof(buf))
-		off = sizeof(buf);
-	shm_count(&W.h->stats.requests, 1);
+	metrics_snapshot(W.shm, &snap);
+	buf = h2o_mem_alloc_pool(&req->pool, cap);
+	if ((n = metrics_render(&snap, buf, cap)) >= cap) {
+		log_warnx("metrics need %zu bytes, more than %zu", n, cap);
+		return respond_error(req, 500, "metrics too large");
+	}
+	worker_account(req, 200);
 	req->res.status = 200;
 	req->res.reason = "OK";
 	h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE,
 	    NULL, H2O_STRLIT("text/plain; version=0.0.4"));
-	req->res.content_length = off;
-	h2o_send_inline(req, buf, off);
+	req->res.content_length = n;
+	h2o_send_inline(req, buf, n);
 	return 0;
 }
 
@@ -827,6 +816,7 @@ worker_on_req(h2o_handler_t *self, h2o_req_t *req)
 	h2o_iovec_t p = req->path;
 	size_t q;
 
+	worker_begin(req);
 	/* Route on the raw path: keys are percent-decoded exactly once. */
 	for (q = 0; q < p.len && p.base[q] != '?'; q++)
 		;
@@ -934,6 +924,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	W.h = shm->hdr;
 	W.slotno = slot;
 	W.slot = &shm->hdr->slots[slot];
+	W.mslot = &shm->hdr->metrics.slots[slot];
 	W.group = cf->sync == SYNC_GROUP;
 
 	memset(&sa, 0, sizeof(sa));
