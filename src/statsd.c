@@ -41,12 +41,17 @@ statsd_failed(struct statsd *sd, int err, const char *what)
 {
 	uint64_t t = statsd_now_ms();
 
-	sd->failed++;
-	if (sd->warned_ms != 0 && t - sd->warned_ms < STATSD_WARN_MS)
+	if (sd->warned_ms != 0 && t - sd->warned_ms < STATSD_WARN_MS) {
+		sd->failed++;
 		return;
-	log_warnx("StatsD %s: %s %s (%llu failures since the last such "
-	    "message)", sd->target, what, strerror(err),
-	    (unsigned long long)sd->failed);
+	}
+	if (sd->failed)
+		log_warnx("StatsD %s: %s: %s (and %llu more failures since "
+		    "the last such message)", sd->target, what, strerror(err),
+		    (unsigned long long)sd->failed);
+	else
+		log_warnx("StatsD %s: %s: %s", sd->target, what,
+		    strerror(err));
 	sd->warned_ms = t;
 	sd->failed = 0;
 }
@@ -124,7 +129,7 @@ packet_send(struct packet *p)
 	if (p->len == 0)
 		return;
 	if (send(p->sd->fd, p->buf, p->len, MSG_DONTWAIT) == -1)
-		statsd_failed(p->sd, errno, "cannot send:");
+		statsd_failed(p->sd, errno, "cannot send");
 	p->len = 0;
 }
 

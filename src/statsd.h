@@ -19,7 +19,7 @@ struct statsd {
 	char			 prefix[64];
 	uint64_t		 next_ms;	/* next push, monotonic */
 	uint64_t		 warned_ms;	/* last failure logged */
-	uint64_t		 failed;	/* failures since then */
+	uint64_t		 failed;	/* failures not logged since */
 	struct metrics_snap	 prev;		/* values of the last push */
 };
 
