@@ -42,7 +42,7 @@ top=$(cd "$here/../.." && pwd)
 
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-	q_duration=2s q_rounds=1 q_sweep="1 128" q_backlog=60000 q_bkeys=20000
+	q_duration=1s q_rounds=1 q_sweep="1 128" q_backlog=60000 q_bkeys=20000
 else
 	q_duration=10s q_rounds=3 q_sweep="1 16 64 128 256" q_backlog=500000
 	q_bkeys=100000
@@ -539,6 +539,11 @@ load() {
 		    "http://127.0.0.1:$srv_port/increment" ||
 		    { cat "$tmp/gen.out" >&2; die "wrk failed"; }
 		out=$(cat "$tmp/gen.out")
+		# wrk reports a script error and goes on without the script.
+		if echo "$out" | grep -q '\.lua:'; then
+			echo "$out" >&2
+			die "wrk: error in post-$workload.lua"
+		fi
 		rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
 		p50=$(echo "$out" | awk '$1 == "50%" { print $2 }')
 		p99=$(echo "$out" | awk '$1 == "99%" { print $2 }')
@@ -634,6 +639,12 @@ measure() {
 		    >>"$jbytes"
 	fi
 	stop_system
+	# Whatever PostgreSQL still has to write for this run, it writes now,
+	# not during the next system's run.
+	case $system in
+	tallyd-*|pg-*) psql_bench -d postgres -c CHECKPOINT ||
+		die "CHECKPOINT failed" ;;
+	esac
 	[ "$workers" = - ] || [ "$srv_kind" = http ] || workers=-
 	say "$part $system $workload c=$conns w=$workers round $round:" \
 	    "$rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $bad"
@@ -690,6 +701,16 @@ tallyd_pids() {
 	ctl_status | grep -o '"pid":[0-9]*' | cut -d: -f2
 }
 
+# Wait until tallyd's flusher is connected to PostgreSQL.
+tallyd_wait_pg() {
+	local i=0
+	until ctl_status | grep -q '"up":true'; do
+		i=$((i + 1))
+		[ $i -lt 300 ] || die "tallyd's flusher did not reach PostgreSQL"
+		sleep 0.1
+	done
+}
+
 part_backlog() {
 	local st inc keys i t0 t1 t2 t_up ck0 target ck line rows0 rows
 	local recs secs wall pids p empty_s
@@ -701,16 +722,16 @@ part_backlog() {
 	tallyd_conf interval "$WORKERS"
 	start_tallyd || { tail -n 20 "$tmp/server.log" >&2;
 		die "tallyd did not come up"; }
-	# The replay time of a fresh journal: what a restart costs with
-	# nothing to replay (finding the end of the preallocated segment).
+	tallyd_wait_pg
+	# What a restart costs with nothing to replay (finding the end of the
+	# preallocated segment): stop, start again, read the log.
+	stop_system
+	: >"$tmp/server.log"
+	start_tallyd || { tail -n 20 "$tmp/server.log" >&2;
+		die "tallyd did not restart"; }
 	empty_s=$(grep -o 'replayed 0 records in .* in [0-9.]* s;' \
 	    "$tmp/server.log" | head -n 1 | awk '{ print $(NF - 1) }')
-	i=0
-	until ctl_status | grep -q '"up":true'; do
-		i=$((i + 1))
-		[ $i -lt 300 ] || die "tallyd's flusher did not reach PostgreSQL"
-		sleep 0.1
-	done
+	tallyd_wait_pg
 	say "backlog: PostgreSQL stopped; building $BACKLOG increments" \
 	    "over $BACKLOG_KEYS keys"
 	pg_stop
@@ -850,13 +871,15 @@ shm_bytes() {
 part_memory() {
 	local base=1000000 c i m
 	local -A size
-	# PostgreSQL is not needed: tallyd starts and answers without it.
+	# PostgreSQL is not needed (tallyd starts and answers without it),
+	# but without one tallyd waits for its flusher's first try.
 	for c in "$base $base" "$((2 * base)) $base" "$base $((2 * base))"; do
 		set -- $c
 		srv_port=$(free_port) || die "no free port"
 		rm -rf "$tmp/state"
 		: >"$tmp/server.log"
-		tallyd_dsn="host=$tmp/nopg port=1 user=postgres"
+		[ -n "$pg_running" ] ||
+		    tallyd_dsn="host=$tmp/nopg port=1 user=postgres"
 		tallyd_conf group 1 "$1" "$2"
 		tallyd_dsn=
 		start_tallyd || { tail -n 20 "$tmp/server.log" >&2;
@@ -864,6 +887,8 @@ part_memory() {
 		m=$(shm_bytes)
 		[ "$m" -gt 0 ] || die "no shared mapping in /proc/$srv_pid/maps"
 		size[$1,$2]=$m
+		# SIGQUIT: at once, without the final flush (nothing to flush).
+		kill -QUIT "$srv_pid" 2>/dev/null
 		stop_system
 	done
 	{
