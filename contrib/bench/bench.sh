@@ -89,12 +89,13 @@ is_uint() { case $1 in ''|*[!0-9]*) return 1 ;; esac; [ "$1" -gt 0 ]; }
 
 # DURATION in seconds: wrk takes "10s" or "2m"; pgbench and the Redis
 # request count need a number.
+duration_arg=$DURATION
 case $DURATION in
 *s) dur_s=${DURATION%s} ;;
 *m) dur_s=$(( ${DURATION%m} * 60 )) 2>/dev/null ;;
 *) dur_s=$DURATION; DURATION=${DURATION}s ;;
 esac
-is_uint "${dur_s:-}" || die "DURATION '$DURATION' is not like 10s or 2m"
+is_uint "${dur_s:-}" || die "DURATION '$duration_arg' is not like 10s or 2m"
 for v in ROUNDS CONNS WORKERS THREADS BACKLOG BACKLOG_KEYS IDEM_MAX_KEYS; do
 	is_uint "${!v}" || die "$v '${!v}' is not a positive integer"
 done
