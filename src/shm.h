@@ -38,6 +38,7 @@ struct shm_stats {
 	uint64_t	rows_upserted;
 	uint64_t	pg_errors;
 	uint64_t	restarts;
+	uint64_t	rejected;	/* records parked in tally_rejected */
 };
 
 struct shm_hdr {
@@ -75,6 +76,12 @@ struct shm_hdr {
 	uint64_t	reload_gen;
 	uint64_t	flush_interval_us;
 	int		log_level;
+	/*
+	 * A damaged frame found at run time (0: none): flushing stops there
+	 * and /readyz says so.  corrupt_why is written before corrupt_lsn.
+	 */
+	uint64_t	corrupt_lsn;
+	char		corrupt_why[96];
 };
 
 struct shm {

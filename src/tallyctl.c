@@ -304,6 +304,11 @@ ctl_print(int type, const char *json)
 	    *cap[] = { "counters", "capacity", NULL },
 	    *ikeys[] = { "idempotency", "keys", NULL },
 	    *pg[] = { "postgres", "up", NULL },
+	    *rej[] = { "postgres", "rejected", NULL },
+	    *bad[] = { "journal", "corrupt_reason", NULL },
+	    *badseg[] = { "journal", "corrupt_segment", NULL },
+	    *badoff[] = { "journal", "corrupt_offset", NULL },
+	    *badlsn[] = { "journal", "corrupt_lsn", NULL },
 	    *err[] = { "error", NULL }, *key[] = { "key", NULL },
 	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL };
 	yajl_val v = yajl_tree_parse(json, NULL, 0), p;
@@ -334,6 +339,11 @@ ctl_print(int type, const char *json)
 		    jstr(v, keys), jstr(v, cap), jstr(v, ikeys));
 		printf("PostgreSQL: %s\n", strcmp(jstr(v, pg), "yes") == 0 ?
 		    "up" : "down");
+		printf("records parked in tally_rejected: %s\n", jstr(v, rej));
+		if (*jstr(v, bad) != '\0' && strcmp(jstr(v, bad), "?") != 0)
+			printf("journal corrupt in %s at offset %s (LSN %s): %s; "
+			    "flushing stopped there\n", jstr(v, badseg),
+			    jstr(v, badoff), jstr(v, badlsn), jstr(v, bad));
 	} else if (type == CTL_GET)
 		printf("%s %s\n", jstr(v, key), jstr(v, value));
 	else if (type == CTL_FLUSH)
