@@ -619,8 +619,8 @@ ctl_status(struct control_client *c)
 		    "\"corrupt_offset\":%" PRIu64 ",\"corrupt_reason\":\"%s\"},"
 		    "\"counters\":{\"keys\":%" PRIu64 ",\"capacity\":%" PRIu64
 		    "},\"idempotency\":{\"keys\":%" PRIu64 ",\"capacity\":%"
-		    PRIu64 "},\"postgres\":{\"up\":%s,\"rejected\":%" PRIu64
-		    "}}",
+		    PRIu64 "},\"postgres\":{\"up\":%s},"
+		    "\"rejected_records\":%" PRIu64 "}",
 		    M.cf->journal_dir, epoch,
 		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
 		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,

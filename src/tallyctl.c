@@ -304,7 +304,7 @@ ctl_print(int type, const char *json)
 	    *cap[] = { "counters", "capacity", NULL },
 	    *ikeys[] = { "idempotency", "keys", NULL },
 	    *pg[] = { "postgres", "up", NULL },
-	    *rej[] = { "postgres", "rejected", NULL },
+	    *rej[] = { "rejected_records", NULL },
 	    *bad[] = { "journal", "corrupt_reason", NULL },
 	    *badseg[] = { "journal", "corrupt_segment", NULL },
 	    *badoff[] = { "journal", "corrupt_offset", NULL },

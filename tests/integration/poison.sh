@@ -62,7 +62,7 @@ assert_eq "1: rows carry node, epoch and LSN" 2 "$lsns"
 st=$(status_json)
 dur=$(sed -n 's/.*"durable_lsn":\([0-9]*\).*/\1/p' <<<"$st")
 assert_eq "1: checkpoint advanced over the parked records" "$dur" "$(checkpoint)"
-assert_match "1: tallyctl status counts them" '"rejected":2' "$st"
+assert_match "1: tallyctl status counts them" '"rejected_records":2' "$st"
 assert_match "1: tallyctl status prints them" 'records parked in tally_rejected: 2' \
     "$(tallyctl status)"
 http GET /metrics >/dev/null
@@ -111,23 +111,31 @@ assert_match "4: found the flusher's pid" '^[0-9]+$' "$flusher"
 pg_sql "update tally_counters set value = $BIG where key = 'p-a'" >/dev/null
 assert_eq "4: p-a by 1000" 202 "$(post p-a 1000)"
 assert_eq "4: p-c by 3" 202 "$(post p-c 3)"
-# The parking waits on this lock, inside the flusher's transaction.
-PGCONNECT_TIMEOUT=5 psql "$DSN" -Xq -c 'BEGIN' \
+# The parking waits on this lock, inside the flusher's transaction; the
+# holder sleeps until it is cancelled.
+PGCONNECT_TIMEOUT=5 PGAPPNAME=poison-lock psql "$DSN" -Xq -c 'BEGIN' \
     -c 'LOCK TABLE tally_rejected IN ACCESS EXCLUSIVE MODE' \
-    -c 'SELECT pg_sleep(3)' -c 'COMMIT' >"$T/lock.out" 2>&1 &
+    -c 'SELECT pg_sleep(120)' -c 'COMMIT' >"$T/lock.out" 2>&1 &
 lockpid=$!
 BGPIDS+=($lockpid)
-sleep 0.5
+locked=no
+for i in $(seq 100); do
+	n=$(pg_sql "select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'tally_rejected' and l.mode = 'AccessExclusiveLock' and l.granted")
+	[ "$n" = 1 ] && { locked=yes; break; }
+	sleep 0.2
+done
+assert_eq "4: tally_rejected is locked" yes "$locked"
 tallyctl flush >/dev/null 2>&1 &
 BGPIDS+=($!)
 blocked=no
-for i in $(seq 40); do
+for i in $(seq 100); do
 	n=$(pg_sql "select count(*) from pg_stat_activity where application_name = 'tallyd-flusher' and wait_event_type = 'Lock'")
 	[ "$n" = 1 ] && { blocked=yes; break; }
-	sleep 0.1
+	sleep 0.2
 done
 assert_eq "4: the flusher waits inside its transaction" yes "$blocked"
 [ -n "$flusher" ] && kill -9 "$flusher"
+pg_sql "select pg_cancel_backend(pid) from pg_stat_activity where application_name = 'poison-lock'" >/dev/null
 wait "$lockpid"
 flush
 pg_wait_value p-c 3 10
