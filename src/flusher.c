@@ -20,6 +20,16 @@
  * PostgreSQL down or failing is an ordinary state: the journal holds
  * everything, the checkpoint does not move, and the same frames are tried
  * again after a capped exponential back-off.
+ *
+ * A batch PostgreSQL refuses for its data (a total beyond bigint, a
+ * CHECK an operator added) would fail the same way forever, so it is
+ * taken again at once in "isolating" mode: the keys go up in halves under
+ * savepoints, a key that fails alone goes up record by record (again in
+ * halves), and each record that fails alone is parked in tally_rejected.
+ * The parked rows, the applied ones and the checkpoint still commit in
+ * ONE transaction: a crash can neither apply and park the same record
+ * nor lose a parking.  A key whose deltas within one batch sum beyond
+ * int64 goes record by record from the start.
  */
 #include <sys/mman.h>
 
@@ -63,7 +73,9 @@ struct fl_ent {
 	int64_t		sum;		/* delta of this batch, to apply */
 	int64_t		dropped;	/* keyed deltas PostgreSQL had already */
 	int64_t		total;		/* PostgreSQL's answer */
+	int64_t		rejected;	/* deltas parked in tally_rejected */
 	int		returned;
+	int		overflow;	/* sum left int64: record by record */
 };
 
 struct fl_keyed {
@@ -72,7 +84,26 @@ struct fl_keyed {
 	uint8_t		ik_len;
 	int64_t		value;
 	uint64_t	time_us;
+	uint64_t	lsn;		/* of its frame */
 	int		applied;
+	int		rejected;
+};
+
+/* A record of one key, as the per-record path sends it. */
+struct fl_rec {
+	int64_t		value;
+	uint64_t	lsn;
+	long		keyed;		/* its fl_keyed, or -1 */
+};
+
+/* A record PostgreSQL refused, to park. */
+struct fl_rej {
+	size_t		ent;
+	int64_t		value;
+	uint64_t	lsn;
+	long		keyed;		/* its fl_keyed, or -1 */
+	char		sqlstate[6];
+	char		reason[512];
 };
 
 /* Keys summed per batch: insertion-ordered entries and an index. */
@@ -90,6 +121,12 @@ struct fl_batch {
 	struct fl_keyed	*keyed;
 	size_t		 nkeyed, keyedcap;
 	struct pg_idem	*idem;
+	uint64_t	 from, upto;	/* the journal range summed */
+	struct fl_rec	*recs;		/* the key being isolated */
+	size_t		 nrecs, reccap;
+	struct fl_rej	*rej;
+	size_t		 nrej, rejcap;
+	struct pg_reject *prej;
 };
 
 struct flusher {
@@ -105,6 +142,7 @@ struct flusher {
 	int			 outage_logged;
 	char			 last_err[600];	/* last error logged */
 	uint64_t		 bad_lsn;	/* flushing stops here */
+	int			 isolate;	/* the batch was refused */
 	uint64_t		 refresh_slot;	/* round-robin cursor */
 	uint64_t		 backoff_ms;
 	uint64_t		 retry_at_us;
@@ -188,6 +226,7 @@ batch_reset(struct fl_batch *b)
 {
 	b->n = 0;
 	b->nkeyed = 0;
+	b->nrej = 0;
 	b->alen = 0;
 	if (b->index)
 		memset(b->index, 0, b->icap * sizeof(*b->index));
@@ -202,6 +241,9 @@ batch_free(struct fl_batch *b)
 	free(b->kv);
 	free(b->keyed);
 	free(b->idem);
+	free(b->recs);
+	free(b->rej);
+	free(b->prej);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -246,9 +288,17 @@ batch_store(struct fl_batch *b, const char *p, size_t len)
 	return 0;
 }
 
+/* Two's complement sum: deltas that leave int64 on the way still net out. */
+static int64_t
+wrap_add(int64_t a, int64_t b)
+{
+	return (int64_t)((uint64_t)a + (uint64_t)b);
+}
+
 /* Remember a keyed record; its delta waits in 'dropped' until claimed. */
 static int
-batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r)
+batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r,
+    uint64_t lsn)
 {
 	struct fl_keyed *k;
 
@@ -273,8 +323,10 @@ batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r
 	k->ik_len = r->idem_len;
 	k->value = r->value;
 	k->time_us = r->time_us;
+	k->lsn = lsn;
 	k->applied = 0;
-	e->dropped += r->value;
+	k->rejected = 0;
+	e->dropped = wrap_add(e->dropped, r->value);
 	return 0;
 }
 
@@ -336,10 +388,12 @@ kv_cmp(const void *a, const void *b)
 /*
  * The batch as an array for pg_upsert, sorted by key: two nodes that flush
  * overlapping keys then lock them in the same order and cannot deadlock.
+ * Keys whose sum left int64 are not in it; *n gets the count.
  */
 static struct pg_kv *
-batch_kv(struct fl_batch *b)
+batch_kv(struct fl_batch *b, size_t *n)
 {
+	*n = 0;
 	if (b->n > b->kvcap) {
 		struct pg_kv *nk = realloc(b->kv, b->n * sizeof(*nk));
 
@@ -349,11 +403,14 @@ batch_kv(struct fl_batch *b)
 		b->kvcap = b->n;
 	}
 	for (size_t i = 0; i < b->n; i++) {
-		b->kv[i].key = b->arena + b->ents[i].off;
-		b->kv[i].len = b->ents[i].len;
-		b->kv[i].value = b->ents[i].sum;
+		if (b->ents[i].overflow)
+			continue;
+		b->kv[*n].key = b->arena + b->ents[i].off;
+		b->kv[*n].len = b->ents[i].len;
+		b->kv[*n].value = b->ents[i].sum;
+		(*n)++;
 	}
-	qsort(b->kv, b->n, sizeof(*b->kv), kv_cmp);
+	qsort(b->kv, *n, sizeof(*b->kv), kv_cmp);
 	return b->kv;
 }
 
@@ -361,7 +418,7 @@ batch_kv(struct fl_batch *b)
 
 enum fl_read {
 	FL_READ_OK,		/* reached the limit or a full batch */
-	FL_READ_STUCK,		/* corrupt or poison frame: cannot go on */
+	FL_READ_STUCK,		/* corrupt frame: cannot go on */
 	FL_READ_NOMEM
 };
 
@@ -376,6 +433,12 @@ flusher_corrupt(struct flusher *fl, uint64_t lsn, const char *why, int err)
 	fl->bad_lsn = lsn;
 	journal_seg_name(name, sizeof(name),
 	    journal_seg_base(fl->h->seg_size, lsn));
+	/* For /readyz and tallyctl status; the syncer may have said it. */
+	if (shm_load(&fl->h->corrupt_lsn) == 0) {
+		snprintf(fl->h->corrupt_why, sizeof(fl->h->corrupt_why),
+		    "%s%s%s", why, err ? ": " : "", err ? strerror(err) : "");
+		shm_store(&fl->h->corrupt_lsn, lsn);
+	}
 	log_warnx("journal corrupt in %s/%s at offset %llu (LSN %llu): %s%s%s;"
 	    " flushing to PostgreSQL stops here until this is repaired "
 	    "(inspect with 'tallyctl journal verify')", fl->cf->journal_dir,
@@ -387,8 +450,8 @@ flusher_corrupt(struct flusher *fl, uint64_t lsn, const char *why, int err)
 /*
  * Sum the frames from 'from' (a checkpoint, not normalised) towards
  * 'limit' into the batch.  *upto is the end of the last frame taken: the
- * batch's checkpoint.  A frame whose records would carry a key's batch sum
- * out of int64 is left for the next batch.
+ * batch's checkpoint.  A key whose batch sum leaves int64 is marked to go
+ * record by record.
  */
 static enum fl_read
 flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
@@ -399,9 +462,9 @@ flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
 	enum frame_status st;
 	const uint8_t *f, *q, *end;
 	struct fl_ent *e;
-	int overflow = 0;
 
 	batch_reset(&fl->b);
+	fl->b.from = from;
 	*upto = from;
 	for (p = journal_lsn_normalize(seg, from); p < limit;
 	    p = journal_lsn_normalize(seg, *upto)) {
@@ -435,31 +498,17 @@ flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
 			    NULL)
 				return FL_READ_NOMEM;
 			if (r.idem) {
-				if (batch_keyed(&fl->b, e, &r) == -1)
+				if (batch_keyed(&fl->b, e, &r, p) == -1)
 					return FL_READ_NOMEM;
 				continue;
 			}
+			/* The wrapped sum still nets the deltas out. */
 			if (__builtin_add_overflow(e->sum, r.value, &e->sum))
-				overflow = 1;
+				e->overflow = 1;
 		}
-		if (overflow)
-			break;
 		*upto = p + fi.len;
 	}
-	if (!overflow)
-		return FL_READ_OK;
-	if (p == journal_lsn_normalize(seg, from)) {
-		/*
-		 * One frame alone sums a key beyond int64 (its deltas are
-		 * each valid, but not together).  It needs the per-record
-		 * path; until then it stops the flush like a bad frame.
-		 */
-		flusher_corrupt(fl, p, "a key's deltas in this frame sum "
-		    "beyond int64", 0);
-		return FL_READ_STUCK;
-	}
-	/* The sums are spoilt: read again up to the frame that overflowed. */
-	return flusher_read(fl, from, p, upto);
+	return FL_READ_OK;
 }
 
 /* --- PostgreSQL --- */
@@ -824,24 +873,106 @@ flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
 	}
 }
 
+/* The first keyed record with this Idempotency-Key not yet claimed. */
+static struct fl_keyed *
+flusher_keyed_find(struct fl_batch *b, const char *ik, size_t ik_len)
+{
+	/* Few keyed records per batch: a scan is cheaper than an index. */
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+
+		if (!k->applied && !k->rejected && k->ik_len == ik_len &&
+		    memcmp(b->arena + k->ik_off, ik, ik_len) == 0)
+			return k;
+	}
+	return NULL;
+}
+
 static void
 flusher_claimed_cb(void *arg, const char *ik, size_t ik_len, const char *key,
     size_t key_len, int64_t value, uint64_t time_us)
 {
 	struct fl_batch *b = arg;
+	struct fl_keyed *k;
+	struct fl_ent *e;
 
-	/* Few keyed records per batch: a scan is cheaper than an index. */
-	for (size_t i = 0; i < b->nkeyed; i++) {
-		struct fl_keyed *k = &b->keyed[i];
+	if ((k = flusher_keyed_find(b, ik, ik_len)) == NULL)
+		return;
+	e = &b->ents[k->ent];
+	k->applied = 1;
+	if (__builtin_add_overflow(e->sum, k->value, &e->sum))
+		e->overflow = 1;
+	e->dropped = wrap_add(e->dropped, -(uint64_t)k->value);
+}
 
-		if (!k->applied && k->ik_len == ik_len &&
-		    memcmp(b->arena + k->ik_off, ik, ik_len) == 0) {
-			k->applied = 1;
-			b->ents[k->ent].sum += k->value;
-			b->ents[k->ent].dropped -= k->value;
-			return;
+/* Note a record PostgreSQL refused; pg->err says why. */
+static int
+flusher_reject(struct flusher *fl, size_t ent, int64_t value, uint64_t lsn,
+    long keyed)
+{
+	struct fl_batch *b = &fl->b;
+	struct fl_rej *r;
+
+	if (b->nrej == b->rejcap) {
+		size_t ncap = b->rejcap ? b->rejcap * 2 : 16;
+		struct fl_rej *nr = realloc(b->rej, ncap * sizeof(*nr));
+		struct pg_reject *np = realloc(b->prej, ncap * sizeof(*np));
+
+		if (nr)
+			b->rej = nr;
+		if (np)
+			b->prej = np;
+		if (nr == NULL || np == NULL) {
+			log_warnx("out of memory for rejected records");
+			return -1;
 		}
+		b->rejcap = ncap;
 	}
+	r = &b->rej[b->nrej++];
+	r->ent = ent;
+	r->value = value;
+	r->lsn = lsn;
+	r->keyed = keyed;
+	memcpy(r->sqlstate, fl->pg.sqlstate, sizeof(r->sqlstate));
+	snprintf(r->reason, sizeof(r->reason), "%s", fl->pg.err);
+	b->ents[ent].rejected = wrap_add(b->ents[ent].rejected, value);
+	return 0;
+}
+
+/*
+ * Isolating: claim the keys one by one under savepoints, parking the
+ * records whose claim PostgreSQL refuses for its data.
+ */
+static int
+flusher_claim_each(struct flusher *fl, size_t n)
+{
+	struct fl_batch *b = &fl->b;
+	struct fl_keyed *k;
+
+	for (size_t i = 0; i < n; i++) {
+		if (pg_savepoint(&fl->pg) == -1)
+			return -1;
+		if (pg_idem_claim(&fl->pg, &b->idem[i], 1, fl->cf->idem_ttl_us,
+		    flusher_claimed_cb, b) == 0) {
+			if (pg_savepoint_release(&fl->pg) == -1)
+				return -1;
+			continue;
+		}
+		if (!pg_is_data_error(&fl->pg) ||
+		    pg_savepoint_undo(&fl->pg) == -1)
+			return -1;
+		if ((k = flusher_keyed_find(b, b->idem[i].ik,
+		    b->idem[i].ik_len)) == NULL)
+			continue;
+		if (flusher_reject(fl, k->ent, k->value, k->lsn,
+		    k - b->keyed) == -1)
+			return -1;
+		/* Its delta leaves 'dropped' for 'rejected'. */
+		k->rejected = 1;
+		b->ents[k->ent].dropped = wrap_add(b->ents[k->ent].dropped,
+		    -(uint64_t)k->value);
+	}
+	return 0;
 }
 
 /*
@@ -874,11 +1005,245 @@ flusher_claim(struct flusher *fl)
 		b->idem[n].time_us = k->time_us;
 		n++;
 	}
-	return pg_idem_claim(&fl->pg, b->idem, n, fl->cf->idem_ttl_us,
-	    flusher_claimed_cb, b);
+	if (!fl->isolate)
+		return pg_idem_claim(&fl->pg, b->idem, n, fl->cf->idem_ttl_us,
+		    flusher_claimed_cb, b);
+	if (n == 0)
+		return 0;
+	if (pg_savepoint(&fl->pg) == -1)
+		return -1;
+	if (pg_idem_claim(&fl->pg, b->idem, n, fl->cf->idem_ttl_us,
+	    flusher_claimed_cb, b) == 0)
+		return pg_savepoint_release(&fl->pg);
+	if (!pg_is_data_error(&fl->pg) || pg_savepoint_undo(&fl->pg) == -1)
+		return -1;
+	/* The failed statement's callbacks never ran: nothing to undo. */
+	return flusher_claim_each(fl, n);
 }
 
-/* The batch in the table: ONE transaction with the checkpoint. */
+/*
+ * The records of one key in the batch, in journal order, as they would
+ * have joined its sum: keyed ones only when claimed.  -1: the journal
+ * cannot be read again, or no memory.
+ */
+static int
+flusher_key_records(struct flusher *fl, struct fl_ent *e)
+{
+	struct fl_batch *b = &fl->b;
+	uint64_t seg = fl->h->seg_size, p;
+	struct journal_record r;
+	struct frame_info fi;
+	enum frame_status st;
+	const uint8_t *f, *q, *end;
+	size_t ki = 0;
+	struct fl_rec *rec;
+
+	b->nrecs = 0;
+	for (p = journal_lsn_normalize(seg, b->from); p < journal_lsn_normalize(
+	    seg, b->upto); p = journal_lsn_normalize(seg, p + fi.len)) {
+		if ((f = journal_at(&fl->j, p, 0)) == NULL)
+			return -1;
+		st = journal_frame_check(f, seg - p % seg, p, fl->h->epoch,
+		    &fi);
+		if (st == FRAME_PADDING)
+			continue;
+		if (st != FRAME_OK || journal_frame_decode(f, &fi, fl->raw))
+			return -1;
+		q = fl->raw;
+		end = fl->raw + fi.raw_len;
+		while (journal_record_next(&q, end, &r) == 1) {
+			long keyed = r.idem ? (long)ki++ : -1;
+
+			if (r.key_len != e->len ||
+			    memcmp(r.key, b->arena + e->off, e->len) != 0)
+				continue;
+			if (keyed >= 0 && ((size_t)keyed >= b->nkeyed ||
+			    !b->keyed[keyed].applied))
+				continue;
+			if (b->nrecs == b->reccap) {
+				size_t ncap = b->reccap ? b->reccap * 2 : 256;
+
+				if ((rec = realloc(b->recs, ncap *
+				    sizeof(*rec))) == NULL)
+					return -1;
+				b->recs = rec;
+				b->reccap = ncap;
+			}
+			rec = &b->recs[b->nrecs++];
+			rec->value = r.value;
+			rec->lsn = p;
+			rec->keyed = keyed;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Apply records lo..hi of the key being isolated: all at once under a
+ * savepoint, or, refused for their data, in halves; a record refused
+ * alone is parked.
+ */
+static int
+flusher_apply_records(struct flusher *fl, struct fl_ent *e, size_t lo,
+    size_t hi)
+{
+	struct fl_batch *b = &fl->b;
+	struct pg_kv kv;
+	int64_t sum = 0;
+	int overflow = 0;
+	size_t mid;
+
+	if (lo == hi)
+		return 0;
+	for (size_t i = lo; i < hi; i++)
+		if (__builtin_add_overflow(sum, b->recs[i].value, &sum))
+			overflow = 1;
+	if (!overflow) {
+		kv.key = b->arena + e->off;
+		kv.len = e->len;
+		kv.value = sum;
+		if (pg_savepoint(&fl->pg) == -1)
+			return -1;
+		if (pg_upsert(&fl->pg, &kv, 1, flusher_row_cb, b) == 0) {
+			e->sum = wrap_add(e->sum, sum);
+			return pg_savepoint_release(&fl->pg);
+		}
+		if (!pg_is_data_error(&fl->pg) ||
+		    pg_savepoint_undo(&fl->pg) == -1)
+			return -1;
+		if (hi - lo == 1)
+			return flusher_reject(fl, e - b->ents, sum,
+			    b->recs[lo].lsn, b->recs[lo].keyed);
+	}
+	mid = lo + (hi - lo) / 2;
+	if (flusher_apply_records(fl, e, lo, mid) == -1)
+		return -1;
+	return flusher_apply_records(fl, e, mid, hi);
+}
+
+/* One key, record by record: its sum was refused, or left int64. */
+static int
+flusher_isolate_key(struct flusher *fl, struct fl_ent *e)
+{
+	if (flusher_key_records(fl, e) == -1) {
+		log_warnx("cannot read journal LSN %llu..%llu again to apply "
+		    "a key record by record", (unsigned long long)fl->b.from,
+		    (unsigned long long)fl->b.upto);
+		fl->pg.sqlstate[0] = '\0';
+		snprintf(fl->pg.err, sizeof(fl->pg.err), "journal read failed");
+		return -1;
+	}
+	e->sum = 0;		/* what is applied, from here on */
+	return flusher_apply_records(fl, e, 0, fl->b.nrecs);
+}
+
+/* Isolating: keys in halves under savepoints; a key alone, per record. */
+static int
+flusher_upsert_split(struct flusher *fl, struct pg_kv *kv, size_t n)
+{
+	struct fl_ent *e;
+
+	if (n == 0)
+		return 0;
+	if (pg_savepoint(&fl->pg) == -1)
+		return -1;
+	if (pg_upsert(&fl->pg, kv, n, flusher_row_cb, &fl->b) == 0)
+		return pg_savepoint_release(&fl->pg);
+	if (!pg_is_data_error(&fl->pg) || pg_savepoint_undo(&fl->pg) == -1)
+		return -1;
+	if (n == 1) {
+		if ((e = batch_find(&fl->b, kv->key, kv->len, 0)) == NULL)
+			return -1;
+		return flusher_isolate_key(fl, e);
+	}
+	if (flusher_upsert_split(fl, kv, n / 2) == -1)
+		return -1;
+	return flusher_upsert_split(fl, kv + n / 2, n - n / 2);
+}
+
+/* The batch was refused for its data: take it again, isolating. */
+static int
+flusher_refused(struct flusher *fl, const char *what)
+{
+	shm_count(&fl->h->stats.pg_errors, 1);
+	log_warnx("PostgreSQL refused the batch of journal LSN %llu..%llu "
+	    "while %s: %s (SQLSTATE %s); applying it record by record to "
+	    "park what it refuses", (unsigned long long)fl->b.from,
+	    (unsigned long long)fl->b.upto, what, fl->pg.err, fl->pg.sqlstate);
+	pg_rollback(&fl->pg);
+	fl->isolate = 1;
+	return 1;
+}
+
+/* Copy a key for a log line: at most 200 bytes, control bytes as '?'. */
+static void
+flusher_log_key(char *out, size_t cap, const char *key, size_t len)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len && o + 4 < cap && o < 200; i++)
+		out[o++] = (unsigned char)key[i] < 0x20 || key[i] == 0x7f ?
+		    '?' : key[i];
+	if (o < len && o + 4 < cap) {
+		memcpy(out + o, "...", 3);
+		o += 3;
+	}
+	out[o] = '\0';
+}
+
+/* Park the refused records: within the transaction. */
+static int
+flusher_park(struct flusher *fl)
+{
+	struct fl_batch *b = &fl->b;
+
+	for (size_t i = 0; i < b->nrej; i++) {
+		struct fl_rej *r = &b->rej[i];
+		struct pg_reject *p = &b->prej[i];
+		struct fl_ent *e = &b->ents[r->ent];
+
+		p->key = b->arena + e->off;
+		p->key_len = e->len;
+		p->value = r->value;
+		p->ik = r->keyed >= 0 ? b->arena + b->keyed[r->keyed].ik_off :
+		    NULL;
+		p->ik_len = r->keyed >= 0 ? b->keyed[r->keyed].ik_len : 0;
+		p->lsn = r->lsn;
+		memcpy(p->sqlstate, r->sqlstate, sizeof(p->sqlstate));
+		p->reason = r->reason;
+	}
+	return pg_reject(&fl->pg, fl->epoch_hex, b->prej, b->nrej);
+}
+
+/* After COMMIT: one log line per parked record. */
+static void
+flusher_log_parked(struct flusher *fl)
+{
+	struct fl_batch *b = &fl->b;
+	char key[256], ik[300];
+
+	for (size_t i = 0; i < b->nrej; i++) {
+		struct fl_rej *r = &b->rej[i];
+		struct fl_ent *e = &b->ents[r->ent];
+
+		flusher_log_key(key, sizeof(key), b->arena + e->off, e->len);
+		ik[0] = '\0';
+		if (r->keyed >= 0)
+			snprintf(ik, sizeof(ik), ", Idempotency-Key %.*s",
+			    (int)b->keyed[r->keyed].ik_len,
+			    b->arena + b->keyed[r->keyed].ik_off);
+		log_warnx("parked increment of key '%s' by %lld (node %s, "
+		    "journal LSN %llu%s) in tally_rejected: PostgreSQL refused "
+		    "it: %s (SQLSTATE %s)", key, (long long)r->value,
+		    fl->cf->node, (unsigned long long)r->lsn, ik, r->reason,
+		    r->sqlstate);
+	}
+}
+
+/*
+ * The batch in the table: ONE transaction with the checkpoint.  1: it was
+ * refused for its data, take it again at once (isolating).
+ */
 static int
 flusher_commit(struct flusher *fl, uint64_t upto)
 {
@@ -886,29 +1251,49 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	struct shm_hdr *h = fl->h;
 	struct counter_entry *ce;
 	struct pg_kv *kv;
+	size_t n;
 	int64_t c, u;
 	uint64_t t0 = metrics_now();
 
+	b->upto = upto;
+	b->nrej = 0;
 	if (pg_begin(&fl->pg) == -1) {
 		flusher_pg_failed(fl, "BEGIN");
 		return -1;
 	}
 	if (flusher_claim(fl) == -1) {
+		if (!fl->isolate && pg_is_data_error(&fl->pg))
+			return flusher_refused(fl, "recording Idempotency-Keys");
 		flusher_pg_failed(fl, "recording Idempotency-Keys");
 		pg_rollback(&fl->pg);
 		return -1;
 	}
-	if ((kv = batch_kv(b)) == NULL && b->n > 0) {
+	if ((kv = batch_kv(b, &n)) == NULL && b->n > 0) {
 		log_warnx("out of memory for a batch of %zu keys", b->n);
 		pg_rollback(&fl->pg);
 		return -1;
 	}
-	/*
-	 * One statement for the whole batch.  A batch PostgreSQL refuses
-	 * for its data will go key by key from here, parking what fails.
-	 */
-	if (pg_upsert(&fl->pg, kv, b->n, flusher_row_cb, b) == -1) {
+	/* One statement for the whole batch, unless it was refused. */
+	if ((fl->isolate ? flusher_upsert_split(fl, kv, n) :
+	    pg_upsert(&fl->pg, kv, n, flusher_row_cb, b)) == -1) {
+		if (!fl->isolate && pg_is_data_error(&fl->pg))
+			return flusher_refused(fl, "upserting counters");
 		flusher_pg_failed(fl, "upserting counters");
+		pg_rollback(&fl->pg);
+		return -1;
+	}
+	for (size_t i = 0; i < b->n; i++) {
+		if (!b->ents[i].overflow)
+			continue;
+		if (flusher_isolate_key(fl, &b->ents[i]) == -1) {
+			flusher_pg_failed(fl, "upserting counters");
+			pg_rollback(&fl->pg);
+			return -1;
+		}
+	}
+	if (flusher_park(fl) == -1) {
+		flusher_pg_failed(fl, "parking refused records in "
+		    "tally_rejected");
 		pg_rollback(&fl->pg);
 		return -1;
 	}
@@ -933,20 +1318,30 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	 */
 	for (size_t i = 0; i < b->n; i++) {
 		struct fl_ent *e = &b->ents[i];
+		/* Deltas PostgreSQL already had, or parked, leave too. */
+		int64_t gone = wrap_add(wrap_add(e->sum, e->dropped),
+		    e->rejected);
 
 		if ((ce = counters_lookup(fl->shm->counters, b->arena + e->off,
 		    e->len)) == NULL)
 			continue;
-		/* Deltas PostgreSQL already had leave the table too. */
 		if (e->returned)
-			counters_commit(ce, e->total, e->sum + e->dropped);
+			counters_commit(ce, e->total, gone);
 		else {
 			counters_read(ce, &c, &u);
-			counters_commit(ce, (int64_t)((uint64_t)c +
-			    (uint64_t)e->sum), e->sum + e->dropped);
+			counters_commit(ce, wrap_add(c, e->sum), gone);
 		}
 	}
+	flusher_log_parked(fl);
+	shm_count(&h->stats.rejected, b->nrej);
+	fl->isolate = 0;
 	shm_store(&h->checkpoint_lsn, upto);
+	/* Past a frame once unreadable (a mapping that failed): clear. */
+	if (shm_load(&h->corrupt_lsn) != 0 && upto > shm_load(
+	    &h->corrupt_lsn)) {
+		shm_store(&h->corrupt_lsn, 0);
+		fl->bad_lsn = 0;
+	}
 	flusher_write_checkpoint(fl, upto);
 	if (journal_recycle(&fl->j, upto) >= 0)
 		shm_advance(&h->start_lsn, journal_lsn_normalize(h->seg_size,
@@ -970,6 +1365,7 @@ flusher_flush(struct flusher *fl)
 	uint64_t end = shm_load(&h->durable_lsn);
 	uint64_t from, upto;
 	enum fl_read rd;
+	int rc;
 
 	for (;;) {
 		if (flusher_stopping(fl) == 2)
@@ -986,8 +1382,10 @@ flusher_flush(struct flusher *fl)
 		}
 		if (upto == from)
 			break;		/* stuck at a bad frame */
-		if (flusher_commit(fl, upto) == -1)
+		if ((rc = flusher_commit(fl, upto)) == -1)
 			return -1;
+		if (rc == 1)
+			continue;	/* the same batch, isolating */
 		if (rd == FL_READ_STUCK)
 			break;
 	}

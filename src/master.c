@@ -606,9 +606,12 @@ ctl_status(struct control_client *c)
 	struct shm_hdr *h = M.shm.hdr;
 	char buf[CONTROL_MAX_PAYLOAD], epoch[33];
 	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
+	uint64_t bad = shm_load(&h->corrupt_lsn);
+	char seg[32];
 	size_t o = 0;
 
 	journal_epoch_hex(h->epoch, epoch);
+	journal_seg_name(seg, sizeof(seg), journal_seg_base(h->seg_size, bad));
 	o += snprintf(buf + o, sizeof(buf) - o, "{\"version\":\"%s\","
 	    "\"pid\":%d,\"uptime_s\":%lld,\"node\":\"%s\",\"state\":\"%s\","
 	    "\"flush_interval_ms\":%llu,\"log_level\":\"%s\","
@@ -626,21 +629,27 @@ ctl_status(struct control_client *c)
 		    "\"dir\":\"%s\",\"epoch\":\"%s\",\"sync\":\"%s\","
 		    "\"insert_lsn\":%" PRIu64 ",\"written_lsn\":%" PRIu64 ","
 		    "\"durable_lsn\":%" PRIu64 ",\"checkpoint_lsn\":%" PRIu64 ","
-		    "\"backlog_bytes\":%" PRIu64 ",\"error\":%d},"
+		    "\"backlog_bytes\":%" PRIu64 ",\"error\":%d,"
+		    "\"corrupt_lsn\":%" PRIu64 ",\"corrupt_segment\":\"%s\","
+		    "\"corrupt_offset\":%" PRIu64 ",\"corrupt_reason\":\"%s\"},"
 		    "\"counters\":{\"keys\":%" PRIu64 ",\"capacity\":%" PRIu64
 		    "},\"idempotency\":{\"keys\":%" PRIu64 ",\"capacity\":%"
 		    PRIu64 "},\"ratelimit\":{\"rate\":%g,\"limited\":%" PRIu64
 		    ",\"evicted\":%" PRIu64 ",\"capacity\":%" PRIu64 "},"
-		    "\"postgres\":{\"up\":%s}}",
+		    "\"postgres\":{\"up\":%s},"
+		    "\"rejected_records\":%" PRIu64 "}",
 		    M.cf->journal_dir, epoch,
 		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
 		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,
-		    ins > ck ? ins - ck : 0, h->journal_errno,
+		    ins > ck ? ins - ck : 0, h->journal_errno, bad,
+		    bad ? seg : "", bad ? bad % h->seg_size : 0,
+		    bad ? h->corrupt_why : "",
 		    counters_count(M.shm.counters), M.shm.counters->capacity,
 		    idem_count(M.shm.idem), idem_capacity(M.shm.idem),
 		    M.cf->rate, shm_load(&h->stats.ratelimited),
 		    ratelimit_evicted(M.shm.rl), ratelimit_capacity(M.shm.rl),
-		    h->pg_up ? "true" : "false");
+		    h->pg_up ? "true" : "false",
+		    shm_load(&h->stats.rejected));
 	if (o >= sizeof(buf))
 		o = sizeof(buf) - 1;
 	control_reply(c->fd, CTL_OK, buf, o);

@@ -383,6 +383,54 @@ pg_rollback(struct pg *pg)
 	memcpy(pg->err, err, sizeof(err));
 }
 
+static int
+pg_savepoint_cmd(struct pg *pg, const char *sql)
+{
+	char sqlstate[6], err[512];
+	int rc;
+
+	/* Keep the error that made us roll back, not this command's. */
+	memcpy(sqlstate, pg->sqlstate, sizeof(sqlstate));
+	memcpy(err, pg->err, sizeof(err));
+	if ((rc = pg_command(pg, sql, 0, NULL)) == 0) {
+		memcpy(pg->sqlstate, sqlstate, sizeof(sqlstate));
+		memcpy(pg->err, err, sizeof(err));
+	}
+	return rc;
+}
+
+int
+pg_savepoint(struct pg *pg)
+{
+	return pg_command(pg, "SAVEPOINT tally_try", 0, NULL);
+}
+
+int
+pg_savepoint_release(struct pg *pg)
+{
+	return pg_command(pg, "RELEASE SAVEPOINT tally_try", 0, NULL);
+}
+
+int
+pg_savepoint_undo(struct pg *pg)
+{
+	if (pg_savepoint_cmd(pg, "ROLLBACK TO SAVEPOINT tally_try") == -1)
+		return -1;
+	return pg_savepoint_cmd(pg, "RELEASE SAVEPOINT tally_try");
+}
+
+/*
+ * Class 22 (data exception: a total beyond bigint, a bad value) and class
+ * 23 (integrity constraint violation: a CHECK an operator added) are about
+ * the rows, not the server: sending the same rows again fails again.
+ */
+int
+pg_is_data_error(const struct pg *pg)
+{
+	return pg->conn != NULL && (strncmp(pg->sqlstate, "22", 2) == 0 ||
+	    strncmp(pg->sqlstate, "23", 2) == 0);
+}
+
 /* Duplicate-object errors that a concurrent CREATE ... IF NOT EXISTS raises. */
 static int
 pg_is_duplicate(const struct pg *pg)
@@ -411,13 +459,16 @@ pg_ensure_schema(struct pg *pg)
 	    "SELECT (SELECT count(*) FROM pg_catalog.pg_namespace "
 	    "WHERE nspname = $1) + (SELECT count(*) FROM pg_catalog.pg_tables "
 	    "WHERE schemaname = $1 AND tablename IN ('tally_counters', "
-	    "'tally_checkpoints', 'tally_idempotency', 'tally_rejected'))",
+	    "'tally_checkpoints', 'tally_idempotency', 'tally_rejected')) + "
+	    "(SELECT count(*) FROM information_schema.columns WHERE "
+	    "table_schema = $1 AND table_name = 'tally_rejected' AND "
+	    "column_name IN ('epoch', 'sqlstate'))",
 	    1, params);
 	if (res == NULL)
 		return -1;
 	have = atoi(PQgetvalue(res, 0, 0));
 	PQclear(res);
-	if (have == 5)
+	if (have == 7)
 		return 0;
 
 	snprintf(sql, sizeof(sql),
@@ -444,7 +495,11 @@ pg_ensure_schema(struct pg *pg)
 	    " idem_key text,"
 	    " lsn bigint,"
 	    " reason text NOT NULL,"
-	    " created_at timestamptz NOT NULL DEFAULT now());",
+	    " created_at timestamptz NOT NULL DEFAULT now());"
+	    /* Columns a table made by an earlier version lacks. */
+	    "ALTER TABLE %1$s.tally_rejected"
+	    " ADD COLUMN IF NOT EXISTS epoch text,"
+	    " ADD COLUMN IF NOT EXISTS sqlstate text;",
 	    pg->schema);
 	/*
 	 * Two nodes creating at once: IF NOT EXISTS checks the catalog before
@@ -768,4 +823,79 @@ pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
 	}
 	PQclear(res);
 	return 0;
+}
+
+/*
+ * Append a bigint[] or text[] literal of n elements, NULL for a missing
+ * text, at pg->buf + *o.  The caller reserved the room.
+ */
+static void
+pg_put_list(struct pg *pg, size_t *o, const struct pg_reject *v, size_t n,
+    int which)
+{
+	pg->buf[(*o)++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		switch (which) {
+		case 0:
+			pg_put_elem(pg, o, v[i].key, v[i].key_len, i == 0);
+			break;
+		case 1:
+			*o += sprintf(pg->buf + *o, "%s%" PRId64, i ? "," : "",
+			    v[i].value);
+			break;
+		case 2:
+			if (v[i].ik == NULL) {
+				*o += sprintf(pg->buf + *o, "%sNULL",
+				    i ? "," : "");
+				break;
+			}
+			pg_put_elem(pg, o, v[i].ik, v[i].ik_len, i == 0);
+			break;
+		case 3:
+			*o += sprintf(pg->buf + *o, "%s%" PRIu64, i ? "," : "",
+			    v[i].lsn);
+			break;
+		case 4:
+			pg_put_elem(pg, o, v[i].sqlstate, strlen(v[i].sqlstate),
+			    i == 0);
+			break;
+		case 5:
+			pg_put_elem(pg, o, v[i].reason, strlen(v[i].reason),
+			    i == 0);
+			break;
+		}
+	}
+	pg->buf[(*o)++] = '}';
+	pg->buf[(*o)++] = '\0';
+}
+
+int
+pg_reject(struct pg *pg, const char *epoch_hex, const struct pg_reject *v,
+    size_t n)
+{
+	const char *params[8];
+	char sql[1024];
+	size_t need = 16, o = 0, at[6];
+
+	if (n == 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		need += 2 * (v[i].key_len + v[i].ik_len + strlen(v[i].reason)) +
+		    2 * 21 + 2 * sizeof(v[i].sqlstate) + 16 + 6 * 4;
+	if (pg_reserve(pg, need) == -1)
+		return -1;
+	for (int w = 0; w < 6; w++) {
+		at[w] = o;
+		pg_put_list(pg, &o, v, n, w);
+	}
+	for (int w = 0; w < 6; w++)
+		params[w] = pg->buf + at[w];
+	params[6] = pg->node;
+	params[7] = epoch_hex;
+	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_rejected "
+	    "(node, epoch, key, value, idem_key, lsn, sqlstate, reason) "
+	    "SELECT $7, $8, k, v, i, l, s, r FROM unnest($1::text[], "
+	    "$2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::text[]) "
+	    "AS u(k, v, i, l, s, r)", pg->schema);
+	return pg_command(pg, sql, 8, params);
 }

@@ -107,6 +107,32 @@ int	pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit,
 /* Delete keys older than ttl_us.  Returns how many, -1 on error. */
 int64_t	pg_idem_prune(struct pg *pg, uint64_t ttl_us);
 
+/* A journal record PostgreSQL refused for its data. */
+struct pg_reject {
+	const char	*key;
+	size_t		 key_len;
+	int64_t		 value;
+	const char	*ik;		/* its Idempotency-Key, or NULL */
+	size_t		 ik_len;
+	uint64_t	 lsn;		/* of its journal frame */
+	char		 sqlstate[6];
+	const char	*reason;	/* PostgreSQL's message */
+};
+
+/*
+ * Within a transaction: nested attempts.  pg_savepoint_undo rolls back to
+ * the savepoint and drops it, keeping pg->err of the failure that led to
+ * it; pg_savepoint_release keeps what was done since.
+ */
+int	pg_savepoint(struct pg *pg);
+int	pg_savepoint_release(struct pg *pg);
+int	pg_savepoint_undo(struct pg *pg);
+/* The last error was about the data sent (SQLSTATE class 22 or 23). */
+int	pg_is_data_error(const struct pg *pg);
+/* Within a transaction: park records in tally_rejected.  -1 on error. */
+int	pg_reject(struct pg *pg, const char *epoch_hex,
+	    const struct pg_reject *v, size_t n);
+
 /* Current values of kv[0..n) keys; value_fn is called once per key. */
 int	pg_lookup(struct pg *pg, const struct pg_kv *kv, size_t n,
 	    pg_value_fn value_fn, void *arg);

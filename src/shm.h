@@ -81,6 +81,12 @@ struct shm_hdr {
 	uint64_t	flush_interval_us;
 	int		log_level;
 	struct metrics_shm metrics;
+	/*
+	 * A damaged frame found at run time (0: none): flushing stops there
+	 * and /readyz says so.  corrupt_why is written before corrupt_lsn.
+	 */
+	uint64_t	corrupt_lsn;
+	char		corrupt_why[96];
 };
 
 struct shm {

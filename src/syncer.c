@@ -13,6 +13,12 @@
  * unknown (the kernel may have dropped the dirty pages), so, as PostgreSQL
  * does, nothing is ever acknowledged as durable again by this process
  * lifetime: sync_failed is set and workers refuse.
+ *
+ * A complete frame that fails its check before it is durable was damaged
+ * after its writer published it (memory, or the file under the mapping).
+ * Nothing past it can be made durable, so seen twice it is reported as
+ * corruption (corrupt_lsn, for /readyz) and increments are refused from
+ * then on, like a journal that cannot be written.
  */
 #include <sys/eventfd.h>
 
@@ -20,6 +26,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +37,8 @@
 #include "syncer.h"
 
 static volatile sig_atomic_t syncer_stop;	/* 1 graceful, 2 fast */
+static uint64_t syncer_bad_lsn;		/* a bad frame seen once, 0: none */
+static int syncer_stuck;		/* ... and again: given up there */
 
 static void
 syncer_signal(int sig)
@@ -86,6 +95,36 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 	return 0;
 }
 
+/*
+ * A published frame at lsn fails its check.  The first sight could only
+ * be a writer's race; the same frame bad on the next pass is damage.
+ */
+static void
+syncer_bad_frame(struct journal *j, struct shm_hdr *h, uint64_t lsn,
+    const char *why)
+{
+	char name[32];
+
+	if (syncer_stuck || syncer_bad_lsn != lsn) {
+		syncer_bad_lsn = lsn;
+		return;
+	}
+	syncer_stuck = 1;
+	journal_seg_name(name, sizeof(name), journal_seg_base(j->seg_size,
+	    lsn));
+	log_warnx("journal corrupt in %s/%s at offset %llu (LSN %llu), "
+	    "before it was made durable: %s; nothing past it can be "
+	    "acknowledged: refusing increments (inspect with 'tallyctl "
+	    "journal verify')", j->dir, name,
+	    (unsigned long long)(lsn % j->seg_size), (unsigned long long)lsn,
+	    why);
+	if (shm_load(&h->corrupt_lsn) == 0) {
+		snprintf(h->corrupt_why, sizeof(h->corrupt_why), "%s", why);
+		shm_store(&h->corrupt_lsn, lsn);
+	}
+	h->journal_errno = EIO;
+}
+
 /* Walk the complete frames from 'from'; returns the end of the run. */
 static uint64_t
 syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
@@ -111,8 +150,7 @@ syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
 		if (st == FRAME_EMPTY && syncer_fill_orphan(j, h, q))
 			continue;
 		if (st == FRAME_BAD)
-			log_warnx("bad frame at LSN %llu: %s",
-			    (unsigned long long)q, fi.why);
+			syncer_bad_frame(j, h, q, fi.why);
 		break;
 	}
 	return p;
@@ -152,7 +190,7 @@ syncer_prepare(struct journal *j, struct shm_hdr *h)
 		}
 		return;
 	}
-	if (err != 0 && !h->sync_failed) {
+	if (err != 0 && !h->sync_failed && !syncer_stuck) {
 		h->journal_errno = 0;
 		log_warnx("journal %s can be written again; accepting "
 		    "increments", j->dir);

@@ -307,6 +307,11 @@ ctl_print(int type, const char *json)
 	    *rrate[] = { "ratelimit", "rate", NULL },
 	    *rlim[] = { "ratelimit", "limited", NULL },
 	    *revict[] = { "ratelimit", "evicted", NULL },
+	    *rej[] = { "rejected_records", NULL },
+	    *bad[] = { "journal", "corrupt_reason", NULL },
+	    *badseg[] = { "journal", "corrupt_segment", NULL },
+	    *badoff[] = { "journal", "corrupt_offset", NULL },
+	    *badlsn[] = { "journal", "corrupt_lsn", NULL },
 	    *err[] = { "error", NULL }, *key[] = { "key", NULL },
 	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL };
 	yajl_val v = yajl_tree_parse(json, NULL, 0), p;
@@ -340,6 +345,11 @@ ctl_print(int type, const char *json)
 		    jstr(v, rlim), jstr(v, revict));
 		printf("PostgreSQL: %s\n", strcmp(jstr(v, pg), "yes") == 0 ?
 		    "up" : "down");
+		printf("records parked in tally_rejected: %s\n", jstr(v, rej));
+		if (*jstr(v, bad) != '\0' && strcmp(jstr(v, bad), "?") != 0)
+			printf("journal corrupt in %s at offset %s (LSN %s): %s; "
+			    "flushing stopped there\n", jstr(v, badseg),
+			    jstr(v, badoff), jstr(v, badlsn), jstr(v, bad));
 	} else if (type == CTL_GET)
 		printf("%s %s\n", jstr(v, key), jstr(v, value));
 	else if (type == CTL_FLUSH)

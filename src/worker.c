@@ -741,20 +741,44 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	return 0;
 }
 
+/*
+ * The damaged frame found at run time, as a JSON value for /readyz: null,
+ * or where it is and why (the texts hold no quotes).
+ */
+static void
+readyz_corrupt(char *out, size_t cap, uint64_t lsn)
+{
+	char seg[32];
+
+	if (lsn == 0) {
+		snprintf(out, cap, "null");
+		return;
+	}
+	journal_seg_name(seg, sizeof(seg), journal_seg_base(W.h->seg_size,
+	    lsn));
+	snprintf(out, cap, "{\"segment\":\"%s\",\"offset\":%llu,\"lsn\":%llu,"
+	    "\"reason\":\"journal corrupt in %s at offset %llu: %s; "
+	    "flushing stopped there\"}", seg,
+	    (unsigned long long)(lsn % W.h->seg_size), (unsigned long long)lsn,
+	    seg, (unsigned long long)(lsn % W.h->seg_size), W.h->corrupt_why);
+}
+
 static int
 handle_readyz(h2o_req_t *req)
 {
 	struct shm_hdr *h = W.h;
-	char buf[1024];
+	char buf[1536], corrupt[400];
 	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
-	int ready = h->pg_up && !h->journal_errno && !h->sync_failed;
+	uint64_t bad = shm_load(&h->corrupt_lsn);
+	int ready = h->pg_up && !h->journal_errno && !h->sync_failed && !bad;
 	int n;
 
+	readyz_corrupt(corrupt, sizeof(corrupt), bad);
 	n = snprintf(buf, sizeof(buf),
 	    "{\"ready\":%s,\"journal\":{\"insert_lsn\":%llu,"
 	    "\"written_lsn\":%llu,\"durable_lsn\":%llu,\"checkpoint_lsn\":%llu,"
 	    "\"backlog_bytes\":%llu,\"max_size\":%llu,\"error\":%s%s%s,"
-	    "\"sync_failed\":%s},\"postgres\":{\"up\":%s},"
+	    "\"sync_failed\":%s,\"corrupt\":%s},\"postgres\":{\"up\":%s},"
 	    "\"counters\":{\"keys\":%llu,\"capacity\":%llu}}",
 	    ready ? "true" : "false", (unsigned long long)ins,
 	    (unsigned long long)shm_load(&h->written_lsn),
@@ -765,7 +789,8 @@ handle_readyz(h2o_req_t *req)
 	    h->journal_errno ? "\"" : "",
 	    h->journal_errno ? strerror(h->journal_errno) : "null",
 	    h->journal_errno ? "\"" : "",
-	    h->sync_failed ? "true" : "false", h->pg_up ? "true" : "false",
+	    h->sync_failed ? "true" : "false", corrupt,
+	    h->pg_up ? "true" : "false",
 	    (unsigned long long)counters_count(W.shm->counters),
 	    (unsigned long long)W.shm->counters->capacity);
 	respond(req, ready ? 200 : 503, buf, n);
