@@ -592,6 +592,11 @@ parse_path(struct cfparse *st, const struct cfkey *k, const char *v,
 		*why = "expected a path";
 		return -1;
 	}
+	/* The daemon runs from /: a relative path would move. */
+	if (v[0] != '/') {
+		*why = "expected an absolute path";
+		return -1;
+	}
 	if (strlen(v) > max) {
 		snprintf(st->why, sizeof(st->why), "longer than %zu "
 		    "characters", max);

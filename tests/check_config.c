@@ -577,6 +577,12 @@ START_TEST(values_bounds)
 		    "0-9 . _ -, or nothing" },
 		{ "[server]\nstate_dir =", "bad value '' for "
 		    "server.state_dir: expected a path" },
+		{ "[server]\nstate_dir = var/tally", "bad value 'var/tally' "
+		    "for server.state_dir: expected an absolute path" },
+		{ "[server]\npid_file = ./t.pid", "bad value './t.pid' for "
+		    "server.pid_file: expected an absolute path" },
+		{ "[journal]\ndir = j", "bad value 'j' for journal.dir: "
+		    "expected an absolute path" },
 		{ "[server]\ncontrol_socket = /tmp/"
 		    "45678901234567890123456789012345678901234567890123456789"
 		    "01234567890123456789012345678901234567890123456789",
