@@ -115,6 +115,8 @@ static int	parse_size_t_key(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
 static int	parse_duration_key(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
+static int	parse_bool_key(struct cfparse *, const struct cfkey *,
+		    const char *, const char **);
 static int	parse_sync(struct cfparse *, const struct cfkey *, const char *,
 		    const char **);
 static int	parse_string(struct cfparse *, const struct cfkey *,
@@ -148,6 +150,14 @@ static const struct cfkey cfkeys[] = {
 	{ "server", "control_socket", parse_path, F(control_socket), 0,
 	    sizeof(((struct sockaddr_un *)0)->sun_path) - 1, NULL },
 	{ "server", "max_body", parse_size_t_key, F(max_body), 64, MIB, NULL },
+	{ "server", "request_timeout", parse_duration_key,
+	    F(request_timeout_us), 100 * US_MS, US_H, NULL },
+	{ "server", "idle_timeout", parse_duration_key, F(idle_timeout_us),
+	    100 * US_MS, US_H, NULL },
+	{ "server", "max_connections", parse_count, F(max_connections), 1,
+	    1000000, NULL },
+	{ "server", "http2", parse_bool_key, F(http2), 0, 0,
+	    "expected on or off" },
 	{ "server", "user", parse_account, F(user), 0, 0, NULL },
 	{ "server", "group", parse_account, F(group), 0, 0, NULL },
 	{ "server", "log_level", parse_log_level, F(log_level), 0, 0,
@@ -588,6 +598,11 @@ parse_path(struct cfparse *st, const struct cfkey *k, const char *v,
 		*why = "expected a path";
 		return -1;
 	}
+	/* The daemon runs from /: a relative path would move. */
+	if (v[0] != '/') {
+		*why = "expected an absolute path";
+		return -1;
+	}
 	if (strlen(v) > max) {
 		snprintf(st->why, sizeof(st->why), "longer than %zu "
 		    "characters", max);
@@ -688,6 +703,13 @@ parse_duration_key(struct cfparse *st, const struct cfkey *k, const char *v,
 		return -1;
 	*FIELD(st->cf, k, uint64_t) = us;
 	return 0;
+}
+
+static int
+parse_bool_key(struct cfparse *st, const struct cfkey *k, const char *v,
+    const char **why)
+{
+	return config_parse_bool(v, FIELD(st->cf, k, int));
 }
 
 static int
@@ -920,6 +942,10 @@ defaults_static(struct config *cf)
 	snprintf(cf->control_socket, sizeof(cf->control_socket), "%s",
 	    RUNSTATEDIR "/tallyd/tallyd.sock");
 	cf->max_body = 4 * KIB;
+	cf->request_timeout_us = 10 * US_S;
+	cf->idle_timeout_us = 10 * US_S;
+	cf->max_connections = 4096;
+	cf->http2 = 1;
 	snprintf(cf->log_level, sizeof(cf->log_level), "info");
 	snprintf(cf->syslog_facility, sizeof(cf->syslog_facility), "daemon");
 

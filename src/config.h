@@ -35,6 +35,10 @@ struct config {
 	char		 pid_file[1024];
 	char		 control_socket[1024];
 	size_t		 max_body;		/* bytes */
+	uint64_t	 request_timeout_us;	/* one HTTP/1.1 request */
+	uint64_t	 idle_timeout_us;	/* an HTTP/2 connection */
+	uint64_t	 max_connections;	/* per worker */
+	int		 http2;			/* accept h2c */
 	char		 user[64];		/* empty: do not drop */
 	char		 group[64];
 	char		 log_level[16];		/* error|warning|info|debug */

@@ -167,6 +167,9 @@ master_lock(void)
 	if (mkdir(M.cf->state_dir, 0700) == -1 && errno != EEXIST)
 		fatal(PROC_EXIT_FATAL, "cannot create state directory %s",
 		    M.cf->state_dir);
+	if (stat(M.cf->state_dir, &st) == 0 && !S_ISDIR(st.st_mode))
+		fatalx(PROC_EXIT_FATAL, "state directory %s: Not a directory",
+		    M.cf->state_dir);
 	/* The journal holds every client's data: no one else reads it. */
 	if (stat(M.cf->state_dir, &st) == 0 && (st.st_mode & 077)) {
 		log_info("state directory %s was mode %03o; making it 0700",
@@ -202,9 +205,15 @@ master_lock_pid(void)
 static void
 master_pid_file(void)
 {
-	FILE *f;
+	FILE *f = NULL;
+	int fd;
 
-	if ((f = fopen(M.cf->pid_file, "w")) == NULL) {
+	/* Not writable by others whatever the umask: init scripts kill it. */
+	if ((fd = open(M.cf->pid_file, O_WRONLY | O_CREAT | O_TRUNC |
+	    O_CLOEXEC, 0644)) == -1 || fchmod(fd, 0644) == -1 ||
+	    (f = fdopen(fd, "w")) == NULL) {
+		if (fd != -1)
+			close(fd);
 		log_warn("cannot write pid file %s", M.cf->pid_file);
 		return;
 	}

@@ -29,6 +29,9 @@
  * A look-up older than PGREAD_DEADLINE_MS means PostgreSQL or the network
  * hangs: it and all queued behind it fail and the connection is reset.
  *
+ * A look-up whose client went away is cancelled: it still gets its
+ * callback (with -1), but its query is not sent if it was not already.
+ *
  * Every callback runs from the loop and exactly once; a look-up that fails
  * at once is put on a list delivered by a zero timeout, so pgread_lookup()
  * never calls back into its caller.
@@ -69,6 +72,7 @@ struct pgread_req {
 	void			*arg;
 	int			 status;
 	int64_t			 value;
+	int			 cancelled;	/* its client went away */
 	size_t			 len;
 	char			 key[];
 };
@@ -426,7 +430,17 @@ pgread_send_next(struct pgread *p)
 	int lengths[1], formats[1];
 	Oid types[1];
 
-	if (p->state != PGREAD_READY || r == NULL)
+	if (p->state != PGREAD_READY)
+		return;
+	/*
+	 * Nobody waits for these: a client that opens HTTP/2 streams and
+	 * resets them at once must not get a query sent for each.
+	 */
+	while ((r = p->queue.head) != NULL && r->cancelled) {
+		pgread_list_shift(&p->queue);
+		pgread_finish_later(p, r, -1, 0);
+	}
+	if (r == NULL)
 		return;
 	/* Binary text parameter: the key needs no NUL terminator. */
 	values[0] = r->key;
@@ -603,7 +617,7 @@ pgread_new(h2o_loop_t *loop, const struct config *cf)
 	return p;
 }
 
-void
+struct pgread_req *
 pgread_lookup(struct pgread *p, const char *key, size_t len,
     pgread_cb cb, void *arg)
 {
@@ -622,16 +636,16 @@ pgread_lookup(struct pgread *p, const char *key, size_t len,
 	/* A text value cannot hold NUL: no such key can exist. */
 	if (memchr(key, '\0', len) != NULL) {
 		pgread_finish_later(p, r, 0, 0);
-		return;
+		return r;
 	}
 	if (p->queue.n >= PGREAD_MAX_QUEUE) {
 		pgread_finish_later(p, r, -1, 0);
-		return;
+		return r;
 	}
 	if (p->state == PGREAD_IDLE && p->last_attempt != 0 &&
 	    now - p->last_attempt < PGREAD_RETRY_MS) {
 		pgread_finish_later(p, r, -1, 0);
-		return;
+		return r;
 	}
 	pgread_list_push(&p->queue, r);
 	h2o_timeout_link(p->loop, &p->deadline_to, &r->deadline);
@@ -639,6 +653,13 @@ pgread_lookup(struct pgread *p, const char *key, size_t len,
 		pgread_connect(p);
 	else
 		pgread_send_next(p);
+	return r;
+}
+
+void
+pgread_cancel(struct pgread_req *r)
+{
+	r->cancelled = 1;
 }
 
 void

@@ -14,14 +14,20 @@
 #include "config.h"
 
 struct pgread;
+struct pgread_req;
 
 /* status: 1 found (value set), 0 no such key, -1 PostgreSQL unavailable. */
 typedef void (*pgread_cb)(void *arg, int status, int64_t value);
 
 struct pgread *pgread_new(h2o_loop_t *loop, const struct config *cf);
-/* Queue a look-up; cb runs later on the loop, exactly once. */
-void	pgread_lookup(struct pgread *p, const char *key, size_t len,
-	    pgread_cb cb, void *arg);
+/*
+ * Queue a look-up; cb runs later on the loop, exactly once.  The handle
+ * is valid until then.
+ */
+struct pgread_req *pgread_lookup(struct pgread *p, const char *key,
+	    size_t len, pgread_cb cb, void *arg);
+/* The answer is no longer wanted: no query is sent if none was yet. */
+void	pgread_cancel(struct pgread_req *r);
 void	pgread_free(struct pgread *p);
 
 #endif

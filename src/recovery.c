@@ -139,10 +139,23 @@ recovery_cut(struct rec_state *rs, uint64_t from)
 static int
 recovery_mkdir(const char *dir)
 {
+	struct stat st;
+
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
 		log_warn("cannot create directory %s", dir);
 		return -1;
 	}
+	if (stat(dir, &st) == -1) {
+		log_warn("cannot stat directory %s", dir);
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		log_warnx("%s: Not a directory", dir);
+		return -1;
+	}
+	/* The journal holds every client's data: no one else reads it. */
+	if ((st.st_mode & 077) && chmod(dir, 0700) == -1)
+		log_warn("cannot chmod 0700 %s", dir);
 	return 0;
 }
 

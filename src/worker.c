@@ -18,6 +18,7 @@
  * requests be refused before together they push a total out of int64.
  */
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 
 #include <errno.h>
 #include <signal.h>
@@ -84,9 +85,21 @@ struct batch {
 /* A GET waiting for PostgreSQL. */
 struct lookup {
 	h2o_req_t	*req;
-	struct req_token *tok;
-	char		 key[REQUEST_MAX_KEY_BYTES];
+	struct lookup_token *tok;
+	struct pgread_req *pr;
 	size_t		 key_len;
+	char		 key[];		/* key_len bytes */
+};
+
+/*
+ * A look-up's token: when h2o frees the request first, the look-up is
+ * cancelled too, so that streams reset at once (CVE-2023-44487) send no
+ * queries to PostgreSQL.
+ */
+struct lookup_token {
+	struct lookup	*l;	/* NULL once answered */
+	uint64_t	 t0;	/* arrival, for the latency histogram */
+	enum metrics_route route;
 };
 
 
@@ -103,6 +116,11 @@ static struct worker {
 	h2o_evloop_t		*loop;
 	h2o_socket_t		*listeners[CONFIG_MAX_LISTEN];
 	int			 nlisten;
+	uint64_t		 nconns;	/* open client connections */
+	uint64_t		 max_conns;
+	int			 paused;	/* listeners out of the loop */
+	h2o_timeout_t		 resume_timeout;
+	h2o_timeout_entry_t	 resume_entry;
 	h2o_socket_t		*wake;
 	h2o_timeout_t		 close_timeout;
 	h2o_timeout_entry_t	 close_entry;
@@ -161,13 +179,19 @@ worker_begin(h2o_req_t *req)
 
 /* A request answered later than its arrival becomes the current one. */
 static void
+worker_resume_at(h2o_req_t *req, uint64_t t0, enum metrics_route route)
+{
+	W.outer = W.cur;
+	W.cur.req = req;
+	W.cur.t0 = t0;
+	W.cur.route = route;
+}
+
+static void
 worker_resume(struct req_token *t, h2o_req_t *req)
 {
 	t->ref = NULL;
-	W.outer = W.cur;
-	W.cur.req = req;
-	W.cur.t0 = t->t0;
-	W.cur.route = t->route;
+	worker_resume_at(req, t->t0, t->route);
 }
 
 static void
@@ -682,6 +706,17 @@ handle_post(h2o_req_t *req)
 }
 
 static void
+lookup_token_dispose(void *p)
+{
+	struct lookup_token *t = p;
+
+	if (t->l) {
+		t->l->req = NULL;
+		pgread_cancel(t->l->pr);
+	}
+}
+
+static void
 lookup_done(void *arg, int status, int64_t value)
 {
 	struct lookup *l = arg;
@@ -692,7 +727,8 @@ lookup_done(void *arg, int status, int64_t value)
 
 		/* l is freed below; the pool's token must not point at it. */
 		l->req = NULL;
-		worker_resume(l->tok, req);
+		l->tok->l = NULL;
+		worker_resume_at(req, l->tok->t0, l->tok->route);
 		if (status == 1)
 			respond_total(req, 200, l->key, l->key_len, value, 1);
 		else if (status == 0)
@@ -730,14 +766,18 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 			return 0;
 		}
 	}
-	if ((l = malloc(sizeof(*l))) == NULL)
+	if ((l = malloc(sizeof(*l) + n)) == NULL)
 		return respond_retry(req, "out of memory");
 	memcpy(l->key, key, n);
 	l->key_len = n;
 	l->req = req;
-	l->tok = req_token_new(req, &l->req);
+	l->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*l->tok),
+	    lookup_token_dispose);
+	l->tok->l = l;
+	l->tok->t0 = W.cur.t0;
+	l->tok->route = W.cur.route;
 	W.lookups++;
-	pgread_lookup(W.pg, key, n, lookup_done, l);
+	l->pr = pgread_lookup(W.pg, key, n, lookup_done, l);
 	return 0;
 }
 
@@ -886,6 +926,55 @@ worker_on_req(h2o_handler_t *self, h2o_req_t *req)
 
 /* --- sockets and the loop --- */
 
+/*
+ * At max_connections (or out of descriptors) the worker takes its
+ * listeners out of the loop instead of accepting and closing: the kernel
+ * keeps new connections in the backlog, and the other workers, which
+ * share the listening sockets, take them meanwhile.
+ */
+static void
+worker_on_accept(h2o_socket_t *, const char *);
+
+static void
+worker_pause_accept(void)
+{
+	if (W.paused)
+		return;
+	W.paused = 1;
+	for (int i = 0; i < W.nlisten; i++)
+		if (W.listeners[i])
+			h2o_socket_read_stop(W.listeners[i]);
+}
+
+static void
+worker_resume_accept(void)
+{
+	if (!W.paused || worker_stop)
+		return;
+	W.paused = 0;
+	if (h2o_timeout_is_linked(&W.resume_entry))
+		h2o_timeout_unlink(&W.resume_entry);
+	for (int i = 0; i < W.nlisten; i++)
+		if (W.listeners[i])
+			h2o_socket_read_start(W.listeners[i],
+			    worker_on_accept);
+}
+
+static void
+worker_on_resume_timeout(h2o_timeout_entry_t *entry)
+{
+	if (W.nconns < W.max_conns)
+		worker_resume_accept();
+}
+
+static void
+worker_on_conn_close(void *data)
+{
+	W.nconns--;
+	if (W.nconns < W.max_conns && !h2o_timeout_is_linked(&W.resume_entry))
+		worker_resume_accept();
+}
+
 static void
 worker_on_accept(h2o_socket_t *listener, const char *err)
 {
@@ -894,8 +983,61 @@ worker_on_accept(h2o_socket_t *listener, const char *err)
 	if (err != NULL)
 		return;
 	/* Drain the backlog: one readiness event may stand for many. */
-	while ((sock = h2o_evloop_socket_accept(listener)) != NULL)
+	while (W.nconns < W.max_conns) {
+		errno = 0;
+		if ((sock = h2o_evloop_socket_accept(listener)) == NULL) {
+			/*
+			 * Out of descriptors: the connection stays in the
+			 * backlog and the listener stays readable, so wait
+			 * rather than spin until one is freed.
+			 */
+			if (errno == EMFILE || errno == ENFILE ||
+			    errno == ENOBUFS || errno == ENOMEM) {
+				log_warn("accept: pausing for a second with "
+				    "%llu connections open",
+				    (unsigned long long)W.nconns);
+				worker_pause_accept();
+				h2o_timeout_link(W.loop, &W.resume_timeout,
+				    &W.resume_entry);
+			}
+			return;
+		}
+		W.nconns++;
+		sock->on_close.cb = worker_on_conn_close;
+		sock->on_close.data = NULL;
 		h2o_accept(&W.accept, sock);
+	}
+	worker_pause_accept();
+}
+
+/*
+ * Room for max_connections descriptors and a few more (journal segments,
+ * PostgreSQL, the wake-up eventfd): raise the soft limit up to the hard
+ * one, and accept fewer connections if even that is too low.
+ */
+static void
+worker_fd_limit(void)
+{
+	struct rlimit rl;
+	uint64_t want = W.cf->max_connections + 64;
+
+	W.max_conns = W.cf->max_connections;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+		return;
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		rl.rlim_cur = rl.rlim_max == RLIM_INFINITY ||
+		    rl.rlim_max > want ? want : rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+		W.max_conns = rl.rlim_cur > 128 ? rl.rlim_cur - 64 : 64;
+		log_warnx("open file limit is %llu: accepting at most %llu "
+		    "connections per worker, not server.max_connections = %llu",
+		    (unsigned long long)rl.rlim_cur,
+		    (unsigned long long)W.max_conns,
+		    (unsigned long long)W.cf->max_connections);
+	}
 }
 
 static void
@@ -908,6 +1050,16 @@ worker_setup_h2o(void)
 	h2o_config_init(&W.h2o);
 	/* Bodies over max_body get our JSON 413; h2o cuts off far beyond. */
 	W.h2o.max_request_entity_size = W.cf->max_body * 4 + 65536;
+	/*
+	 * h2o 2.2 has one HTTP/1.1 timer, armed when a request is awaited
+	 * and never pushed back by reads: it bounds the idle keep-alive
+	 * wait, the header and the body together, so a client trickling
+	 * bytes cannot hold a connection.  HTTP/2's idle timer runs while
+	 * no request is being answered.
+	 */
+	W.h2o.http1.req_timeout = W.cf->request_timeout_us / 1000;
+	W.h2o.http2.idle_timeout = W.cf->idle_timeout_us / 1000;
+	W.h2o.http1.upgrade_to_http2 = W.cf->http2;
 	host = h2o_config_register_host(&W.h2o,
 	    h2o_iovec_init(H2O_STRLIT("default")), 65535);
 	path = h2o_config_register_path(host, "/", 0);
@@ -920,6 +1072,8 @@ worker_setup_h2o(void)
 	h2o_timeout_init(W.loop, &W.close_timeout,
 	    W.cf->commit_delay_us / 1000);
 	W.close_entry.cb = worker_close_batch;
+	h2o_timeout_init(W.loop, &W.resume_timeout, 1000);
+	W.resume_entry.cb = worker_on_resume_timeout;
 }
 
 static void
@@ -967,6 +1121,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	W.frame_cap = journal_frame_bound(JOURNAL_MAX_RAW);
 	if ((W.frame = malloc(W.frame_cap)) == NULL)
 		fatal(1, "out of memory");
+	worker_fd_limit();
 	worker_setup_h2o();
 	if ((W.pg = pgread_new(W.loop, cf)) == NULL)
 		fatalx(1, "cannot set up PostgreSQL look-ups");

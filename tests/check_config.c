@@ -140,6 +140,10 @@ assert_defaults(const struct config *c)
 	ck_assert_str_eq(c->pid_file, RUNSTATEDIR "/tallyd/tallyd.pid");
 	ck_assert_str_eq(c->control_socket, RUNSTATEDIR "/tallyd/tallyd.sock");
 	ck_assert_uint_eq(c->max_body, 4096);
+	ck_assert_uint_eq(c->request_timeout_us, 10000000);
+	ck_assert_uint_eq(c->idle_timeout_us, 10000000);
+	ck_assert_uint_eq(c->max_connections, 4096);
+	ck_assert_int_eq(c->http2, 1);
 	ck_assert_str_eq(c->user, "");
 	ck_assert_str_eq(c->group, "");
 	ck_assert_str_eq(c->log_level, "info");
@@ -472,6 +476,37 @@ START_TEST(values_bounds)
 		{ "[server]\nmax_body = 1025K", "bad value '1025K' for "
 		    "server.max_body: expected a size from 64 to 1M "
 		    "(K, M, G suffixes)" },
+		{ "[server]\nrequest_timeout = 99ms", "bad value '99ms' for "
+		    "server.request_timeout: expected a duration from 100ms "
+		    "to 1h (us, ms, s, m, h, d)" },
+		{ "[server]\nrequest_timeout = 100ms", NULL },
+		{ "[server]\nrequest_timeout = 2h", "bad value '2h' for "
+		    "server.request_timeout: expected a duration from 100ms "
+		    "to 1h (us, ms, s, m, h, d)" },
+		{ "[server]\nrequest_timeout = 1h", NULL },
+		{ "[server]\nidle_timeout = 0", "bad value '0' for "
+		    "server.idle_timeout: expected a duration from 100ms "
+		    "to 1h (us, ms, s, m, h, d)" },
+		{ "[server]\nidle_timeout = 5", NULL },
+		{ "[server]\nidle_timeout = -1s", "bad value '-1s' for "
+		    "server.idle_timeout: expected a duration from 100ms "
+		    "to 1h (us, ms, s, m, h, d)" },
+		{ "[server]\nmax_connections = 0", "bad value '0' for "
+		    "server.max_connections: expected an integer from 1 to "
+		    "1000000" },
+		{ "[server]\nmax_connections = 1", NULL },
+		{ "[server]\nmax_connections = 1000001", "bad value '1000001' "
+		    "for server.max_connections: expected an integer from 1 "
+		    "to 1000000" },
+		{ "[server]\nmax_connections = 4k", "bad value '4k' for "
+		    "server.max_connections: expected an integer from 1 to "
+		    "1000000" },
+		{ "[server]\nhttp2 = off", NULL },
+		{ "[server]\nhttp2 = yes", NULL },
+		{ "[server]\nhttp2 = h2c", "bad value 'h2c' for server.http2: "
+		    "expected on or off" },
+		{ "[server]\nhttp2 =", "bad value '' for server.http2: "
+		    "expected on or off" },
 		{ "[journal]\nsegment_size = 1023K", "bad value '1023K' for "
 		    "journal.segment_size: expected a size from 1M to 1G "
 		    "(K, M, G suffixes)" },
@@ -588,6 +623,12 @@ START_TEST(values_bounds)
 		    "0-9 . _ -, or nothing" },
 		{ "[server]\nstate_dir =", "bad value '' for "
 		    "server.state_dir: expected a path" },
+		{ "[server]\nstate_dir = var/tally", "bad value 'var/tally' "
+		    "for server.state_dir: expected an absolute path" },
+		{ "[server]\npid_file = ./t.pid", "bad value './t.pid' for "
+		    "server.pid_file: expected an absolute path" },
+		{ "[journal]\ndir = j", "bad value 'j' for journal.dir: "
+		    "expected an absolute path" },
 		{ "[server]\ncontrol_socket = /tmp/"
 		    "45678901234567890123456789012345678901234567890123456789"
 		    "01234567890123456789012345678901234567890123456789",

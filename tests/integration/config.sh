@@ -92,7 +92,10 @@ for bad in "server.max_body=4X" "server.max_body=-4K" \
     "journal.segment_size=1T" "postgres.flush_interval=1x" \
     "postgres.flush_interval=-5s" "postgres.flush_interval=fast" \
     "server.listen=nowhere" "server.listen=127.0.0.1:99999" \
-    "journal.sync=always" "server.workers=-1"; do
+    "journal.sync=always" "server.workers=-1" \
+    "server.request_timeout=0" "server.idle_timeout=2h" \
+    "server.max_connections=0" "server.max_connections=many" \
+    "server.http2=maybe"; do
 	assert_eq "-o $bad: exit 1" 1 "$(check_conf "$GOOD" -o "$bad")"
 	assert_match "-o $bad: the error names the override" "-o $bad" "$(out)"
 done
