@@ -81,9 +81,13 @@ struct shm {
 	struct shm_hdr	*hdr;
 	struct counters	*counters;
 	struct idem_table *idem;
+	/* Counter table owners: worker slot i, then the flusher (SHM_FLUSHER). */
+	struct counter_owner *owners[CONFIG_MAX_WORKERS + 1];
 	void		*base;
 	size_t		 size;
 };
+
+#define SHM_FLUSHER	CONFIG_MAX_WORKERS
 
 /* Map and initialise the region for cf.  -1 with errno on failure. */
 int	shm_create(struct shm *s, const struct config *cf);

@@ -97,9 +97,12 @@ START_TEST(test_insert_lookup)
 		/* A new key starts from 0 until a flush says more. */
 		ck_assert_uint_eq(ents[i]->committed_known, 1);
 		ck_assert_uint_eq(counters_count(c), i + 1);
-		counters_add(ents[i], i);
+		counters_add(c, ents[i], i + 1, 0);
 	}
-	/* The table is full: a new key is refused, the old ones remain. */
+	/*
+	 * The table is full and every key has something unflushed: a new
+	 * key is refused, the old ones remain.
+	 */
 	ck_assert_ptr_null(get(c, "one-too-many"));
 	ck_assert_ptr_null(lookup(c, "one-too-many"));
 	ck_assert_uint_eq(counters_count(c), MANY);
@@ -108,7 +111,7 @@ START_TEST(test_insert_lookup)
 		snprintf(key, sizeof(key), "user:%d:clicks", i);
 		ck_assert_ptr_eq(lookup(c, key), ents[i]);
 		ck_assert_ptr_eq(get(c, key), ents[i]);
-		ck_assert_int_eq(total(ents[i]), i);
+		ck_assert_int_eq(total(ents[i]), i + 1);
 	}
 	ck_assert_uint_eq(counters_count(c), MANY);
 	ck_assert_ptr_null(get(c, "still-too-many"));
@@ -164,7 +167,7 @@ START_TEST(test_small_capacity)
 		for (uint64_t i = 0; i < cap; i++) {
 			snprintf(key, sizeof(key), "%llu",
 			    (unsigned long long)i);
-			ck_assert_ptr_nonnull(get(c, key));
+			counters_add(c, get(c, key), 1, 0);
 		}
 		ck_assert_ptr_null(get(c, "x"));
 		ck_assert_uint_eq(counters_count(c), cap);
@@ -182,12 +185,12 @@ START_TEST(test_deltas)
 	int64_t cm, un;
 	int overflow;
 
-	counters_add(e, 5);
-	counters_add(e, -3);
+	counters_add(c, e, 5, 0);
+	counters_add(c, e, -3, 0);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 0);
 	ck_assert_int_eq(un, 2);
-	counters_set_committed(e, 10);
+	counters_set_committed(c, e, 10);
 	ck_assert_uint_eq(e->committed_known, 1);
 	ck_assert_int_eq(total(e), 12);
 	counters_read(e, &cm, &un);
@@ -195,24 +198,24 @@ START_TEST(test_deltas)
 	ck_assert_int_eq(un, 2);
 
 	/* Totals leaving int64 are flagged, both ways. */
-	counters_set_committed(e, INT64_MAX);
-	counters_add(e, -2);
+	counters_set_committed(c, e, INT64_MAX);
+	counters_add(c, e, -2, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MAX);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, 1);
+	counters_add(c, e, 1, 0);
 	(void)counters_total(e, &overflow);
 	ck_assert_int_eq(overflow, 1);
-	counters_add(e, -1);
+	counters_add(c, e, -1, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MAX);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, 0);
+	counters_add(c, e, 0, 0);
 	ck_assert_int_eq(total(e), INT64_MAX);
 
-	counters_set_committed(e, INT64_MIN);
-	counters_add(e, 0);
+	counters_set_committed(c, e, INT64_MIN);
+	counters_add(c, e, 0, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MIN);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, -1);
+	counters_add(c, e, -1, 0);
 	(void)counters_total(e, &overflow);
 	ck_assert_int_eq(overflow, 1);
 	table_free(&m);
@@ -226,54 +229,54 @@ START_TEST(test_reserve)
 	struct counter_entry *e = get(c, "k");
 	int64_t cm, un;
 
-	counters_set_committed(e, INT64_MAX - 20);
-	counters_add(e, 10);
+	counters_set_committed(c, e, INT64_MAX - 20);
+	counters_add(c, e, 10, 0);
 	/* Total MAX - 10: 11 more would leave int64. */
-	ck_assert_int_eq(counters_reserve(e, 11), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 11), -1);
 	ck_assert_int_eq(e->pending, 0);
-	ck_assert_int_eq(counters_reserve(e, INT64_MAX), -1);
+	ck_assert_int_eq(counters_reserve(c, e, INT64_MAX), -1);
 	ck_assert_int_eq(e->pending, 0);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, INT64_MAX - 20);
 	ck_assert_int_eq(un, 10);
-	ck_assert_int_eq(counters_reserve(e, 4), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 4), 0);
 	ck_assert_int_eq(e->pending, 4);
 	/* Pending deltas count: 6 fit, 7 do not. */
-	ck_assert_int_eq(counters_reserve(e, 7), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 7), -1);
 	ck_assert_int_eq(e->pending, 4);
-	ck_assert_int_eq(counters_reserve(e, 6), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 6), 0);
 	ck_assert_int_eq(e->pending, 10);
-	ck_assert_int_eq(counters_reserve(e, 1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 1), -1);
 	ck_assert_int_eq(e->pending, 10);
 	/* Going down is always fine here. */
-	ck_assert_int_eq(counters_reserve(e, -1000), 0);
+	ck_assert_int_eq(counters_reserve(c, e, -1000), 0);
 	ck_assert_int_eq(e->pending, -990);
-	counters_unreserve(e, -1000);
+	counters_unreserve(c, e, -1000);
 	/* The durable step: add, then unreserve. */
-	counters_add(e, 4);
-	counters_unreserve(e, 4);
-	counters_add(e, 6);
-	counters_unreserve(e, 6);
+	counters_add(c, e, 4, 0);
+	counters_unreserve(c, e, 4);
+	counters_add(c, e, 6, 0);
+	counters_unreserve(c, e, 6);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MAX);
-	ck_assert_int_eq(counters_reserve(e, 1), -1);
-	ck_assert_int_eq(counters_reserve(e, 0), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 0), 0);
 	ck_assert_int_eq(e->pending, 0);
 
 	/* The other end. */
 	counters_read(e, &cm, &un);
-	counters_commit(e, INT64_MIN + 5, un);
+	counters_commit(c, e, INT64_MIN + 5, un);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, INT64_MIN + 5);
 	ck_assert_int_eq(un, 0);
-	ck_assert_int_eq(counters_reserve(e, -6), -1);
-	ck_assert_int_eq(counters_reserve(e, INT64_MIN), -1);
+	ck_assert_int_eq(counters_reserve(c, e, -6), -1);
+	ck_assert_int_eq(counters_reserve(c, e, INT64_MIN), -1);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MIN + 5);
-	ck_assert_int_eq(counters_reserve(e, -5), 0);
-	ck_assert_int_eq(counters_reserve(e, -1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, -5), 0);
+	ck_assert_int_eq(counters_reserve(c, e, -1), -1);
 	ck_assert_int_eq(e->pending, -5);
-	counters_unreserve(e, -5);
+	counters_unreserve(c, e, -5);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MIN + 5);
 	table_free(&m);
@@ -287,31 +290,31 @@ START_TEST(test_commit)
 	struct counter_entry *e = get(c, "k");
 	int64_t cm, un;
 
-	counters_add(e, 100);
+	counters_add(c, e, 100, 0);
 	ck_assert_uint_eq(e->committed_known, 1);
 	/* Rebuilt from the journal: unknown until PostgreSQL answers. */
-	counters_forget_committed(e);
+	counters_forget_committed(c, e);
 	ck_assert_uint_eq(e->committed_known, 0);
 	/* PostgreSQL took 70 of the 100 and now holds 70. */
-	counters_commit(e, 70, 70);
+	counters_commit(c, e, 70, 70);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 70);
 	ck_assert_int_eq(un, 30);
 	ck_assert_int_eq(total(e), 100);
 	ck_assert_uint_eq(e->committed_known, 1);
-	ck_assert_uint_eq(e->seq % 2, 0);
+	ck_assert_uint_eq(e->lock % 2, 0);
 	/* Meanwhile more came in. */
-	counters_add(e, -50);
-	counters_commit(e, 100, 30);
+	counters_add(c, e, -50, 0);
+	counters_commit(c, e, 100, 30);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 100);
 	ck_assert_int_eq(un, -50);
 	ck_assert_int_eq(total(e), 50);
-	counters_commit(e, 50, -50);
+	counters_commit(c, e, 50, -50);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 50);
 	ck_assert_int_eq(un, 0);
-	ck_assert_uint_eq(e->seq % 2, 0);
+	ck_assert_uint_eq(e->lock % 2, 0);
 	table_free(&m);
 }
 END_TEST
@@ -327,7 +330,7 @@ START_TEST(test_iterate)
 	memset(seen, 0, sizeof(seen));
 	for (int i = 0; i < 700; i++) {
 		snprintf(key, sizeof(key), "it%d", i);
-		counters_add(get(c, key), i + 1);
+		counters_add(c, get(c, key), i + 1, 0);
 	}
 	for (uint64_t i = 0; i < c->nslots; i++) {
 		struct counter_entry *e = counters_slot(c, i);
@@ -394,7 +397,7 @@ child_increments(struct counters *c, int child, int64_t *expect)
 		len = key_name(key, sizeof(key), child, k);
 		if ((e = counters_get(c, key, len)) == NULL)
 			return 1;
-		counters_add(e, 1);
+		counters_add(c, e, 1, 0);
 		expect[k]++;
 	}
 	for (int i = 0; i < OPS; i++) {
@@ -405,7 +408,7 @@ child_increments(struct counters *c, int child, int64_t *expect)
 		len = key_name(key, sizeof(key), child, k);
 		if ((e = counters_get(c, key, len)) == NULL)
 			return 1;
-		counters_add(e, d);
+		counters_add(c, e, d, 0);
 		expect[k] += d;
 	}
 	return 0;
@@ -496,7 +499,7 @@ START_TEST(test_commit_readers)
 
 		snprintf(key, sizeof(key), "hot%d", round);
 		ck_assert_ptr_nonnull(e = get(c, key));
-		counters_add(e, UNFLUSHED);
+		counters_add(c, e, UNFLUSHED, 0);
 		ck_assert_int_ne(reader = fork(), -1);
 		if (reader == 0) {
 			int64_t last = 0;
@@ -523,7 +526,7 @@ START_TEST(test_commit_readers)
 				if (cm + d > UNFLUSHED)
 					d = UNFLUSHED - cm;
 				cm += d;
-				counters_commit(e, cm, d);
+				counters_commit(c, e, cm, d);
 			}
 			_exit(0);
 		}
