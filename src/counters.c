@@ -323,18 +323,19 @@ entry_is(const struct counter_entry *e, uint64_t h, const char *key,
 }
 
 /*
- * The slot holding key READY, or -1; lock-free.  Each slot is read as a
- * seqlock: its state and key (and with pk, its values) are taken only
- * from a read the lock word did not move under.
+ * The slot holding key READY, -1 when none, -2 when a slot stayed locked
+ * past 'tries' waits (-1: wait as long as it takes).  Lock-free: each
+ * slot is read as a seqlock, its state and key (and with pk, its values)
+ * taken only from a read the lock word did not move under.
  */
 static int64_t
-probe(struct counters *c, uint64_t h, const char *key, size_t len,
-    struct peek *pk)
+probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk, int tries)
 {
 	uint64_t mask = c->nslots - 1, w1, w2;
 	struct counter_entry *e;
 	uint32_t st;
-	int match;
+	int match, waits = 0;
 
 	for (uint64_t n = 0, i = h & mask; n < c->nslots;
 	    n++, i = (i + 1) & mask) {
@@ -342,6 +343,8 @@ probe(struct counters *c, uint64_t h, const char *key, size_t len,
 		for (;;) {
 			w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
 			if (w1 & 1) {
+				if (tries >= 0 && waits++ >= tries)
+					return -2;
 				sched_yield();
 				continue;
 			}
@@ -365,16 +368,33 @@ probe(struct counters *c, uint64_t h, const char *key, size_t len,
 	return -1;
 }
 
+/* probe_try() waiting as long as it takes. */
+static int64_t
+probe(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk)
+{
+	return probe_try(c, h, key, len, pk, -1);
+}
+
 int
 counters_peek(struct counters *c, const char *key, size_t len,
     int64_t *committed, int64_t *unflushed, int *known)
 {
+	return counters_peek_try(c, key, len, committed, unflushed, known, -1);
+}
+
+int
+counters_peek_try(struct counters *c, const char *key, size_t len,
+    int64_t *committed, int64_t *unflushed, int *known, int tries)
+{
 	struct peek pk;
+	int64_t i;
 
 	if (len == 0 || len > c->max_key_bytes)
 		return 0;
-	if (probe(c, counters_hash(key, len), key, len, &pk) < 0)
-		return 0;
+	if ((i = probe_try(c, counters_hash(key, len), key, len, &pk,
+	    tries)) < 0)
+		return i == -2 ? -1 : 0;
 	*committed = pk.committed;
 	*unflushed = pk.unflushed;
 	*known = pk.known;

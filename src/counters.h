@@ -194,6 +194,12 @@ size_t	counters_slot_key(struct counters *c, uint64_t i, char *buf);
  */
 int	counters_peek(struct counters *c, const char *key, size_t len,
 	    int64_t *committed, int64_t *unflushed, int *known);
+/*
+ * The same, giving up (-1) after 'tries' waits for a locked entry: for
+ * the master, which must never wait on a dead owner it has to repair.
+ */
+int	counters_peek_try(struct counters *c, const char *key, size_t len,
+	    int64_t *committed, int64_t *unflushed, int *known, int tries);
 
 uint64_t counters_count(const struct counters *c);
 

@@ -640,10 +640,17 @@ ctl_get(struct control_client *c, const char *key, size_t len)
 {
 	char buf[CONTROL_MAX_PAYLOAD], k[CONTROL_MAX_PAYLOAD];
 	int64_t committed, unflushed;
-	int n, known;
+	int n, known, rc;
 
-	if (!counters_peek(M.shm.counters, key, len, &committed, &unflushed,
-	    &known)) {
+	/* A dead worker may hold the entry until we reap it: do not wait. */
+	if ((rc = counters_peek_try(M.shm.counters, key, len, &committed,
+	    &unflushed, &known, 1000)) == -1) {
+		n = snprintf(buf, sizeof(buf), "{\"error\":\"the key is "
+		    "being changed; try again\"}");
+		control_reply(c->fd, CTL_FAILED, buf, n);
+		return;
+	}
+	if (rc == 0) {
 		n = snprintf(buf, sizeof(buf), "{\"error\":\"key not held in "
 		    "memory (GET /increment/KEY asks PostgreSQL)\"}");
 		control_reply(c->fd, CTL_FAILED, buf, n);
