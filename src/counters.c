@@ -2,17 +2,76 @@
  * The shared counter table.
  *
  * Open addressing with linear probing over a power-of-two number of slots,
- * at most three quarters of them used so probe runs stay short.  A slot
- * goes EMPTY -> CLAIMED (one inserter won the compare-and-swap and is
- * copying the key) -> READY, and never back, so a reader holding a READY
- * entry may keep it.  Deltas are plain atomic adds.  The pair (committed,
- * unflushed) is changed together only by the flusher, under the entry's
- * sequence counter (a seqlock): a reader retries while it is odd or moved.
+ * at most three quarters of them held so probe runs stay short.
+ *
+ * Locks.  Each entry has a lock word: a sequence number in its low half,
+ * odd while the entry is locked, and the owner's id in its high half.
+ * Every change to an entry happens between entry_lock() and
+ * entry_unlock(), so readers use it as a seqlock: they read without
+ * locking and start again when the word moved.  Inserting a key and
+ * evicting one also take the table's ins_lock, so that the keys and
+ * states of slots change one at a time: two inserts of one key can then
+ * never pick two slots, and a slot is never taken over while another
+ * insert walks past it.  Deltas, reservations and commits of a held key
+ * take only the entry's lock.
+ *
+ * Death.  A process can be killed between any two instructions, and so
+ * while it holds a lock.  Before it locks, an owner writes in its undo
+ * record which entry it is about to lock; once locked, it copies the
+ * entry's values (and its own ledger positions, and 'used' under
+ * ins_lock) there and only then sets 'valid'.  When the master reaps a
+ * dead owner (counters_owner_repair), no other process can have changed
+ * the entry since, because the lock word still names the dead owner:
+ *
+ *	undo.entry unset, or the entry not locked by the dead id
+ *		it died before locking or after unlocking: nothing to do;
+ *	locked by it, valid unset
+ *		it died before changing anything: unlock;
+ *	locked by it, valid set
+ *		put every value back (a half-done change is undone whole),
+ *		then unlock.
+ *
+ * Readers never trust what they read under an odd or moved sequence, so
+ * what the dead owner wrote before the repair was never seen.  The
+ * unlock comes before 'valid' is cleared; in between, the entry is no
+ * longer locked by the owner and the repair leaves it alone.  ins_lock
+ * held by a dead owner is released by the same repair; 'used' changes
+ * only under it, inside an entry's change, so it is put back with that.
+ *
+ * The ledger.  A worker records each increment it reserves as one ledger
+ * entry, which holds a reference on the counter entry (refs) so that it
+ * can be neither evicted nor taken over.  The reservation, the addition
+ * of the durable delta (LED_APPLIED) and the release each change the
+ * entry and the ledger together, under the entry's lock, so each is all
+ * or nothing across a crash.  Around the publication of its frame the
+ * worker notes the frame's position (wr_lsn) and, after, how far the
+ * ledger is published (pub).  A worker that died leaves: applied entries
+ * (released only), entries below pub (in a published frame: applied now),
+ * entries of the frame at wr_lsn (applied if that frame was published,
+ * which only the journal can say), and the rest (never journaled:
+ * released).  counters_owner_adopt does exactly this, each step again an
+ * entry change, so a second death during it is repaired the same way.
+ *
+ * Eviction.  An entry may go when nothing refers to it (refs), nothing
+ * is pending or unflushed, and PostgreSQL saw every frame whose delta it
+ * added (applied_lsn <= flushed_upto).  The last condition matters: with
+ * +5 and -5 both added but not flushed, unflushed is 0, but should the
+ * key come back before the flush of the +5, that flush would be taken
+ * out of the new entry.  An evicted slot keeps its key and committed
+ * value (EVICTED); the key coming back revives it in place.  Another key
+ * may take the slot over, and from then on the table cannot tell a new
+ * key from a forgotten one: new entries start with committed_known 0,
+ * until a flush (or the flusher's refresh) reads PostgreSQL's value.
+ * Slots never return to EMPTY, so a probe run never loses a key it
+ * passed; EVICTED slots are reused by inserts.
  */
 #include <sched.h>
 #include <string.h>
 
 #include "counters.h"
+
+#define ST(p, v)	__atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define LD(p)		__atomic_load_n((p), __ATOMIC_RELAXED)
 
 static uint64_t
 slots_for(uint64_t max_keys)
@@ -47,7 +106,22 @@ counters_init(void *mem, uint64_t max_keys, size_t max_key_bytes)
 	c->stride = stride_for(max_key_bytes);
 	c->max_key_bytes = max_key_bytes;
 	c->used = 0;
+	c->scanned_gen = UINT64_MAX;
 	return c;
+}
+
+size_t
+counters_owner_size(uint32_t ledger)
+{
+	return (sizeof(struct counter_owner) +
+	    (size_t)ledger * sizeof(struct counter_led) + 63) & ~(size_t)63;
+}
+
+void
+counters_owner_init(struct counter_owner *o, uint32_t id, uint32_t ledger)
+{
+	o->id = id;
+	o->ledger = ledger;
 }
 
 uint64_t
@@ -66,150 +140,321 @@ counters_hash(const char *key, size_t len)
 	return h;
 }
 
-struct counter_entry *
-counters_slot(struct counters *c, uint64_t i)
-{
-	struct counter_entry *e;
-
-	e = (struct counter_entry *)(void *)(c->slots + i * c->stride);
-	if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != COUNTER_READY)
-		return NULL;
-	return e;
-}
-
 static struct counter_entry *
 entry_at(struct counters *c, uint64_t i)
 {
 	return (struct counter_entry *)(void *)(c->slots + i * c->stride);
 }
 
-/* Wait out an inserter that is copying its key: a few stores at most. */
-static uint32_t
-state_settled(struct counter_entry *e)
+static uint64_t
+slot_of(const struct counters *c, const struct counter_entry *e)
 {
-	uint32_t st;
-
-	while ((st = __atomic_load_n(&e->state, __ATOMIC_ACQUIRE)) ==
-	    COUNTER_CLAIMED)
-		sched_yield();
-	return st;
+	return ((const uint8_t *)e - c->slots) / c->stride;
 }
+
+/* --- locks --- */
+
+static void
+entry_lock(struct counter_entry *e, uint32_t id)
+{
+	uint64_t w, nw;
+
+	for (;;) {
+		w = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
+		if (w & 1) {
+			sched_yield();
+			continue;
+		}
+		nw = (uint64_t)(uint32_t)(w + 1) | (uint64_t)id << 32;
+		if (__atomic_compare_exchange_n(&e->lock, &w, nw, 0,
+		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			return;
+	}
+}
+
+static void
+entry_unlock(struct counter_entry *e)
+{
+	uint64_t w = LD(&e->lock);
+
+	__atomic_store_n(&e->lock, (uint64_t)(uint32_t)(w + 1),
+	    __ATOMIC_RELEASE);
+}
+
+static int
+locked_by(const struct counter_entry *e, uint32_t id)
+{
+	uint64_t w = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
+
+	return (w & 1) && (uint32_t)(w >> 32) == id;
+}
+
+static void
+ins_lock(struct counters *c, uint32_t id)
+{
+	uint32_t z;
+
+	for (;;) {
+		z = 0;
+		if (__atomic_compare_exchange_n(&c->ins_lock, &z, id, 0,
+		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			return;
+		sched_yield();
+	}
+}
+
+static void
+ins_unlock(struct counters *c)
+{
+	__atomic_store_n(&c->ins_lock, 0, __ATOMIC_RELEASE);
+}
+
+static uint32_t
+owner_id(const struct counter_owner *o)
+{
+	return o ? o->id : COUNTERS_ANON;
+}
+
+/* Lock e for a change by o (NULL: a lone process), taking the undo. */
+static void
+op_begin(struct counters *c, struct counter_owner *o, struct counter_entry *e,
+    int ins)
+{
+	struct counter_undo *u;
+
+	if (o == NULL) {
+		entry_lock(e, COUNTERS_ANON);
+		return;
+	}
+	u = &o->undo;
+	__atomic_store_n(&u->entry, slot_of(c, e) + 1, __ATOMIC_RELEASE);
+	entry_lock(e, o->id);
+	u->state = e->state;
+	u->refs = e->refs;
+	u->key_len = e->key_len;
+	u->committed_known = e->committed_known;
+	u->hash = e->hash;
+	u->committed = e->committed;
+	u->unflushed = e->unflushed;
+	u->pending = e->pending;
+	u->flushed_upto = e->flushed_upto;
+	u->applied_lsn = e->applied_lsn;
+	u->ins = ins;
+	u->used = c->used;
+	u->head = o->head;
+	u->tail = o->tail;
+	u->led_idx = 0;
+	__atomic_store_n(&u->valid, 1, __ATOMIC_RELEASE);
+}
+
+static void
+op_end(struct counter_owner *o, struct counter_entry *e)
+{
+	entry_unlock(e);
+	if (o == NULL)
+		return;
+	__atomic_store_n(&o->undo.valid, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&o->undo.entry, 0, __ATOMIC_RELEASE);
+}
+
+/* Note, within a change, the ledger entry it is about to alter. */
+static struct counter_led *
+op_led(struct counter_owner *o, uint64_t idx)
+{
+	struct counter_led *l = &o->led[idx % o->ledger];
+
+	o->undo.led_word = l->word;
+	__atomic_store_n(&o->undo.led_idx, idx + 1, __ATOMIC_RELEASE);
+	return l;
+}
+
+void
+counters_owner_repair(struct counters *c, struct counter_owner *o)
+{
+	struct counter_undo *u = &o->undo;
+	struct counter_entry *e;
+
+	if (u->entry != 0 && u->entry <= c->nslots &&
+	    locked_by(e = entry_at(c, u->entry - 1), o->id)) {
+		if (u->valid) {
+			/* A half-written key must not match anything. */
+			if (u->ins && u->state == COUNTER_EVICTED &&
+			    (e->hash != u->hash || e->key_len != u->key_len))
+				u->key_len = 0;
+			ST(&e->state, u->state);
+			ST(&e->refs, u->refs);
+			e->key_len = u->key_len;
+			e->committed_known = u->committed_known;
+			e->hash = u->hash;
+			ST(&e->committed, u->committed);
+			ST(&e->unflushed, u->unflushed);
+			ST(&e->pending, u->pending);
+			e->flushed_upto = u->flushed_upto;
+			e->applied_lsn = u->applied_lsn;
+			if (u->ins)
+				ST(&c->used, u->used);
+			if (u->led_idx != 0 && o->ledger)
+				o->led[(u->led_idx - 1) % o->ledger].word =
+				    u->led_word;
+			o->head = u->head;
+			o->tail = u->tail;
+		}
+		entry_unlock(e);
+	}
+	u->valid = 0;
+	u->entry = 0;
+	if (__atomic_load_n(&c->ins_lock, __ATOMIC_ACQUIRE) == o->id)
+		ins_unlock(c);
+}
+
+/* --- reading --- */
+
+struct peek {
+	int64_t	committed, unflushed;
+	int	known;
+};
 
 static int
 entry_is(const struct counter_entry *e, uint64_t h, const char *key,
     size_t len)
 {
-	return e->hash == h && e->key_len == len &&
+	return LD(&e->hash) == h && LD(&e->key_len) == len &&
 	    memcmp(e->key, key, len) == 0;
 }
 
-static struct counter_entry *
-find(struct counters *c, const char *key, size_t len, int insert)
+/*
+ * The slot holding key READY, -1 when none, -2 when a slot stayed locked
+ * past 'tries' waits (-1: wait as long as it takes).  Lock-free: each
+ * slot is read as a seqlock, its state and key (and with pk, its values)
+ * taken only from a read the lock word did not move under.
+ */
+static int64_t
+probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk, int tries)
 {
-	uint64_t h, mask = c->nslots - 1;
+	uint64_t mask = c->nslots - 1, w1, w2;
 	struct counter_entry *e;
+	uint32_t st;
+	int match, waits = 0;
 
-	if (len == 0 || len > c->max_key_bytes)
-		return NULL;
-	h = counters_hash(key, len);
 	for (uint64_t n = 0, i = h & mask; n < c->nslots;
 	    n++, i = (i + 1) & mask) {
-		uint32_t st;
-
 		e = entry_at(c, i);
-		st = state_settled(e);
-		if (st == COUNTER_READY) {
-			if (entry_is(e, h, key, len))
-				return e;
-			continue;
+		for (;;) {
+			w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
+			if (w1 & 1) {
+				if (tries >= 0 && waits++ >= tries)
+					return -2;
+				sched_yield();
+				continue;
+			}
+			st = LD(&e->state);
+			match = st != COUNTER_EMPTY && entry_is(e, h, key, len);
+			if (match && pk) {
+				pk->committed = LD(&e->committed);
+				pk->unflushed = LD(&e->unflushed);
+				pk->known = LD(&e->committed_known);
+			}
+			__atomic_thread_fence(__ATOMIC_ACQUIRE);
+			w2 = __atomic_load_n(&e->lock, __ATOMIC_RELAXED);
+			if (w1 == w2)
+				break;
 		}
-		/* EMPTY: the key is not in the table. */
-		if (!insert)
-			return NULL;
-		if (__atomic_add_fetch(&c->used, 1, __ATOMIC_ACQ_REL) >
-		    c->capacity) {
-			__atomic_sub_fetch(&c->used, 1, __ATOMIC_ACQ_REL);
-			return NULL;
-		}
-		st = COUNTER_EMPTY;
-		if (__atomic_compare_exchange_n(&e->state, &st,
-		    COUNTER_CLAIMED, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-			e->hash = h;
-			e->key_len = len;
-			memcpy(e->key, key, len);
-			e->committed = 0;
-			e->unflushed = 0;
-			e->pending = 0;
-			/* A new key starts from 0 until a flush says more. */
-			e->committed_known = 1;
-			__atomic_store_n(&e->state, COUNTER_READY,
-			    __ATOMIC_RELEASE);
-			return e;
-		}
-		/* Lost the race for this slot: it may now hold our key. */
-		__atomic_sub_fetch(&c->used, 1, __ATOMIC_ACQ_REL);
-		if (state_settled(e) == COUNTER_READY && entry_is(e, h, key, len))
-			return e;
+		if (st == COUNTER_EMPTY)
+			return -1;
+		if (match)
+			return st == COUNTER_READY ? (int64_t)i : -1;
 	}
-	return NULL;
+	return -1;
 }
 
-struct counter_entry *
-counters_lookup(struct counters *c, const char *key, size_t len)
+/* probe_try() waiting as long as it takes. */
+static int64_t
+probe(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk)
 {
-	return find(c, key, len, 0);
-}
-
-struct counter_entry *
-counters_get(struct counters *c, const char *key, size_t len)
-{
-	return find(c, key, len, 1);
-}
-
-void
-counters_add(struct counter_entry *e, int64_t delta)
-{
-	__atomic_fetch_add(&e->unflushed, delta, __ATOMIC_RELAXED);
+	return probe_try(c, h, key, len, pk, -1);
 }
 
 int
-counters_reserve(struct counter_entry *e, int64_t delta)
+counters_peek(struct counters *c, const char *key, size_t len,
+    int64_t *committed, int64_t *unflushed, int *known)
 {
-	int64_t c, u, p, t;
-
-	p = __atomic_add_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
-	counters_read(e, &c, &u);
-	if (__builtin_add_overflow(c, u, &t) ||
-	    __builtin_add_overflow(t, p, &t)) {
-		__atomic_sub_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
-		return -1;
-	}
-	return 0;
+	return counters_peek_try(c, key, len, committed, unflushed, known, -1);
 }
 
-void
-counters_unreserve(struct counter_entry *e, int64_t delta)
+int
+counters_peek_try(struct counters *c, const char *key, size_t len,
+    int64_t *committed, int64_t *unflushed, int *known, int tries)
 {
-	__atomic_sub_fetch(&e->pending, delta, __ATOMIC_ACQ_REL);
+	struct peek pk;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes)
+		return 0;
+	if ((i = probe_try(c, counters_hash(key, len), key, len, &pk,
+	    tries)) < 0)
+		return i == -2 ? -1 : 0;
+	*committed = pk.committed;
+	*unflushed = pk.unflushed;
+	*known = pk.known;
+	return 1;
+}
+
+size_t
+counters_slot_key(struct counters *c, uint64_t i, char *buf)
+{
+	struct counter_entry *e = entry_at(c, i);
+	uint64_t w1, w2;
+	uint32_t st;
+	size_t len;
+
+	for (;;) {
+		w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
+		if (w1 & 1) {
+			sched_yield();
+			continue;
+		}
+		st = LD(&e->state);
+		len = LD(&e->key_len);
+		if (len > c->max_key_bytes)
+			len = 0;
+		if (st == COUNTER_READY)
+			memcpy(buf, e->key, len);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		w2 = __atomic_load_n(&e->lock, __ATOMIC_RELAXED);
+		if (w1 == w2)
+			return st == COUNTER_READY ? len : 0;
+	}
+}
+
+struct counter_entry *
+counters_slot(struct counters *c, uint64_t i)
+{
+	struct counter_entry *e = entry_at(c, i);
+
+	if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != COUNTER_READY)
+		return NULL;
+	return e;
 }
 
 void
 counters_read(const struct counter_entry *e, int64_t *committed,
     int64_t *unflushed)
 {
-	uint32_t s1, s2;
+	uint64_t w1, w2;
 
 	for (;;) {
-		s1 = __atomic_load_n(&e->seq, __ATOMIC_ACQUIRE);
-		if (s1 & 1) {
+		w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
+		if (w1 & 1) {
 			sched_yield();
 			continue;
 		}
-		*committed = __atomic_load_n(&e->committed, __ATOMIC_RELAXED);
-		*unflushed = __atomic_load_n(&e->unflushed, __ATOMIC_RELAXED);
+		*committed = LD(&e->committed);
+		*unflushed = LD(&e->unflushed);
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
-		s2 = __atomic_load_n(&e->seq, __ATOMIC_RELAXED);
-		if (s1 == s2)
+		w2 = __atomic_load_n(&e->lock, __ATOMIC_RELAXED);
+		if (w1 == w2)
 			return;
 	}
 }
@@ -224,50 +469,465 @@ counters_total(const struct counter_entry *e, int *overflow)
 	return t;
 }
 
-static void
-seq_begin(struct counter_entry *e)
-{
-	__atomic_fetch_add(&e->seq, 1, __ATOMIC_ACQ_REL);
-	__atomic_thread_fence(__ATOMIC_RELEASE);
-}
-
-static void
-seq_end(struct counter_entry *e)
-{
-	__atomic_fetch_add(&e->seq, 1, __ATOMIC_RELEASE);
-}
-
-void
-counters_commit(struct counter_entry *e, int64_t committed, int64_t flushed)
-{
-	seq_begin(e);
-	__atomic_store_n(&e->committed, committed, __ATOMIC_RELAXED);
-	__atomic_fetch_sub(&e->unflushed, flushed, __ATOMIC_RELAXED);
-	e->committed_known = 1;
-	seq_end(e);
-}
-
-void
-counters_forget_committed(struct counter_entry *e)
-{
-	seq_begin(e);
-	e->committed_known = 0;
-	seq_end(e);
-}
-
-void
-counters_set_committed(struct counter_entry *e, int64_t committed)
-{
-	seq_begin(e);
-	__atomic_store_n(&e->committed, committed, __ATOMIC_RELAXED);
-	e->committed_known = 1;
-	seq_end(e);
-}
-
 uint64_t
 counters_count(const struct counters *c)
 {
 	uint64_t n = __atomic_load_n(&c->used, __ATOMIC_ACQUIRE);
 
 	return n > c->capacity ? c->capacity : n;
+}
+
+/* --- changes (under the entry's lock) --- */
+
+static int
+would_overflow(const struct counter_entry *e, int64_t delta)
+{
+	int64_t t;
+
+	return __builtin_add_overflow(e->committed, e->unflushed, &t) ||
+	    __builtin_add_overflow(t, e->pending, &t) ||
+	    __builtin_add_overflow(t, delta, &t);
+}
+
+static void
+maybe_evictable(struct counters *c, const struct counter_entry *e)
+{
+	if (e->refs == 0 && e->pending == 0 && e->unflushed == 0)
+		__atomic_add_fetch(&c->evictable_gen, 1, __ATOMIC_RELAXED);
+}
+
+/* Within a change: record delta as o's newest ledger entry. */
+static void
+led_push(struct counters *c, struct counter_owner *o, struct counter_entry *e,
+    int64_t delta, uint64_t *idx)
+{
+	struct counter_led *l = &o->led[o->head % o->ledger];
+
+	ST(&e->refs, e->refs + 1);
+	l->word = slot_of(c, e);
+	l->value = delta;
+	*idx = o->head;
+	__atomic_store_n(&o->head, o->head + 1, __ATOMIC_RELEASE);
+}
+
+/*
+ * Evict up to a sixteenth of the capacity, from the clock hand on; at
+ * most one full turn.  Under ins_lock.  A turn that found nothing is not
+ * repeated until some entry may have become evictable.
+ */
+static uint64_t
+evict_some(struct counters *c, struct counter_owner *o)
+{
+	uint64_t gen = __atomic_load_n(&c->evictable_gen, __ATOMIC_RELAXED);
+	uint64_t want = c->capacity / 16 ? c->capacity / 16 : 1, n = 0;
+	struct counter_entry *e;
+
+	if (gen == c->scanned_gen)
+		return 0;
+	for (uint64_t k = 0; k < c->nslots && n < want; k++) {
+		e = entry_at(c, c->hand);
+		c->hand = (c->hand + 1) & (c->nslots - 1);
+		if (LD(&e->state) != COUNTER_READY || LD(&e->refs) ||
+		    LD(&e->pending) || LD(&e->unflushed))
+			continue;
+		op_begin(c, o, e, 1);
+		if (e->refs == 0 && e->pending == 0 && e->unflushed == 0 &&
+		    e->applied_lsn <= e->flushed_upto) {
+			ST(&e->state, COUNTER_EVICTED);
+			ST(&c->used, c->used - 1);
+			n++;
+		}
+		op_end(o, e);
+	}
+	if (n == 0)
+		c->scanned_gen = gen;
+	__atomic_add_fetch(&c->evictions, n, __ATOMIC_RELAXED);
+	return n;
+}
+
+/*
+ * Reserve delta on the held entry at slot i for o.  1 when the slot no
+ * longer holds key (evicted or taken over since the probe): probe again.
+ */
+static int
+acquire_at(struct counters *c, struct counter_owner *o, uint64_t i,
+    uint64_t h, const char *key, size_t len, int64_t delta,
+    enum counters_rc *rc, uint64_t *idx)
+{
+	struct counter_entry *e = entry_at(c, i);
+
+	op_begin(c, o, e, 0);
+	if (e->state != COUNTER_READY || !entry_is(e, h, key, len)) {
+		op_end(o, e);
+		return 1;
+	}
+	if (would_overflow(e, delta)) {
+		*rc = COUNTERS_OVERFLOW;
+		op_end(o, e);
+		return 0;
+	}
+	ST(&e->pending, e->pending + delta);
+	led_push(c, o, e, delta, idx);
+	*rc = COUNTERS_OK;
+	op_end(o, e);
+	return 0;
+}
+
+/*
+ * Insert key (or find it, or revive it) under ins_lock; with o, reserve
+ * delta as acquire_at does.  The slot in *slot.
+ */
+static enum counters_rc
+insert(struct counters *c, struct counter_owner *o, uint64_t h,
+    const char *key, size_t len, int64_t delta, uint64_t *slot, uint64_t *idx)
+{
+	uint64_t mask = c->nslots - 1, i, n;
+	int64_t free_slot = -1, revive = -1, found = -1;
+	struct counter_entry *e;
+	enum counters_rc rc = COUNTERS_OK;
+
+	ins_lock(c, owner_id(o));
+	/* Keys and states change only under ins_lock: plain reads. */
+	for (n = 0, i = h & mask; n < c->nslots; n++, i = (i + 1) & mask) {
+		uint32_t st = LD(&entry_at(c, i)->state);
+
+		e = entry_at(c, i);
+		if (st == COUNTER_EMPTY) {
+			if (free_slot < 0)
+				free_slot = i;
+			break;
+		}
+		if (entry_is(e, h, key, len)) {
+			if (st == COUNTER_READY)
+				found = i;
+			else
+				revive = i;
+			break;
+		}
+		if (st == COUNTER_EVICTED && free_slot < 0)
+			free_slot = i;
+	}
+	if (found >= 0) {
+		*slot = found;
+		if (o && acquire_at(c, o, found, h, key, len, delta, &rc, idx))
+			rc = COUNTERS_FULL;	/* cannot be: it is READY */
+		ins_unlock(c);
+		return rc;
+	}
+	if (c->used >= c->capacity)
+		evict_some(c, o);
+	if (c->used >= c->capacity || (revive < 0 && free_slot < 0)) {
+		ins_unlock(c);
+		return COUNTERS_FULL;
+	}
+	i = revive >= 0 ? (uint64_t)revive : (uint64_t)free_slot;
+	e = entry_at(c, i);
+	op_begin(c, o, e, 1);
+	if (revive < 0) {
+		if (e->state == COUNTER_EVICTED && e->key_len != 0)
+			ST(&c->forgot, 1);
+		e->hash = h;
+		e->key_len = len;
+		memcpy(e->key, key, len);
+		ST(&e->committed, 0);
+		/* A new key starts from 0 until a flush says more. */
+		e->committed_known = !LD(&c->forgot);
+		e->flushed_upto = 0;
+		e->applied_lsn = 0;
+		ST(&e->unflushed, 0);
+		ST(&e->pending, 0);
+		ST(&e->refs, 0);
+	}
+	if (o && would_overflow(e, delta))
+		rc = COUNTERS_OVERFLOW;	/* revived: stays evicted */
+	else {
+		ST(&e->state, COUNTER_READY);
+		ST(&c->used, c->used + 1);
+		if (o) {
+			ST(&e->pending, e->pending + delta);
+			led_push(c, o, e, delta, idx);
+		}
+	}
+	op_end(o, e);
+	ins_unlock(c);
+	*slot = i;
+	return rc;
+}
+
+enum counters_rc
+counters_acquire(struct counters *c, struct counter_owner *o, const char *key,
+    size_t len, int64_t delta, struct counter_entry **ep, uint64_t *idx)
+{
+	uint64_t h, slot;
+	enum counters_rc rc;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes)
+		return COUNTERS_FULL;
+	if (o->head - o->tail >= o->ledger)
+		return COUNTERS_BUSY;
+	h = counters_hash(key, len);
+	for (;;) {
+		if ((i = probe(c, h, key, len, NULL)) >= 0) {
+			if (acquire_at(c, o, i, h, key, len, delta, &rc, idx))
+				continue;
+			slot = i;
+		} else
+			rc = insert(c, o, h, key, len, delta, &slot, idx);
+		if (rc == COUNTERS_OK)
+			*ep = entry_at(c, slot);
+		return rc;
+	}
+}
+
+void
+counters_publishing(struct counter_owner *o, uint64_t end, uint64_t lsn)
+{
+	o->wr_end = end;
+	__atomic_store_n(&o->wr_lsn, lsn, __ATOMIC_RELEASE);
+}
+
+void
+counters_published(struct counter_owner *o, uint64_t end_lsn)
+{
+	o->pub_lsn = end_lsn;
+	__atomic_store_n(&o->pub, o->wr_end, __ATOMIC_RELEASE);
+	__atomic_store_n(&o->wr_lsn, 0, __ATOMIC_RELEASE);
+}
+
+uint64_t
+counters_owner_wr_lsn(const struct counter_owner *o)
+{
+	return __atomic_load_n(&o->wr_lsn, __ATOMIC_ACQUIRE);
+}
+
+uint64_t
+counters_ledger_head(const struct counter_owner *o)
+{
+	return o->head;
+}
+
+void
+counters_apply(struct counters *c, struct counter_owner *o, uint64_t idx,
+    uint64_t frame_end, int64_t *total, int *overflow)
+{
+	struct counter_led *l = &o->led[idx % o->ledger];
+	struct counter_entry *e = entry_at(c, LED_SLOT(l->word));
+
+	op_begin(c, o, e, 0);
+	l = op_led(o, idx);
+	if (!(l->word & LED_APPLIED)) {
+		ST(&e->unflushed, (int64_t)((uint64_t)e->unflushed +
+		    (uint64_t)l->value));
+		ST(&e->pending, e->pending - l->value);
+		if (frame_end > e->applied_lsn)
+			e->applied_lsn = frame_end;
+		__atomic_store_n(&l->word, l->word | LED_APPLIED,
+		    __ATOMIC_RELEASE);
+	}
+	*overflow = __builtin_add_overflow(e->committed, e->unflushed, total);
+	op_end(o, e);
+}
+
+static void
+release_at(struct counters *c, struct counter_owner *o, uint64_t idx, int tail)
+{
+	struct counter_led *l = &o->led[idx % o->ledger];
+	struct counter_entry *e = entry_at(c, LED_SLOT(l->word));
+
+	op_begin(c, o, e, 0);
+	if (!(l->word & LED_APPLIED))
+		ST(&e->pending, e->pending - l->value);
+	ST(&e->refs, e->refs - 1);
+	if (tail)
+		__atomic_store_n(&o->tail, o->tail + 1, __ATOMIC_RELEASE);
+	else
+		__atomic_store_n(&o->head, o->head - 1, __ATOMIC_RELEASE);
+	maybe_evictable(c, e);
+	op_end(o, e);
+}
+
+void
+counters_release_tail(struct counters *c, struct counter_owner *o)
+{
+	if (o->tail != o->head)
+		release_at(c, o, o->tail, 1);
+}
+
+void
+counters_release_head(struct counters *c, struct counter_owner *o)
+{
+	if (o->tail != o->head)
+		release_at(c, o, o->head - 1, 0);
+}
+
+uint64_t
+counters_owner_adopt(struct counters *c, struct counter_owner *o,
+    int (*published)(void *, uint64_t), void *arg)
+{
+	uint64_t n = 0, wr = o->wr_lsn, idx;
+	int wr_pub = -1, pub, ovf;
+	int64_t t;
+
+	while (o->tail != o->head) {
+		idx = o->tail;
+		pub = idx < o->pub;
+		if (!pub && wr != 0 && idx < o->wr_end) {
+			if (wr_pub < 0)
+				wr_pub = published(arg, wr) == 1;
+			pub = wr_pub;
+		}
+		if (pub && !(o->led[idx % o->ledger].word & LED_APPLIED)) {
+			/* Not known where in the frames: the latest end. */
+			counters_apply(c, o, idx, o->pub_lsn > wr ?
+			    o->pub_lsn : wr + 1, &t, &ovf);
+			n++;
+		}
+		counters_release_tail(c, o);
+	}
+	o->pub = o->wr_end = o->head;
+	__atomic_store_n(&o->wr_lsn, 0, __ATOMIC_RELEASE);
+	return n;
+}
+
+/* --- the flusher --- */
+
+void
+counters_commit_key(struct counters *c, struct counter_owner *o,
+    const char *key, size_t len, int have_total, int64_t total,
+    int64_t applied, int64_t flushed, uint64_t upto)
+{
+	uint64_t h = counters_hash(key, len);
+	struct counter_entry *e;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes ||
+	    (i = probe(c, h, key, len, NULL)) < 0)
+		return;		/* evicted: PostgreSQL has it all */
+	e = entry_at(c, i);
+	op_begin(c, o, e, 0);
+	if (e->state == COUNTER_READY && entry_is(e, h, key, len) &&
+	    e->flushed_upto < upto) {
+		ST(&e->committed, have_total ? total : (int64_t)(
+		    (uint64_t)e->committed + (uint64_t)applied));
+		ST(&e->unflushed, (int64_t)((uint64_t)e->unflushed -
+		    (uint64_t)flushed));
+		if (have_total)
+			e->committed_known = 1;
+		e->flushed_upto = upto;
+		maybe_evictable(c, e);
+	}
+	op_end(o, e);
+}
+
+void
+counters_set_committed_key(struct counters *c, struct counter_owner *o,
+    const char *key, size_t len, int64_t committed)
+{
+	uint64_t h = counters_hash(key, len);
+	struct counter_entry *e;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes ||
+	    (i = probe(c, h, key, len, NULL)) < 0)
+		return;
+	e = entry_at(c, i);
+	op_begin(c, o, e, 0);
+	if (e->state == COUNTER_READY && entry_is(e, h, key, len)) {
+		ST(&e->committed, committed);
+		e->committed_known = 1;
+	}
+	op_end(o, e);
+}
+
+/* --- a lone process --- */
+
+struct counter_entry *
+counters_lookup(struct counters *c, const char *key, size_t len)
+{
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes)
+		return NULL;
+	i = probe(c, counters_hash(key, len), key, len, NULL);
+	return i < 0 ? NULL : entry_at(c, i);
+}
+
+struct counter_entry *
+counters_get(struct counters *c, const char *key, size_t len)
+{
+	uint64_t h, slot, idx;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes)
+		return NULL;
+	h = counters_hash(key, len);
+	if ((i = probe(c, h, key, len, NULL)) >= 0)
+		return entry_at(c, i);
+	if (insert(c, NULL, h, key, len, 0, &slot, &idx) != COUNTERS_OK)
+		return NULL;
+	return entry_at(c, slot);
+}
+
+void
+counters_add(struct counters *c, struct counter_entry *e, int64_t delta,
+    uint64_t frame_end)
+{
+	op_begin(c, NULL, e, 0);
+	ST(&e->unflushed, (int64_t)((uint64_t)e->unflushed + (uint64_t)delta));
+	if (frame_end > e->applied_lsn)
+		e->applied_lsn = frame_end;
+	op_end(NULL, e);
+}
+
+int
+counters_reserve(struct counters *c, struct counter_entry *e, int64_t delta)
+{
+	int rc = 0;
+
+	op_begin(c, NULL, e, 0);
+	if (would_overflow(e, delta))
+		rc = -1;
+	else
+		ST(&e->pending, e->pending + delta);
+	op_end(NULL, e);
+	return rc;
+}
+
+void
+counters_unreserve(struct counters *c, struct counter_entry *e, int64_t delta)
+{
+	op_begin(c, NULL, e, 0);
+	ST(&e->pending, e->pending - delta);
+	op_end(NULL, e);
+}
+
+void
+counters_commit(struct counters *c, struct counter_entry *e, int64_t committed,
+    int64_t flushed)
+{
+	op_begin(c, NULL, e, 0);
+	ST(&e->committed, committed);
+	ST(&e->unflushed, (int64_t)((uint64_t)e->unflushed -
+	    (uint64_t)flushed));
+	e->committed_known = 1;
+	op_end(NULL, e);
+}
+
+void
+counters_forget_committed(struct counters *c, struct counter_entry *e)
+{
+	op_begin(c, NULL, e, 0);
+	e->committed_known = 0;
+	op_end(NULL, e);
+}
+
+void
+counters_set_committed(struct counters *c, struct counter_entry *e,
+    int64_t committed)
+{
+	op_begin(c, NULL, e, 0);
+	ST(&e->committed, committed);
+	e->committed_known = 1;
+	op_end(NULL, e);
 }

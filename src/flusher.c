@@ -150,9 +150,10 @@ struct flusher {
 	int			 ckp_warned;
 	int			 keys_loaded;	/* from PostgreSQL, once */
 	uint64_t		 next_prune_us;
-	/* For the committed-value lookups. */
-	struct counter_entry	**lk_ents;
+	/* For the committed-value lookups: keys copied out of the table. */
+	char			*lk_keys;
 	struct pg_kv		*lk_kv;
+	struct counter_owner	*own;	/* for changes to the table */
 	/* Which table pages exist (mincore), for the slot scans. */
 	uintptr_t		 pagesize;
 	unsigned char		*mc_vec;
@@ -550,25 +551,21 @@ flusher_backoff(struct flusher *fl)
 	fl->retry_at_us = flusher_now_us() + fl->backoff_ms * 1000;
 }
 
-struct fl_lookup {
-	struct counter_entry	**ents;
-};
-
 static void
 flusher_lookup_cb(void *arg, size_t i, int found, int64_t value)
 {
-	struct fl_lookup *lk = arg;
+	struct flusher *fl = arg;
 
-	counters_set_committed(lk->ents[i], found ? value : 0);
+	/* By key: the entry may have been evicted meanwhile. */
+	counters_set_committed_key(fl->shm->counters, fl->own,
+	    fl->lk_kv[i].key, fl->lk_kv[i].len, found ? value : 0);
 }
 
 /* Learn PostgreSQL's value of n held keys.  -1 on a PostgreSQL error. */
 static int
 flusher_lookup(struct flusher *fl, size_t n)
 {
-	struct fl_lookup lk = { fl->lk_ents };
-
-	if (pg_lookup(&fl->pg, fl->lk_kv, n, flusher_lookup_cb, &lk) == -1) {
+	if (pg_lookup(&fl->pg, fl->lk_kv, n, flusher_lookup_cb, fl) == -1) {
 		flusher_pg_failed(fl, "reading committed values");
 		return -1;
 	}
@@ -616,9 +613,9 @@ flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
     uint64_t maxslots)
 {
 	struct counters *c = fl->shm->counters;
-	struct counter_entry *e;
 	uint64_t keys = 0, slots = 0, i;
-	size_t n = 0;
+	size_t n = 0, len;
+	char *kb;
 
 	fl->mc_pages = 0;	/* pages appear as keys arrive */
 	while (keys < maxkeys && slots < maxslots && slots < c->nslots) {
@@ -626,12 +623,12 @@ flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
 			*cursor = 0;
 		i = (*cursor)++;
 		slots++;
+		kb = fl->lk_keys + n * c->max_key_bytes;
 		if (!flusher_slot_resident(fl, i) ||
-		    (e = counters_slot(c, i)) == NULL)
+		    (len = counters_slot_key(c, i, kb)) == 0)
 			continue;
-		fl->lk_ents[n] = e;
-		fl->lk_kv[n].key = e->key;
-		fl->lk_kv[n].len = e->key_len;
+		fl->lk_kv[n].key = kb;
+		fl->lk_kv[n].len = len;
 		fl->lk_kv[n].value = 0;
 		keys++;
 		if (++n == FL_LOOKUP_CHUNK) {
@@ -673,9 +670,9 @@ flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
 	struct frame_info fi;
 	enum frame_status st;
 	const uint8_t *f, *q, *end;
-	struct counter_entry *e;
-	int64_t c, u;
+	struct fl_ent *e;
 
+	batch_reset(&fl->b);
 	for (p = journal_lsn_normalize(seg, from); p < journal_lsn_normalize(
 	    seg, to); p = journal_lsn_normalize(seg, p + fi.len)) {
 		if ((f = journal_at(&fl->j, p, 0)) == NULL)
@@ -689,18 +686,22 @@ flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
 		q = fl->raw;
 		end = fl->raw + fi.raw_len;
 		while (journal_record_next(&q, end, &r) == 1) {
-			if ((e = counters_lookup(fl->shm->counters, r.key,
-			    r.key_len)) == NULL)
-				continue;
-			/*
-			 * Keep the total as it was; the committed value is
-			 * read from PostgreSQL right after this.
-			 */
-			counters_read(e, &c, &u);
-			counters_commit(e, (int64_t)((uint64_t)c +
-			    (uint64_t)r.value), r.value);
+			if ((e = batch_find(&fl->b, r.key, r.key_len, 1)) ==
+			    NULL)
+				return -1;
+			e->sum = (int64_t)((uint64_t)e->sum + (uint64_t)r.value);
 		}
 	}
+	/*
+	 * Keep each total as it was; the committed values are read from
+	 * PostgreSQL right after this.  Entries that took this batch in
+	 * already, before a flusher died, are stamped with 'to' and left.
+	 */
+	for (size_t i = 0; i < fl->b.n; i++)
+		counters_commit_key(fl->shm->counters, fl->own,
+		    fl->b.arena + fl->b.ents[i].off, fl->b.ents[i].len, 0, 0,
+		    fl->b.ents[i].sum, fl->b.ents[i].sum, to);
+	batch_reset(&fl->b);
 	return 0;
 }
 
@@ -760,13 +761,13 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
     size_t key_len, int64_t value, uint64_t time_us)
 {
 	struct flusher *fl = arg;
-	struct counter_entry *ce;
 	struct idem_entry *ie;
-	int64_t total = value;
-	int status, overflow;
+	int64_t total = value, c, u;
+	int status, known;
 
-	if ((ce = counters_lookup(fl->shm->counters, key, key_len)) != NULL)
-		total = counters_total(ce, &overflow);
+	if (!counters_peek(fl->shm->counters, key, key_len, &c, &u, &known) ||
+	    __builtin_add_overflow(c, u, &total))
+		total = value;
 	/*
 	 * Claimed and completed like a worker would, so that a key a worker
 	 * holds already (in flight or kept) is left alone.
@@ -1249,11 +1250,10 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 {
 	struct fl_batch *b = &fl->b;
 	struct shm_hdr *h = fl->h;
-	struct counter_entry *ce;
 	struct pg_kv *kv;
 	size_t n;
-	int64_t c, u;
 	uint64_t t0 = metrics_now();
+	uint64_t keep;
 
 	b->upto = upto;
 	b->nrej = 0;
@@ -1313,8 +1313,11 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	}
 	/*
 	 * Should this process die inside this loop, the respawned flusher
-	 * subtracts the whole batch again on connect: the shared table (a
-	 * cache) may then be off until the next restart, PostgreSQL never.
+	 * finds PostgreSQL's checkpoint ahead of the shared one and takes
+	 * the batch out of the table again (flusher_skip_flushed); entries
+	 * that took it in already carry upto and are left alone, so each
+	 * key loses the batch exactly once.  Deltas PostgreSQL already had
+	 * leave the table too.
 	 */
 	for (size_t i = 0; i < b->n; i++) {
 		struct fl_ent *e = &b->ents[i];
@@ -1322,15 +1325,9 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		int64_t gone = wrap_add(wrap_add(e->sum, e->dropped),
 		    e->rejected);
 
-		if ((ce = counters_lookup(fl->shm->counters, b->arena + e->off,
-		    e->len)) == NULL)
-			continue;
-		if (e->returned)
-			counters_commit(ce, e->total, gone);
-		else {
-			counters_read(ce, &c, &u);
-			counters_commit(ce, wrap_add(c, e->sum), gone);
-		}
+		counters_commit_key(fl->shm->counters, fl->own,
+		    b->arena + e->off, e->len, e->returned, e->total,
+		    e->sum, gone, upto);
 	}
 	flusher_log_parked(fl);
 	shm_count(&h->stats.rejected, b->nrej);
@@ -1343,9 +1340,17 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		fl->bad_lsn = 0;
 	}
 	flusher_write_checkpoint(fl, upto);
-	if (journal_recycle(&fl->j, upto) >= 0)
+	/* Not the segment of a frame a dead worker left unsettled. */
+	keep = upto;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {
+		uint64_t wr = counters_owner_wr_lsn(fl->shm->owners[i]);
+
+		if (wr != 0 && wr < keep)
+			keep = wr;
+	}
+	if (journal_recycle(&fl->j, keep) >= 0)
 		shm_advance(&h->start_lsn, journal_lsn_normalize(h->seg_size,
-		    journal_seg_base(h->seg_size, upto)));
+		    journal_seg_base(h->seg_size, keep)));
 	shm_count(&h->stats.flushes, 1);
 	shm_count(&h->stats.rows_upserted, b->n);
 	metrics_hist_add(&h->metrics.flush, t0);
@@ -1439,11 +1444,12 @@ flusher_setup(struct flusher *fl, const struct config *cf, struct shm *shm)
 		return -1;
 	}
 	fl->raw = malloc(JOURNAL_MAX_RAW);
-	fl->lk_ents = calloc(FL_LOOKUP_CHUNK, sizeof(*fl->lk_ents));
+	fl->own = shm->owners[SHM_FLUSHER];
+	fl->lk_keys = malloc((size_t)FL_LOOKUP_CHUNK * cf->max_key_bytes);
 	fl->lk_kv = calloc(FL_LOOKUP_CHUNK, sizeof(*fl->lk_kv));
 	fl->mc_vec = malloc(FL_MINCORE_PAGES);
 	fl->pagesize = sysconf(_SC_PAGESIZE);
-	if (fl->raw == NULL || fl->lk_ents == NULL || fl->lk_kv == NULL ||
+	if (fl->raw == NULL || fl->lk_keys == NULL || fl->lk_kv == NULL ||
 	    fl->mc_vec == NULL) {
 		log_warnx("out of memory");
 		return -1;
@@ -1458,7 +1464,7 @@ flusher_teardown(struct flusher *fl)
 	pg_free(&fl->pg);
 	batch_free(&fl->b);
 	free(fl->raw);
-	free(fl->lk_ents);
+	free(fl->lk_keys);
 	free(fl->lk_kv);
 	free(fl->mc_vec);
 	if (fl->j.dirfd != -1)

@@ -347,7 +347,15 @@ master_reaped(struct child *c, int status)
 		/* Its keyed requests in flight may be retried now. */
 		idem_release_owner(M.shm.idem, c->pid);
 		ratelimit_release_owner(M.shm.rl, c->pid);
-	}
+		/*
+		 * A change to the counter table it was in the middle of is
+		 * undone, so no entry stays locked; the increments it held
+		 * are settled by the next worker in its slot.
+		 */
+		counters_owner_repair(M.shm.counters, M.shm.owners[c->slot]);
+	} else if (c->role == PROC_FLUSHER)
+		counters_owner_repair(M.shm.counters,
+		    M.shm.owners[SHM_FLUSHER]);
 	c->pid = 0;
 	if (stopping)
 		return;
@@ -667,23 +675,29 @@ ctl_status(struct control_client *c)
 static void
 ctl_get(struct control_client *c, const char *key, size_t len)
 {
-	struct counter_entry *e;
 	char buf[CONTROL_MAX_PAYLOAD], k[CONTROL_MAX_PAYLOAD];
 	int64_t committed, unflushed;
-	int n;
+	int n, known, rc;
 
-	if ((e = counters_lookup(M.shm.counters, key, len)) == NULL) {
+	/* A dead worker may hold the entry until we reap it: do not wait. */
+	if ((rc = counters_peek_try(M.shm.counters, key, len, &committed,
+	    &unflushed, &known, 1000)) == -1) {
+		n = snprintf(buf, sizeof(buf), "{\"error\":\"the key is "
+		    "being changed; try again\"}");
+		control_reply(c->fd, CTL_FAILED, buf, n);
+		return;
+	}
+	if (rc == 0) {
 		n = snprintf(buf, sizeof(buf), "{\"error\":\"key not held in "
 		    "memory (GET /increment/KEY asks PostgreSQL)\"}");
 		control_reply(c->fd, CTL_FAILED, buf, n);
 		return;
 	}
-	counters_read(e, &committed, &unflushed);
 	ctl_json_escape(k, sizeof(k), key, len);
 	n = snprintf(buf, sizeof(buf), "{\"key\":\"%s\",\"value\":%" PRId64
 	    ",\"committed\":%" PRId64 ",\"unflushed\":%" PRId64 ","
 	    "\"committed_known\":%s}", k, committed + unflushed, committed,
-	    unflushed, e->committed_known ? "true" : "false");
+	    unflushed, known ? "true" : "false");
 	control_reply(c->fd, CTL_OK, buf, n < (int)sizeof(buf) ? n :
 	    (int)sizeof(buf) - 1);
 }

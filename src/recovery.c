@@ -71,8 +71,8 @@ recovery_apply(struct rec_state *rs, const uint8_t *f,
 			return -2;
 		}
 		if (e->committed_known && e->unflushed == 0)
-			counters_forget_committed(e);
-		counters_add(e, r.value);
+			counters_forget_committed(rs->shm->counters, e);
+		counters_add(rs->shm->counters, e, r.value, fi->lsn + fi->len);
 		rs->records++;
 		if (r.idem && r.time_us + rs->cf->idem_ttl_us > rs->now_us) {
 			int overflow;

@@ -1,8 +1,9 @@
 /*
  * The shared region: one anonymous shared mapping, header first, then the
  * counter table, then the Idempotency-Key table, then the rate limiter's
- * buckets.  Anonymous memory is zero-filled and only the pages
- * touched cost memory, so a large max_keys is cheap until used.
+ * buckets, then the counter table's owners (each worker's ledger, the
+ * flusher's undo record).  Anonymous memory is zero-filled and only the
+ * pages touched cost memory, so a large max_keys is cheap until used.
  */
 #include <sys/mman.h>
 #include <sys/random.h>
@@ -30,16 +31,19 @@ shm_create(struct shm *s, const struct config *cf)
 {
 	size_t csize = align64(counters_size(cf->max_keys, cf->max_key_bytes));
 	size_t isize = align64(idem_size(cf->idem_max_keys, cf->max_key_bytes));
-	size_t rsize = ratelimit_size(cf->rl_max_clients);
+	size_t rsize = align64(ratelimit_size(cf->rl_max_clients));
+	size_t osize = counters_owner_size(COUNTERS_LEDGER);
 	struct timespec ts;
 	uint64_t seed;
+	char *op;
 
 	memset(s, 0, sizeof(*s));
 	if (isize == 0 || rsize == 0) {
 		errno = ENOMEM;
 		return -1;
 	}
-	s->size = hdr_size() + csize + isize + rsize;
+	s->size = hdr_size() + csize + isize + rsize +
+	    osize * CONFIG_MAX_WORKERS + counters_owner_size(0);
 	s->base = mmap(NULL, s->size, PROT_READ | PROT_WRITE,
 	    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (s->base == MAP_FAILED) {
@@ -61,6 +65,13 @@ shm_create(struct shm *s, const struct config *cf)
 	}
 	s->rl = ratelimit_init((char *)s->base + hdr_size() + csize + isize,
 	    cf->rl_max_clients, seed);
+	op = (char *)s->base + hdr_size() + csize + isize + rsize;
+	for (int i = 0; i < CONFIG_MAX_WORKERS; i++, op += osize) {
+		s->owners[i] = (struct counter_owner *)(void *)op;
+		counters_owner_init(s->owners[i], i + 1, COUNTERS_LEDGER);
+	}
+	s->owners[SHM_FLUSHER] = (struct counter_owner *)(void *)op;
+	counters_owner_init(s->owners[SHM_FLUSHER], SHM_FLUSHER + 1, 0);
 	return 0;
 }
 

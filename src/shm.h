@@ -94,9 +94,13 @@ struct shm {
 	struct counters	*counters;
 	struct idem_table *idem;
 	struct ratelimit *rl;
+	/* Counter table owners: worker slot i, then the flusher (SHM_FLUSHER). */
+	struct counter_owner *owners[CONFIG_MAX_WORKERS + 1];
 	void		*base;
 	size_t		 size;
 };
+
+#define SHM_FLUSHER	CONFIG_MAX_WORKERS
 
 /* Map and initialise the region for cf.  -1 with errno on failure. */
 int	shm_create(struct shm *s, const struct config *cf);

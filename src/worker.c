@@ -70,6 +70,7 @@ struct waiter {
 	struct counter_entry	*e;
 	struct idem_entry	*ie;	/* its Idempotency-Key claim, or NULL */
 	int64_t			 value;
+	uint64_t		 idx;	/* its entry in our ledger */
 };
 
 
@@ -108,6 +109,7 @@ static struct worker {
 	struct shm		*shm;
 	struct shm_hdr		*h;
 	struct shm_slot		*slot;
+	struct counter_owner	*own;	/* our ledger of held increments */
 	int			 slotno;
 	struct journal		 j;
 	h2o_globalconf_t	 h2o;
@@ -358,14 +360,21 @@ req_token_new(h2o_req_t *req, h2o_req_t **ref)
 	return t;
 }
 
-/* Answer every request of a batch the same way (refusals). */
+/*
+ * Answer every request of a batch the same way (refusals).  Its ledger
+ * entries are the newest ones (a batch being written) or the oldest (a
+ * batch waiting for the disk).
+ */
 static void
-batch_refuse(struct batch *b, const char *msg)
+batch_refuse(struct batch *b, const char *msg, int newest)
 {
-	for (uint32_t i = 0; i < b->nw; i++) {
-		struct waiter *w = &b->w[i];
+	for (uint32_t n = 0; n < b->nw; n++) {
+		struct waiter *w = &b->w[newest ? b->nw - 1 - n : n];
 
-		counters_unreserve(w->e, w->value);
+		if (newest)
+			counters_release_head(W.shm->counters, W.own);
+		else
+			counters_release_tail(W.shm->counters, W.own);
 		if (w->ie)
 			idem_abort(W.shm->idem, w->ie);
 		if (w->req) {
@@ -383,26 +392,26 @@ batch_ack(struct batch *b)
 	int64_t total;
 	int overflow;
 
-	for (uint32_t i = 0; i < b->nw; i++) {
-		struct waiter *w = &b->w[i];
-
-		counters_add(w->e, w->value);
-		counters_unreserve(w->e, w->value);
-	}
+	for (uint32_t i = 0; i < b->nw; i++)
+		counters_apply(W.shm->counters, W.own, b->w[i].idx, b->end_lsn,
+		    &total, &overflow);
 	shm_count(&W.h->stats.increments, b->nw);
 	/* One clock read for the batch: its answers leave together. */
 	W.now = metrics_now();
 	for (uint32_t i = 0; i < b->nw; i++) {
 		struct waiter *w = &b->w[i];
 
+		/* Our ledger entry holds w->e until released, below. */
 		total = counters_total(w->e, &overflow);
 		/* Kept even if the client went away: its retry replays it. */
 		if (w->ie)
 			idem_complete(W.shm->idem, w->ie, 202, total, expires);
-		if (w->req == NULL)
-			continue;
-		worker_resume(w->tok, w->req);
-		respond_total(w->req, 202, w->e->key, w->e->key_len, total, 0);
+		if (w->req != NULL) {
+			worker_resume(w->tok, w->req);
+			respond_total(w->req, 202, w->e->key, w->e->key_len,
+			    total, 0);
+		}
+		counters_release_tail(W.shm->counters, W.own);
 	}
 	W.now = 0;
 }
@@ -417,7 +426,7 @@ worker_ack(void)
 		/* Durability is unknown: never claim it. */
 		while ((b = W.wait_head) != NULL) {
 			W.wait_head = b->next;
-			batch_refuse(b, "journal sync failed");
+			batch_refuse(b, "journal sync failed", 0);
 			batch_free(b);
 		}
 		W.wait_tail = NULL;
@@ -457,7 +466,7 @@ worker_write(struct batch *b)
 
 	/* The journal failed since these requests were accepted. */
 	if (W.h->journal_errno || W.h->sync_failed) {
-		batch_refuse(b, "journal unavailable");
+		batch_refuse(b, "journal unavailable", 1);
 		batch_free(b);
 		return;
 	}
@@ -466,7 +475,7 @@ worker_write(struct batch *b)
 	if (len == 0) {
 		log_warnx("cannot build a journal frame of %zu bytes",
 		    b->raw_len);
-		batch_refuse(b, "journal error");
+		batch_refuse(b, "journal error", 1);
 		batch_free(b);
 		return;
 	}
@@ -491,7 +500,7 @@ worker_write(struct batch *b)
 			shm_store(&W.h->orphan_start[W.slotno], pad_lsn);
 		}
 		__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
-		batch_refuse(b, "journal unavailable");
+		batch_refuse(b, "journal unavailable", 1);
 		batch_free(b);
 		return;
 	}
@@ -499,7 +508,15 @@ worker_write(struct batch *b)
 		journal_frame_build_padding(pad, pad_lsn, pad_len, W.h->epoch);
 		journal_frame_publish(pat, pad, sizeof(pad));
 	}
+	/*
+	 * Should we die between these two notes, the next worker in this
+	 * slot asks the journal whether the frame at lsn made it, and
+	 * applies its deltas if so (counters_owner_adopt).
+	 */
+	counters_publishing(W.own, b->w[b->nw - 1].idx + 1, lsn);
 	journal_frame_publish(at, W.frame, len);
+	counters_published(W.own, lsn + len);
+	b->end_lsn = lsn + len;
 	__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
 	syncer_kick(W.h->syncer_efd);
 	shm_count(&W.h->stats.frames, 1);
@@ -515,7 +532,6 @@ worker_write(struct batch *b)
 		batch_free(b);
 		return;
 	}
-	b->end_lsn = lsn + len;
 	if (W.wait_tail)
 		W.wait_tail->next = b;
 	else
@@ -642,6 +658,7 @@ handle_post(h2o_req_t *req)
 	char err[128], ik[REQUEST_MAX_IDEM_BYTES];
 	ssize_t ik_len;
 	size_t need;
+	uint64_t idx;
 
 	if (req->entity.base == NULL)
 		return respond_error(req, 400, "body is not valid JSON");
@@ -662,26 +679,35 @@ handle_post(h2o_req_t *req)
 	/* Settled first: a refusal must not leave a key behind. */
 	if (idem_settle(req, &in, ik, ik_len, &ie))
 		return 0;
-	if ((e = counters_get(W.shm->counters, in.key, in.key_len)) == NULL) {
-		if (ie)
-			idem_abort(W.shm->idem, ie);
-		return respond_retry(req, "counter table full");
-	}
-	if (counters_reserve(e, in.value) == -1) {
-		if (ie)
-			idem_abort(W.shm->idem, ie);
-		return respond_error(req, 422, "total would leave int64");
-	}
-
+	/* Before ours joins the ledger: a refused batch leaves its top. */
 	need = journal_record_size(in.key_len, ik_len);
 	if (W.open && (W.open->nw == BATCH_MAX_REQS ||
 	    W.open->raw_len + need > JOURNAL_MAX_RAW)) {
 		worker_close_batch(NULL);
 		h2o_timeout_unlink(&W.close_entry);
 	}
+	switch (counters_acquire(W.shm->counters, W.own, in.key, in.key_len,
+	    in.value, &e, &idx)) {
+	case COUNTERS_OK:
+		break;
+	case COUNTERS_OVERFLOW:
+		if (ie)
+			idem_abort(W.shm->idem, ie);
+		return respond_error(req, 422, "total would leave int64");
+	case COUNTERS_BUSY:
+		if (ie)
+			idem_abort(W.shm->idem, ie);
+		return respond_retry(req, "too many increments in flight");
+	case COUNTERS_FULL:
+	default:
+		if (ie)
+			idem_abort(W.shm->idem, ie);
+		return respond_retry(req, "counter table full");
+	}
+
 	if (W.open == NULL) {
 		if ((W.open = batch_new()) == NULL) {
-			counters_unreserve(e, in.value);
+			counters_release_head(W.shm->counters, W.own);
 			if (ie)
 				idem_abort(W.shm->idem, ie);
 			return respond_retry(req, "out of memory");
@@ -701,6 +727,7 @@ handle_post(h2o_req_t *req)
 	w->e = e;
 	w->ie = ie;
 	w->value = in.value;
+	w->idx = idx;
 	w->tok = req_token_new(req, &w->req);
 	return 0;
 }
@@ -743,25 +770,25 @@ static int
 handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 {
 	char key[REQUEST_MAX_KEY_BYTES];
-	struct counter_entry *e;
 	struct lookup *l;
 	ssize_t n;
-	int overflow;
+	int64_t committed, unflushed, total;
+	int known;
 
 	n = request_decode_key(raw, raw_len, key, W.cf->max_key_bytes);
 	if (n <= 0)
 		return respond_error(req, 400, "bad key in path");
-	if ((e = counters_lookup(W.shm->counters, key, n)) != NULL) {
-		int64_t total = counters_total(e, &overflow);
-
+	if (counters_peek(W.shm->counters, key, n, &committed, &unflushed,
+	    &known)) {
 		/*
-		 * Rebuilt from the journal at start, and PostgreSQL not
-		 * reached since: only part of the total is known here.
+		 * Rebuilt from the journal at start, or made again after
+		 * an eviction, and PostgreSQL's value not read since: only
+		 * part of the total is known here.
 		 */
-		if (!__atomic_load_n(&e->committed_known, __ATOMIC_ACQUIRE))
+		if (!known)
 			return respond_retry(req, "total not known until "
 			    "PostgreSQL is reachable");
-		if (!overflow) {
+		if (!__builtin_add_overflow(committed, unflushed, &total)) {
 			respond_total(req, 200, key, n, total, 1);
 			return 0;
 		}
@@ -922,6 +949,23 @@ worker_on_req(h2o_handler_t *self, h2o_req_t *req)
 		return handle_readyz(req);
 	}
 	return respond_error(req, 404, "no such path");
+}
+
+/* Whether the frame a dead predecessor was publishing at lsn made it. */
+static int
+worker_frame_published(void *arg, uint64_t lsn)
+{
+	struct frame_info fi;
+	const uint8_t *f;
+
+	if ((f = journal_at(&W.j, lsn, 0)) == NULL) {
+		log_warn("cannot read journal LSN %llu to settle the previous "
+		    "worker's last frame; taking it as unwritten",
+		    (unsigned long long)lsn);
+		return 0;
+	}
+	return journal_frame_check(f, W.h->seg_size - lsn % W.h->seg_size,
+	    lsn, W.h->epoch, &fi) == FRAME_OK;
 }
 
 /* --- sockets and the loop --- */
@@ -1104,6 +1148,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	W.slotno = slot;
 	W.slot = &shm->hdr->slots[slot];
 	W.mslot = &shm->hdr->metrics.slots[slot];
+	W.own = shm->owners[slot];
 	W.group = cf->sync == SYNC_GROUP;
 
 	memset(&sa, 0, sizeof(sa));
@@ -1118,6 +1163,15 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	    cf->node) == -1)
 		fatal(1, "cannot open journal directory %s",
 		    cf->journal_dir);
+	if (counters_ledger_head(W.own) != W.own->tail) {
+		uint64_t held = counters_ledger_head(W.own) - W.own->tail;
+		uint64_t n = counters_owner_adopt(W.shm->counters, W.own,
+		    worker_frame_published, NULL);
+
+		log_info("settled %llu increments left by the previous worker "
+		    "in slot %d: %llu added to the table, the rest released",
+		    (unsigned long long)held, slot, (unsigned long long)n);
+	}
 	W.frame_cap = journal_frame_bound(JOURNAL_MAX_RAW);
 	if ((W.frame = malloc(W.frame_cap)) == NULL)
 		fatal(1, "out of memory");

@@ -3,11 +3,18 @@
  * and capacity limits, deltas, totals and the int64 bounds of
  * reservations, the flusher's commit, iteration; and, with forked
  * processes sharing one mapping as the workers do, that concurrent
- * inserts and increments lose nothing and that a reader never sees a
- * commit half done.
+ * inserts and increments lose nothing, that a reader never sees a
+ * commit half done, and that a process killed at any moment leaves, once
+ * repaired and adopted, each total exactly its published deltas.  And
+ * eviction: what may go, what may not, and totals through a table far
+ * smaller than the keys.
  */
 #include <sys/mman.h>
 #include <sys/wait.h>
+
+#include <sched.h>
+#include <signal.h>
+#include <time.h>
 
 #include <stdint.h>
 #include <stdio.h>
@@ -97,9 +104,12 @@ START_TEST(test_insert_lookup)
 		/* A new key starts from 0 until a flush says more. */
 		ck_assert_uint_eq(ents[i]->committed_known, 1);
 		ck_assert_uint_eq(counters_count(c), i + 1);
-		counters_add(ents[i], i);
+		counters_add(c, ents[i], i + 1, 0);
 	}
-	/* The table is full: a new key is refused, the old ones remain. */
+	/*
+	 * The table is full and every key has something unflushed: a new
+	 * key is refused, the old ones remain.
+	 */
 	ck_assert_ptr_null(get(c, "one-too-many"));
 	ck_assert_ptr_null(lookup(c, "one-too-many"));
 	ck_assert_uint_eq(counters_count(c), MANY);
@@ -108,7 +118,7 @@ START_TEST(test_insert_lookup)
 		snprintf(key, sizeof(key), "user:%d:clicks", i);
 		ck_assert_ptr_eq(lookup(c, key), ents[i]);
 		ck_assert_ptr_eq(get(c, key), ents[i]);
-		ck_assert_int_eq(total(ents[i]), i);
+		ck_assert_int_eq(total(ents[i]), i + 1);
 	}
 	ck_assert_uint_eq(counters_count(c), MANY);
 	ck_assert_ptr_null(get(c, "still-too-many"));
@@ -164,7 +174,7 @@ START_TEST(test_small_capacity)
 		for (uint64_t i = 0; i < cap; i++) {
 			snprintf(key, sizeof(key), "%llu",
 			    (unsigned long long)i);
-			ck_assert_ptr_nonnull(get(c, key));
+			counters_add(c, get(c, key), 1, 0);
 		}
 		ck_assert_ptr_null(get(c, "x"));
 		ck_assert_uint_eq(counters_count(c), cap);
@@ -182,12 +192,12 @@ START_TEST(test_deltas)
 	int64_t cm, un;
 	int overflow;
 
-	counters_add(e, 5);
-	counters_add(e, -3);
+	counters_add(c, e, 5, 0);
+	counters_add(c, e, -3, 0);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 0);
 	ck_assert_int_eq(un, 2);
-	counters_set_committed(e, 10);
+	counters_set_committed(c, e, 10);
 	ck_assert_uint_eq(e->committed_known, 1);
 	ck_assert_int_eq(total(e), 12);
 	counters_read(e, &cm, &un);
@@ -195,24 +205,24 @@ START_TEST(test_deltas)
 	ck_assert_int_eq(un, 2);
 
 	/* Totals leaving int64 are flagged, both ways. */
-	counters_set_committed(e, INT64_MAX);
-	counters_add(e, -2);
+	counters_set_committed(c, e, INT64_MAX);
+	counters_add(c, e, -2, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MAX);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, 1);
+	counters_add(c, e, 1, 0);
 	(void)counters_total(e, &overflow);
 	ck_assert_int_eq(overflow, 1);
-	counters_add(e, -1);
+	counters_add(c, e, -1, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MAX);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, 0);
+	counters_add(c, e, 0, 0);
 	ck_assert_int_eq(total(e), INT64_MAX);
 
-	counters_set_committed(e, INT64_MIN);
-	counters_add(e, 0);
+	counters_set_committed(c, e, INT64_MIN);
+	counters_add(c, e, 0, 0);
 	ck_assert_int_eq(counters_total(e, &overflow), INT64_MIN);
 	ck_assert_int_eq(overflow, 0);
-	counters_add(e, -1);
+	counters_add(c, e, -1, 0);
 	(void)counters_total(e, &overflow);
 	ck_assert_int_eq(overflow, 1);
 	table_free(&m);
@@ -226,54 +236,54 @@ START_TEST(test_reserve)
 	struct counter_entry *e = get(c, "k");
 	int64_t cm, un;
 
-	counters_set_committed(e, INT64_MAX - 20);
-	counters_add(e, 10);
+	counters_set_committed(c, e, INT64_MAX - 20);
+	counters_add(c, e, 10, 0);
 	/* Total MAX - 10: 11 more would leave int64. */
-	ck_assert_int_eq(counters_reserve(e, 11), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 11), -1);
 	ck_assert_int_eq(e->pending, 0);
-	ck_assert_int_eq(counters_reserve(e, INT64_MAX), -1);
+	ck_assert_int_eq(counters_reserve(c, e, INT64_MAX), -1);
 	ck_assert_int_eq(e->pending, 0);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, INT64_MAX - 20);
 	ck_assert_int_eq(un, 10);
-	ck_assert_int_eq(counters_reserve(e, 4), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 4), 0);
 	ck_assert_int_eq(e->pending, 4);
 	/* Pending deltas count: 6 fit, 7 do not. */
-	ck_assert_int_eq(counters_reserve(e, 7), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 7), -1);
 	ck_assert_int_eq(e->pending, 4);
-	ck_assert_int_eq(counters_reserve(e, 6), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 6), 0);
 	ck_assert_int_eq(e->pending, 10);
-	ck_assert_int_eq(counters_reserve(e, 1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 1), -1);
 	ck_assert_int_eq(e->pending, 10);
 	/* Going down is always fine here. */
-	ck_assert_int_eq(counters_reserve(e, -1000), 0);
+	ck_assert_int_eq(counters_reserve(c, e, -1000), 0);
 	ck_assert_int_eq(e->pending, -990);
-	counters_unreserve(e, -1000);
+	counters_unreserve(c, e, -1000);
 	/* The durable step: add, then unreserve. */
-	counters_add(e, 4);
-	counters_unreserve(e, 4);
-	counters_add(e, 6);
-	counters_unreserve(e, 6);
+	counters_add(c, e, 4, 0);
+	counters_unreserve(c, e, 4);
+	counters_add(c, e, 6, 0);
+	counters_unreserve(c, e, 6);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MAX);
-	ck_assert_int_eq(counters_reserve(e, 1), -1);
-	ck_assert_int_eq(counters_reserve(e, 0), 0);
+	ck_assert_int_eq(counters_reserve(c, e, 1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, 0), 0);
 	ck_assert_int_eq(e->pending, 0);
 
 	/* The other end. */
 	counters_read(e, &cm, &un);
-	counters_commit(e, INT64_MIN + 5, un);
+	counters_commit(c, e, INT64_MIN + 5, un);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, INT64_MIN + 5);
 	ck_assert_int_eq(un, 0);
-	ck_assert_int_eq(counters_reserve(e, -6), -1);
-	ck_assert_int_eq(counters_reserve(e, INT64_MIN), -1);
+	ck_assert_int_eq(counters_reserve(c, e, -6), -1);
+	ck_assert_int_eq(counters_reserve(c, e, INT64_MIN), -1);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MIN + 5);
-	ck_assert_int_eq(counters_reserve(e, -5), 0);
-	ck_assert_int_eq(counters_reserve(e, -1), -1);
+	ck_assert_int_eq(counters_reserve(c, e, -5), 0);
+	ck_assert_int_eq(counters_reserve(c, e, -1), -1);
 	ck_assert_int_eq(e->pending, -5);
-	counters_unreserve(e, -5);
+	counters_unreserve(c, e, -5);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(total(e), INT64_MIN + 5);
 	table_free(&m);
@@ -287,31 +297,31 @@ START_TEST(test_commit)
 	struct counter_entry *e = get(c, "k");
 	int64_t cm, un;
 
-	counters_add(e, 100);
+	counters_add(c, e, 100, 0);
 	ck_assert_uint_eq(e->committed_known, 1);
 	/* Rebuilt from the journal: unknown until PostgreSQL answers. */
-	counters_forget_committed(e);
+	counters_forget_committed(c, e);
 	ck_assert_uint_eq(e->committed_known, 0);
 	/* PostgreSQL took 70 of the 100 and now holds 70. */
-	counters_commit(e, 70, 70);
+	counters_commit(c, e, 70, 70);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 70);
 	ck_assert_int_eq(un, 30);
 	ck_assert_int_eq(total(e), 100);
 	ck_assert_uint_eq(e->committed_known, 1);
-	ck_assert_uint_eq(e->seq % 2, 0);
+	ck_assert_uint_eq(e->lock % 2, 0);
 	/* Meanwhile more came in. */
-	counters_add(e, -50);
-	counters_commit(e, 100, 30);
+	counters_add(c, e, -50, 0);
+	counters_commit(c, e, 100, 30);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 100);
 	ck_assert_int_eq(un, -50);
 	ck_assert_int_eq(total(e), 50);
-	counters_commit(e, 50, -50);
+	counters_commit(c, e, 50, -50);
 	counters_read(e, &cm, &un);
 	ck_assert_int_eq(cm, 50);
 	ck_assert_int_eq(un, 0);
-	ck_assert_uint_eq(e->seq % 2, 0);
+	ck_assert_uint_eq(e->lock % 2, 0);
 	table_free(&m);
 }
 END_TEST
@@ -327,7 +337,7 @@ START_TEST(test_iterate)
 	memset(seen, 0, sizeof(seen));
 	for (int i = 0; i < 700; i++) {
 		snprintf(key, sizeof(key), "it%d", i);
-		counters_add(get(c, key), i + 1);
+		counters_add(c, get(c, key), i + 1, 0);
 	}
 	for (uint64_t i = 0; i < c->nslots; i++) {
 		struct counter_entry *e = counters_slot(c, i);
@@ -394,7 +404,7 @@ child_increments(struct counters *c, int child, int64_t *expect)
 		len = key_name(key, sizeof(key), child, k);
 		if ((e = counters_get(c, key, len)) == NULL)
 			return 1;
-		counters_add(e, 1);
+		counters_add(c, e, 1, 0);
 		expect[k]++;
 	}
 	for (int i = 0; i < OPS; i++) {
@@ -405,7 +415,7 @@ child_increments(struct counters *c, int child, int64_t *expect)
 		len = key_name(key, sizeof(key), child, k);
 		if ((e = counters_get(c, key, len)) == NULL)
 			return 1;
-		counters_add(e, d);
+		counters_add(c, e, d, 0);
 		expect[k] += d;
 	}
 	return 0;
@@ -496,7 +506,7 @@ START_TEST(test_commit_readers)
 
 		snprintf(key, sizeof(key), "hot%d", round);
 		ck_assert_ptr_nonnull(e = get(c, key));
-		counters_add(e, UNFLUSHED);
+		counters_add(c, e, UNFLUSHED, 0);
 		ck_assert_int_ne(reader = fork(), -1);
 		if (reader == 0) {
 			int64_t last = 0;
@@ -523,7 +533,10 @@ START_TEST(test_commit_readers)
 				if (cm + d > UNFLUSHED)
 					d = UNFLUSHED - cm;
 				cm += d;
-				counters_commit(e, cm, d);
+				counters_commit(c, e, cm, d);
+				/* On a busy machine, let the reader run too. */
+				if ((cm & 4095) < 3)
+					sched_yield();
 			}
 			_exit(0);
 		}
@@ -536,6 +549,338 @@ START_TEST(test_commit_readers)
 		ck_assert_int_eq(cm, UNFLUSHED);
 		ck_assert_int_eq(un, 0);
 	}
+	table_free(&m);
+}
+END_TEST
+
+/* --- owners: eviction, and crashes in the middle of a change --- */
+
+static struct counter_owner *
+owner_new(struct mapping *m, uint32_t id, uint32_t ledger)
+{
+	struct counter_owner *o;
+
+	m->size = counters_owner_size(ledger);
+	m->base = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_SHARED |
+	    MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(m->base, MAP_FAILED);
+	o = m->base;
+	counters_owner_init(o, id, ledger);
+	return o;
+}
+
+/* Reserve, publish at lsn, apply with frame end lsn + 1, release. */
+static struct counter_entry *
+incr(struct counters *c, struct counter_owner *o, const char *key,
+    int64_t v, uint64_t lsn)
+{
+	struct counter_entry *e;
+	uint64_t idx;
+	int64_t t;
+	int ovf;
+
+	ck_assert_int_eq(counters_acquire(c, o, key, strlen(key), v, &e,
+	    &idx), COUNTERS_OK);
+	ck_assert_int_eq(e->refs, 1);
+	counters_publishing(o, idx + 1, lsn);
+	counters_published(o, lsn + 1);
+	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	counters_release_tail(c, o);
+	ck_assert_int_eq(e->refs, 0);
+	ck_assert_int_eq(e->pending, 0);
+	return e;
+}
+
+static int
+held(struct counters *c, const char *key, int64_t *cm, int64_t *un,
+    int *known)
+{
+	return counters_peek(c, key, strlen(key), cm, un, known);
+}
+
+START_TEST(test_evict)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 4, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	struct counter_entry *e, *k0;
+	int64_t cm, un;
+	uint64_t idx;
+	int known;
+	char key[8];
+
+	/* k0: +5 and -5 added, neither flushed: unflushed 0, not evictable. */
+	k0 = incr(c, o, "k0", 5, 100);
+	incr(c, o, "k0", -5, 200);
+	ck_assert_int_eq(k0->unflushed, 0);
+	for (int i = 1; i < 4; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		incr(c, o, key, 5, 300 + i);
+	}
+	ck_assert_uint_eq(counters_count(c), 4);
+	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 1, &e, &idx),
+	    COUNTERS_FULL);
+	ck_assert_uint_eq(c->evictions, 0);
+	/* The +5 flushed alone: still not. */
+	counters_commit_key(c, NULL, "k0", 2, 1, 5, 5, 5, 101);
+	ck_assert_int_eq(k0->unflushed, -5);
+	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 1, &e, &idx),
+	    COUNTERS_FULL);
+	/* The same batch again (a flusher that died) changes nothing. */
+	counters_commit_key(c, NULL, "k0", 2, 1, 5, 5, 5, 101);
+	ck_assert_int_eq(k0->unflushed, -5);
+	ck_assert_int_eq(k0->committed, 5);
+	/* Then the -5: everything k0 added is in PostgreSQL. */
+	counters_commit_key(c, NULL, "k0", 2, 1, 0, -5, -5, 201);
+	ck_assert_int_eq(k0->unflushed, 0);
+	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 7, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_uint_eq(c->evictions, 1);
+	ck_assert_uint_eq(counters_count(c), 4);
+	ck_assert(!held(c, "k0", &cm, &un, &known));
+	ck_assert_ptr_null(lookup(c, "k0"));
+	/* k4 is held by its reservation: nothing to evict for k0. */
+	ck_assert_int_eq(counters_acquire(c, o, "k0", 2, 1, &e, &idx),
+	    COUNTERS_FULL);
+	ck_assert_uint_eq(o->head - o->tail, 1);
+	counters_release_head(c, o);
+	ck_assert_uint_eq(o->head, o->tail);
+	/* k4 now holds nothing at all, and goes for k0. */
+	ck_assert_int_eq(counters_acquire(c, o, "k0", 2, 3, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_uint_eq(c->evictions, 2);
+	ck_assert_ptr_null(lookup(c, "k4"));
+	ck_assert(held(c, "k0", &cm, &un, &known));
+	/* Back in its slot with its value, or from PostgreSQL later. */
+	if (known)
+		ck_assert_int_eq(cm, 0);
+	ck_assert_int_eq(e->pending, 3);
+	counters_release_head(c, o);
+	for (int i = 1; i < 4; i++) {
+		snprintf(key, sizeof(key), "k%d", i);
+		ck_assert(held(c, key, &cm, &un, &known));
+		ck_assert_int_eq(cm + un, 5);
+	}
+	table_free(&om);
+	table_free(&m);
+}
+END_TEST
+
+/*
+ * 500 keys through a table of 64, six increments each, flushing whenever
+ * it is full: PostgreSQL's value plus the table's is each key's total.
+ */
+START_TEST(test_evict_churn)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 64, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	static int64_t pg[500];
+	uint64_t lsn = 1000, idx;
+	struct counter_entry *e;
+	int64_t cm, un;
+	int known, full = 0;
+	char key[16];
+
+	memset(pg, 0, sizeof(pg));
+	for (int round = 0; round < 6; round++)
+		for (int k = 0; k < 500; k++) {
+			snprintf(key, sizeof(key), "key%d", k);
+			if (counters_acquire(c, o, key, strlen(key), 1, &e,
+			    &idx) == COUNTERS_FULL) {
+				full++;
+				ck_assert_int_lt(full, 10000);
+				/* Flush everything held, as the flusher. */
+				lsn += 10;
+				for (uint64_t i = 0; i < c->nslots; i++) {
+					char kb[16];
+					size_t n = counters_slot_key(c, i, kb);
+					int x;
+
+					if (n == 0)
+						continue;
+					kb[n] = '\0';
+					x = atoi(kb + 3);
+					ck_assert(held(c, kb, &cm, &un, &known));
+					pg[x] += un;
+					counters_commit_key(c, NULL, kb, n, 1,
+					    pg[x], un, un, lsn);
+				}
+				k--;
+				continue;
+			}
+			lsn += 10;
+			counters_publishing(o, idx + 1, lsn);
+			counters_published(o, lsn + 1);
+			counters_apply(c, o, idx, lsn + 1, &cm, &known);
+			counters_release_tail(c, o);
+		}
+	ck_assert_int_gt(full, 0);
+	ck_assert_uint_gt(c->evictions, 400);
+	ck_assert_uint_le(counters_count(c), 64);
+	for (int k = 0; k < 500; k++) {
+		snprintf(key, sizeof(key), "key%d", k);
+		if (!held(c, key, &cm, &un, &known))
+			ck_assert_int_eq(pg[k], 6);
+		else if (known)
+			ck_assert_int_eq(cm + un, 6);
+		else
+			ck_assert_int_eq(pg[k] + un, 6);
+	}
+	table_free(&om);
+	table_free(&m);
+}
+END_TEST
+
+#define CRASH_KEYS	12
+#define CRASH_FRAMES	2000000
+#define CRASH_ROUNDS	200
+
+/* What the killed process journaled, in shared memory. */
+struct crash_journal {
+	uint64_t	next;			/* frames started */
+	uint8_t		pub[CRASH_FRAMES];	/* frame published */
+	uint8_t		n[CRASH_FRAMES];
+	uint8_t		key[CRASH_FRAMES][4];
+	int8_t		val[CRASH_FRAMES][4];
+};
+
+static int
+crash_published(void *arg, uint64_t lsn)
+{
+	struct crash_journal *j = arg;
+
+	return j->pub[lsn - 1];
+}
+
+/*
+ * A worker's life, until killed: frames of up to four increments are
+ * reserved, published (pub[f] stands for the journal write), applied one
+ * frame late as the disk catches up, and released; some are refused
+ * before they are published.
+ */
+static void
+crash_child(struct counters *c, struct counter_owner *o,
+    struct crash_journal *j, uint64_t seed)
+{
+	uint64_t s = seed, first[2] = { 0, 0 }, cnt[2] = { 0, 0 };
+	struct counter_entry *e;
+	char key[16];
+	int waiting = 0;
+
+	for (;;) {
+		uint64_t f = j->next, idx, i0 = 0;
+		int n = 1 + rnd(&s) % 4, ovf;
+		int64_t t;
+
+		if (f + 1 >= CRASH_FRAMES)
+			_exit(0);
+		j->next = f + 1;
+		for (int i = 0; i < n; i++) {
+			int k = rnd(&s) % CRASH_KEYS;
+			int v = (int)(rnd(&s) % 100) - 50;
+
+			snprintf(key, sizeof(key), "crash%d", k);
+			if (counters_acquire(c, o, key, strlen(key), v, &e,
+			    &idx) != COUNTERS_OK)
+				_exit(3);
+			if (i == 0)
+				i0 = idx;
+			j->key[f][i] = k;
+			j->val[f][i] = v;
+		}
+		j->n[f] = n;
+		if (rnd(&s) % 8 == 0) {
+			for (int i = 0; i < n; i++)
+				counters_release_head(c, o);
+			continue;
+		}
+		counters_publishing(o, i0 + n, f + 1);
+		__atomic_store_n(&j->pub[f], 1, __ATOMIC_RELEASE);
+		counters_published(o, f + 2);
+		first[waiting] = i0;
+		cnt[waiting] = n;
+		if (++waiting < 2)
+			continue;
+		/* The older frame is durable now. */
+		for (uint64_t i = 0; i < cnt[0]; i++)
+			counters_apply(c, o, first[0] + i, f + 1, &t, &ovf);
+		for (uint64_t i = 0; i < cnt[0]; i++)
+			counters_release_tail(c, o);
+		first[0] = first[1];
+		cnt[0] = cnt[1];
+		waiting = 1;
+	}
+}
+
+/*
+ * Kill -9 a process changing the table at random moments; after the
+ * master's repair and the next owner's adoption, each key's unflushed
+ * value is exactly the sum of its published deltas, and nothing is left
+ * pending, referenced or locked.
+ */
+START_TEST(test_crash_exact)
+{
+	struct mapping m, om, jm;
+	struct counters *c = table_new(&m, 64, 16);
+	struct counter_owner *o = owner_new(&om, 3, 256);
+	struct crash_journal *j;
+	uint64_t seed = 12345, adopted = 0, repaired = 0;
+
+	jm.size = sizeof(*j);
+	jm.base = mmap(NULL, jm.size, PROT_READ | PROT_WRITE, MAP_SHARED |
+	    MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(jm.base, MAP_FAILED);
+	j = jm.base;
+	for (int round = 0; round < CRASH_ROUNDS; round++) {
+		int64_t want[CRASH_KEYS], cm, un;
+		struct timespec ts = { 0, 1000 * (rnd(&seed) % 500) };
+		int status, known;
+		char key[16];
+		pid_t pid;
+
+		if (j->next + CRASH_FRAMES / 4 > CRASH_FRAMES)
+			break;
+		ck_assert_int_ne(pid = fork(), -1);
+		if (pid == 0)
+			crash_child(c, o, j, rnd(&seed));
+		nanosleep(&ts, NULL);
+		kill(pid, SIGKILL);
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert_msg(WIFSIGNALED(status), "round %d: child status %#x",
+		    round, status);
+		/* The master's part, then the next worker's. */
+		repaired += o->undo.valid;
+		counters_owner_repair(c, o);
+		adopted += counters_owner_adopt(c, o, crash_published, j);
+		ck_assert_uint_eq(o->head, o->tail);
+		ck_assert_uint_eq(c->ins_lock, 0);
+		memset(want, 0, sizeof(want));
+		for (uint64_t f = 0; f < j->next; f++)
+			for (int i = 0; j->pub[f] && i < j->n[f]; i++)
+				want[j->key[f][i]] += j->val[f][i];
+		for (int k = 0; k < CRASH_KEYS; k++) {
+			struct counter_entry *e;
+
+			snprintf(key, sizeof(key), "crash%d", k);
+			if (!held(c, key, &cm, &un, &known)) {
+				ck_assert_int_eq(want[k], 0);
+				continue;
+			}
+			ck_assert_msg(un == want[k], "round %d: %s: table %lld,"
+			    " journal %lld", round, key, (long long)un,
+			    (long long)want[k]);
+			e = lookup(c, key);
+			ck_assert_int_eq(e->pending, 0);
+			ck_assert_int_eq(e->refs, 0);
+			ck_assert_uint_eq(e->lock & 1, 0);
+		}
+	}
+	/* The kills did land in the middle of things. */
+	ck_assert_uint_gt(adopted, 0);
+	ck_assert_uint_gt(repaired, 0);
+	munmap(jm.base, jm.size);
+	table_free(&om);
 	table_free(&m);
 }
 END_TEST
@@ -563,6 +908,12 @@ counters_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_concurrent_increments);
 	tcase_add_test(tc, test_commit_readers);
+	tcase_add_test(tc, test_crash_exact);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("eviction");
+	tcase_add_test(tc, test_evict);
+	tcase_add_test(tc, test_evict_churn);
 	suite_add_tcase(s, tc);
 	return s;
 }
