@@ -17,7 +17,7 @@
 # scaling.png (gnuplot), runs.tsv (every run); results.md is also printed.
 #
 # Environment (defaults; QUICK=1 changes those marked *):
-#   QUICK=0           1: a smoke run of every part (about 3 minutes)
+#   QUICK=0           1: a smoke run of every part (3 to 7 minutes)
 #   DURATION=10s*     length of each measured run (wrk -d; s or m)
 #   ROUNDS=3*         rounds per system and setting
 #   CONNS=128         connections of the compare and workers parts
