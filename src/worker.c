@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,7 @@
 #define BATCH_MAX_REQS	4096
 #define RESP_MAX	(REQUEST_MAX_KEY_BYTES * 6 + 128)
 #define STOP_GRACE_MS	10000
+#define HEAP_KEEP	(64 << 20)	/* free heap kept, not returned */
 
 /*
  * Lives in a request's pool and points at our pointer to the request:
@@ -1150,6 +1152,13 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	W.mslot = &shm->hdr->metrics.slots[slot];
 	W.own = shm->owners[slot];
 	W.group = cf->sync == SYNC_GROUP;
+	/*
+	 * Requests held until their frame is durable keep their pools, so
+	 * the heap's top grows and shrinks with every batch; glibc would
+	 * hand it back with brk() each time (a TLB flush) and fault it in
+	 * again.  Keep it instead.
+	 */
+	mallopt(M_TRIM_THRESHOLD, HEAP_KEEP);
 
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = worker_signal;
