@@ -728,6 +728,7 @@ journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
 	struct frame_info fi;
 	const uint8_t *f;
 	uint64_t p = (from + JOURNAL_ALIGN - 1) & ~(uint64_t)(JOURNAL_ALIGN - 1);
+	uint64_t seg_end;
 
 	while (p < end) {
 		uint64_t q = journal_lsn_normalize(j->seg_size, p);
@@ -741,8 +742,20 @@ journal_find_valid(struct journal *j, uint64_t from, uint64_t end,
 			p = journal_seg_base(j->seg_size, p) + j->seg_size;
 			continue;
 		}
-		if (*(const uint64_t *)(const void *)f != 0 &&
-		    journal_frame_check(f, j->seg_size - p % j->seg_size, p,
+		/*
+		 * A frame's first word is never zero: step over zeros in
+		 * place (a torn tail is followed by megabytes of them).
+		 */
+		seg_end = journal_seg_base(j->seg_size, p) + j->seg_size;
+		if (seg_end > end)
+			seg_end = end;
+		while (p < seg_end && *(const uint64_t *)(const void *)f == 0) {
+			p += JOURNAL_ALIGN;
+			f += JOURNAL_ALIGN;
+		}
+		if (p >= seg_end || journal_lsn_normalize(j->seg_size, p) != p)
+			continue;
+		if (journal_frame_check(f, j->seg_size - p % j->seg_size, p,
 		    j->epoch, &fi) <= FRAME_PADDING) {
 			*found = p;
 			return 1;
