@@ -26,6 +26,12 @@ struct shm_slot {
 	int		efd;		/* eventfd the syncer writes to wake it */
 	uint64_t	res_start;	/* reservation being written, 0: none */
 	uint64_t	res_end;
+	/*
+	 * sync = group: the durable position this worker sleeps until, 0
+	 * when it waits for nothing; whoever moves durable_lsn past it
+	 * writes its eventfd.
+	 */
+	uint64_t	wait_lsn;
 };
 
 /* Counters summed over all processes; each is only ever added to. */

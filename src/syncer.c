@@ -8,6 +8,13 @@
  * it makes every waiting request durable at once (group commit).  Frames
  * that arrive during the fdatasync simply wait for the next pass.
  *
+ * Under sync = group a worker runs the same scan and fdatasync itself at
+ * the end of its loop pass (syncer_commit), which spares the round trip
+ * through this process: two context switches and the workers' epoll
+ * changes for requests held across loop passes.  This process still pads
+ * dead workers' ranges, prepares segments, and syncs whatever a worker
+ * left behind, every pass of its poll.
+ *
  * The durable position only moves forward and only after a successful
  * fdatasync.  Once an fdatasync fails the journal's state on disk is
  * unknown (the kernel may have dropped the dirty pages), so, as PostgreSQL
@@ -39,6 +46,8 @@
 static volatile sig_atomic_t syncer_stop;	/* 1 graceful, 2 fast */
 static uint64_t syncer_bad_lsn;		/* a bad frame seen once, 0: none */
 static int syncer_stuck;		/* ... and again: given up there */
+
+static int	syncer_sync(struct journal *, struct shm_hdr *, uint64_t);
 
 static void
 syncer_signal(int sig)
@@ -125,9 +134,12 @@ syncer_bad_frame(struct journal *j, struct shm_hdr *h, uint64_t lsn,
 	h->journal_errno = EIO;
 }
 
-/* Walk the complete frames from 'from'; returns the end of the run. */
+/*
+ * Walk the complete frames from 'from'; returns the end of the run.  Only
+ * the syncer pads dead workers' ranges (fill).
+ */
 static uint64_t
-syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
+syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from, int fill)
 {
 	uint64_t p = from, limit = shm_load(&h->insert_lsn);
 	struct frame_info fi;
@@ -147,21 +159,36 @@ syncer_scan(struct journal *j, struct shm_hdr *h, uint64_t from)
 			p = q + fi.len;
 			continue;
 		}
-		if (st == FRAME_EMPTY && syncer_fill_orphan(j, h, q))
+		if (st == FRAME_EMPTY && fill && syncer_fill_orphan(j, h, q))
 			continue;
-		if (st == FRAME_BAD)
+		/* Judged by the syncer alone: it sees every frame twice. */
+		if (st == FRAME_BAD && fill)
 			syncer_bad_frame(j, h, q, fi.why);
 		break;
 	}
 	return p;
 }
 
+/*
+ * Wake the workers that sleep until a position now durable.  A worker
+ * sets wait_lsn, then reads durable_lsn again; we moved durable_lsn, then
+ * read wait_lsn: one of the two sees the other (both sequentially
+ * consistent), so no wake-up is lost.
+ */
 static void
 syncer_wake_workers(struct shm_hdr *h)
 {
-	for (uint32_t i = 0; i < h->nslots; i++)
-		if (h->slots[i].pid != 0 && h->slots[i].efd != -1)
-			syncer_kick(h->slots[i].efd);
+	uint64_t durable;
+
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	durable = shm_load(&h->durable_lsn);
+	for (uint32_t i = 0; i < h->nslots; i++) {
+		struct shm_slot *s = &h->slots[i];
+		uint64_t w = __atomic_load_n(&s->wait_lsn, __ATOMIC_SEQ_CST);
+
+		if (s->pid != 0 && s->efd != -1 && w != 0 && w <= durable)
+			syncer_kick(s->efd);
+	}
 }
 
 /*
@@ -205,6 +232,25 @@ syncer_prepare(struct journal *j, struct shm_hdr *h)
 		warned = 1;
 	} else
 		warned = 0;
+}
+
+int
+syncer_commit(struct journal *j, struct shm_hdr *h, uint64_t want)
+{
+	uint64_t written;
+
+	if (__atomic_load_n(&h->sync_failed, __ATOMIC_ACQUIRE))
+		return -1;
+	if (shm_load(&h->durable_lsn) >= want)
+		return 1;
+	written = syncer_scan(j, h, shm_load(&h->written_lsn), 0);
+	shm_advance(&h->written_lsn, written);
+	if (written < want)
+		return 0;
+	if (syncer_sync(j, h, written) == -1)
+		return -1;
+	syncer_wake_workers(h);
+	return 1;
 }
 
 static int
@@ -265,12 +311,9 @@ syncer_main(const struct config *cf, struct shm *shm)
 			break;
 		if (poll(&pfd, 1, syncer_stop ? 0 : timeout) > 0)
 			(void)read(h->syncer_efd, &buf, sizeof(buf));
-		written = syncer_scan(&j, h, shm_load(&h->written_lsn));
-		if (written > shm_load(&h->written_lsn)) {
+		written = syncer_scan(&j, h, shm_load(&h->written_lsn), 1);
+		if (written > shm_load(&h->written_lsn))
 			shm_advance(&h->written_lsn, written);
-			if (!group)
-				syncer_wake_workers(h);
-		}
 		if (!h->sync_failed && (group || syncer_stop ||
 		    now_us() - last_sync >= cf->sync_interval_us)) {
 			if (syncer_sync(&j, h, written) == 0 && group)

@@ -4,10 +4,15 @@
  * Requests that arrive in one pass of the event loop share one batch; at
  * the end of the pass (or after commit_delay) the batch becomes one frame,
  * reserved in the shared journal with a compare-and-swap and copied into
- * the mapped segment.  The worker then goes back to its loop: it never
- * waits for the disk.  The syncer's fdatasync covers the frames of every
- * worker at once and its wake-up (an eventfd) brings the worker back to
- * answer every request whose frame is now durable, in journal order.
+ * the mapped segment.  With sync = group the worker then fdatasyncs the
+ * journal itself, up to the end of the complete frames of every worker
+ * (syncer_commit), and answers in the same loop pass: one fdatasync
+ * covers the frames of every worker at once, and the requests answered
+ * before the loop polls again cost no epoll changes.  While the frame of
+ * another worker before ours is still being copied, we sleep instead;
+ * whoever makes ours durable (that worker, or the syncer) writes our
+ * eventfd, and we answer every request whose frame is now durable, in
+ * journal order.
  *
  * With sync = interval the wait ends as soon as the frame is in the
  * mapped file (the page cache survives a process crash).
@@ -435,12 +440,29 @@ worker_ack(void)
 		return;
 	}
 	target = shm_load(W.group ? &W.h->durable_lsn : &W.h->written_lsn);
-	while ((b = W.wait_head) != NULL && b->end_lsn <= target) {
-		W.wait_head = b->next;
-		if (W.wait_head == NULL)
-			W.wait_tail = NULL;
-		batch_ack(b);
-		batch_free(b);
+	for (;;) {
+		while ((b = W.wait_head) != NULL && b->end_lsn <= target) {
+			W.wait_head = b->next;
+			if (W.wait_head == NULL)
+				W.wait_tail = NULL;
+			batch_ack(b);
+			batch_free(b);
+		}
+		if (b == NULL) {
+			__atomic_store_n(&W.slot->wait_lsn, 0, __ATOMIC_RELAXED);
+			return;
+		}
+		/*
+		 * Ask to be woken, then look again: see
+		 * syncer_wake_workers() for why no wake-up is lost.
+		 */
+		__atomic_store_n(&W.slot->wait_lsn, b->end_lsn,
+		    __ATOMIC_SEQ_CST);
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		target = shm_load(W.group ? &W.h->durable_lsn :
+		    &W.h->written_lsn);
+		if (b->end_lsn > target)
+			return;
 	}
 }
 
@@ -520,7 +542,6 @@ worker_write(struct batch *b)
 	counters_published(W.own, lsn + len);
 	b->end_lsn = lsn + len;
 	__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
-	syncer_kick(W.h->syncer_efd);
 	shm_count(&W.h->stats.frames, 1);
 	shm_count(&W.h->stats.journal_bytes, len);
 
@@ -539,6 +560,9 @@ worker_write(struct batch *b)
 	else
 		W.wait_head = b;
 	W.wait_tail = b;
+	/* 0: a frame before ours is still being written; -1: refused below. */
+	(void)syncer_commit(&W.j, W.h, b->end_lsn);
+	worker_ack();
 }
 
 static void
