@@ -565,26 +565,6 @@ ctl_close(int i)
 	M.clients[i] = NULL;
 }
 
-static int
-ctl_json_escape(char *out, size_t cap, const char *s, size_t len)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; i < len && o + 7 < cap; i++) {
-		unsigned char ch = s[i];
-
-		if (ch == '"' || ch == '\\') {
-			out[o++] = '\\';
-			out[o++] = ch;
-		} else if (ch < 0x20 || ch == 0x7f)
-			o += snprintf(out + o, cap - o, "\\u%04x", ch);
-		else
-			out[o++] = ch;
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
 static void
 ctl_status(struct control_client *c)
 {
@@ -642,7 +622,7 @@ ctl_get(struct control_client *c, const char *key, size_t len)
 		return;
 	}
 	counters_read(e, &committed, &unflushed);
-	ctl_json_escape(k, sizeof(k), key, len);
+	control_json_escape(k, sizeof(k), key, len);
 	n = snprintf(buf, sizeof(buf), "{\"key\":\"%s\",\"value\":%" PRId64
 	    ",\"committed\":%" PRId64 ",\"unflushed\":%" PRId64 ","
 	    "\"committed_known\":%s}", k, committed + unflushed, committed,
