@@ -175,3 +175,9 @@ control_reply(int fd, int status, const char *payload, size_t len)
 	return sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) ==
 	    (ssize_t)(sizeof(hdr) + len) ? 0 : -1;
 }
+
+int
+control_reply_str(int fd, int status, const char *payload)
+{
+	return control_reply(fd, status, payload, strlen(payload));
+}

@@ -79,5 +79,7 @@ int	control_listen(const char *path, uid_t uid, gid_t gid);
 int	control_read(struct control_client *c);
 /* Send one response.  -1 on failure (the client is then closed). */
 int	control_reply(int fd, int status, const char *payload, size_t len);
+/* The same for a NUL-terminated payload: no length counted by hand. */
+int	control_reply_str(int fd, int status, const char *payload);
 
 #endif

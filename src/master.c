@@ -661,17 +661,17 @@ ctl_dispatch(struct control_client *c)
 		return 0;
 	case CTL_RELOAD:
 		if (master_reload() == 0)
-			control_reply(c->fd, CTL_OK, "{\"reloaded\":true}", 17);
+			control_reply_str(c->fd, CTL_OK, "{\"reloaded\":true}");
 		else
-			control_reply(c->fd, CTL_FAILED, "{\"error\":\"the "
-			    "configuration has errors; see the log\"}", 54);
+			control_reply_str(c->fd, CTL_FAILED, "{\"error\":\"the "
+			    "configuration has errors; see the log\"}");
 		return 0;
 	case CTL_STOP:
-		control_reply(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}", 25);
+		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}");
 		master_graceful();
 		return 0;
 	case CTL_STOP_FAST:
-		control_reply(c->fd, CTL_OK, "{\"stopping\":\"fast\"}", 21);
+		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"fast\"}");
 		log_info("fast stop requested by tallyctl");
 		master_fast_stop(0);
 		return 0;
