@@ -21,7 +21,7 @@ BUILD_PACKAGES=(build-essential autoconf automake libtool pkg-config
 	libh2o-evloop-dev libyajl-dev liblz4-dev libpq-dev libinih-dev
 	zlib1g-dev libssl-dev check)
 RUN_PACKAGES=(postgresql curl util-linux)
-TEST_PACKAGES=(nghttp2-client iproute2 procps mandoc)
+TEST_PACKAGES=(nghttp2-client iproute2 procps mandoc valgrind)
 
 say() { printf 'dev.sh: %s\n' "$*" >&2; }
 
