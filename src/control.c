@@ -9,6 +9,7 @@
 #include <sys/un.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -32,6 +33,59 @@ control_parse_header(const uint8_t *in, uint16_t *type_or_status,
 	if (le_get32(in) != CONTROL_MAGIC || *len > CONTROL_MAX_PAYLOAD)
 		return -1;
 	return 0;
+}
+
+int
+control_parse_request(const uint8_t *buf, size_t n, struct control_msg *m)
+{
+	uint16_t type, len;
+
+	if (n < CONTROL_HDR)
+		return 0;
+	if (control_parse_header(buf, &type, &len) == -1)
+		return -1;
+	switch (type) {
+	case CTL_GET:
+		if (len == 0)
+			return -1;
+		break;
+	case CTL_STATUS:
+	case CTL_FLUSH:
+	case CTL_RELOAD:
+	case CTL_STOP:
+	case CTL_STOP_FAST:
+		if (len != 0)
+			return -1;
+		break;
+	default:
+		return -1;
+	}
+	if (n < (size_t)CONTROL_HDR + len)
+		return 0;
+	m->type = type;
+	m->len = len;
+	m->payload = buf + CONTROL_HDR;
+	return 1;
+}
+
+int
+control_json_escape(char *out, size_t cap, const char *s, size_t len)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i < len && o + 7 < cap; i++) {
+		unsigned char ch = s[i];
+
+		if (ch == '"' || ch == '\\') {
+			out[o++] = '\\';
+			out[o++] = ch;
+		} else if (ch < 0x20 || ch == 0x7f)
+			o += snprintf(out + o, cap - o, "\\u%04x", ch);
+		else
+			out[o++] = ch;
+	}
+	out[o] = '\0';
+	return (int)o;
 }
 
 int
@@ -79,19 +133,18 @@ control_listen(const char *path, uid_t uid, gid_t gid)
 int
 control_read(struct control_client *c)
 {
-	uint16_t type, len;
+	struct control_msg m;
 	ssize_t n;
+	int rc;
 
 	for (;;) {
 		size_t want = CONTROL_HDR;
 
-		if (c->have >= CONTROL_HDR) {
-			if (control_parse_header(c->buf, &type, &len) == -1)
-				return -1;
-			want = CONTROL_HDR + len;
-		}
-		if (c->have == want && c->have >= CONTROL_HDR)
-			return 1;
+		if ((rc = control_parse_request(c->buf, c->have, &m)) != 0)
+			return rc;
+		/* A header that parsed: read exactly the rest of this request. */
+		if (c->have >= CONTROL_HDR)
+			want = CONTROL_HDR + le_get16(c->buf + 6);
 		n = read(c->fd, c->buf + c->have, want - c->have);
 		if (n == 0)
 			return -1;
@@ -121,4 +174,10 @@ control_reply(int fd, int status, const char *payload, size_t len)
 	/* Small replies to a waiting client: one send does it. */
 	return sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) ==
 	    (ssize_t)(sizeof(hdr) + len) ? 0 : -1;
+}
+
+int
+control_reply_str(int fd, int status, const char *payload)
+{
+	return control_reply(fd, status, payload, strlen(payload));
 }

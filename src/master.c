@@ -597,26 +597,6 @@ ctl_close(int i)
 	M.clients[i] = NULL;
 }
 
-static int
-ctl_json_escape(char *out, size_t cap, const char *s, size_t len)
-{
-	size_t o = 0;
-
-	for (size_t i = 0; i < len && o + 7 < cap; i++) {
-		unsigned char ch = s[i];
-
-		if (ch == '"' || ch == '\\') {
-			out[o++] = '\\';
-			out[o++] = ch;
-		} else if (ch < 0x20 || ch == 0x7f)
-			o += snprintf(out + o, cap - o, "\\u%04x", ch);
-		else
-			out[o++] = ch;
-	}
-	out[o] = '\0';
-	return (int)o;
-}
-
 static void
 ctl_status(struct control_client *c)
 {
@@ -693,7 +673,7 @@ ctl_get(struct control_client *c, const char *key, size_t len)
 		control_reply(c->fd, CTL_FAILED, buf, n);
 		return;
 	}
-	ctl_json_escape(k, sizeof(k), key, len);
+	control_json_escape(k, sizeof(k), key, len);
 	n = snprintf(buf, sizeof(buf), "{\"key\":\"%s\",\"value\":%" PRId64
 	    ",\"committed\":%" PRId64 ",\"unflushed\":%" PRId64 ","
 	    "\"committed_known\":%s}", k, committed + unflushed, committed,
@@ -732,17 +712,17 @@ ctl_dispatch(struct control_client *c)
 		return 0;
 	case CTL_RELOAD:
 		if (master_reload() == 0)
-			control_reply(c->fd, CTL_OK, "{\"reloaded\":true}", 17);
+			control_reply_str(c->fd, CTL_OK, "{\"reloaded\":true}");
 		else
-			control_reply(c->fd, CTL_FAILED, "{\"error\":\"the "
-			    "configuration has errors; see the log\"}", 54);
+			control_reply_str(c->fd, CTL_FAILED, "{\"error\":\"the "
+			    "configuration has errors; see the log\"}");
 		return 0;
 	case CTL_STOP:
-		control_reply(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}", 25);
+		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}");
 		master_graceful();
 		return 0;
 	case CTL_STOP_FAST:
-		control_reply(c->fd, CTL_OK, "{\"stopping\":\"fast\"}", 21);
+		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"fast\"}");
 		log_info("fast stop requested by tallyctl");
 		master_fast_stop(0);
 		return 0;

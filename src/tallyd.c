@@ -58,10 +58,12 @@ main(int argc, char *argv[])
 			fprintf(stderr, "tallyd: bad configuration, not "
 			    "starting\n");
 		config_errors_free(&errs);
+		free(overrides);
 		return test ? 1 : 2;
 	}
 	if (test) {
 		printf("configuration OK\n");
+		free(overrides);
 		return 0;
 	}
 	return master_main(&cf, path, overrides, nover, foreground);

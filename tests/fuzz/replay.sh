@@ -5,7 +5,7 @@
 : "${top_builddir:=$top_srcdir}"
 
 status=0
-for h in request path idem journal recovery config; do
+for h in request path idem journal recovery config control; do
 	prog="$top_builddir/tests/fuzz/replay_$h"
 	corpus="$top_srcdir/tests/fuzz/corpus/$h"
 	if [ ! -x "$prog" ]; then

@@ -508,7 +508,8 @@ assert_eq "after both stopped: PostgreSQL counted each once" 7 "$(pg_value two)"
 
 # ================================================================ expiry
 phase "expiry"
-# Long enough that the retry below comes before expiry on a slow machine.
+# The ttl outlasts the first requests even in a sanitizer build on a busy
+# machine.
 node_conf nttl "[idempotency]" "ttl = 6s"
 use_node nttl
 tallyd_start

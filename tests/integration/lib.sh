@@ -171,6 +171,26 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/tallyd-$SELF.XXXXXX") || exit 99
 chmod 755 "$T"
 SKIPPING=0
 
+# A sanitizer build reports into files under $T/san (open to the user
+# tallyd drops to); a test that leaves a report fails and prints it.
+SANDIR=$T/san
+mkdir -p "$SANDIR" && chmod 1777 "$SANDIR"
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}log_path=$SANDIR/asan"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:+$UBSAN_OPTIONS:}log_path=$SANDIR/ubsan"
+
+# san_reports: 1 (and the reports printed) when a sanitizer reported.
+san_reports() {
+	local f found=0
+	for f in "$SANDIR"/*; do
+		[ -s "$f" ] || continue
+		[ $found = 1 ] || notok "sanitizer reports in $SANDIR"
+		found=1
+		echo "# ---- $(basename "$f")"
+		sed 's/^/#   /' "$f"
+	done
+	[ $found = 0 ]
+}
+
 cleanup() {
 	local rc=$? p
 	trap - EXIT INT TERM
@@ -185,6 +205,7 @@ cleanup() {
 		    >/dev/null 2>&1
 	fi
 	if [ "$SKIPPING" = 0 ]; then
+		san_reports
 		if [ "$NFAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
 			show_logs
 			[ "$rc" -eq 0 ] && rc=1

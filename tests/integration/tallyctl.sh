@@ -73,6 +73,8 @@ assert_eq "bad magic: closed without an answer" 0 "$(raw 'GARBAGE!GARBAGE')"
 assert_eq "oversized length: closed" 0 "$(raw 'TLYC\x01\x00\xff\xff')"
 assert_eq "unknown type: closed" 0 "$(raw 'TLYC\x63\x00\x00\x00')"
 assert_eq "truncated header: closed" 0 "$(raw 'TLY')"
+assert_eq "status with a payload: closed" 0 "$(raw 'TLYC\x01\x00\x03\x00abc')"
+assert_eq "get without a key: closed" 0 "$(raw 'TLYC\x03\x00\x00\x00')"
 curl -s -m 5 --unix-socket "$SOCK" http://localhost/ >/dev/null 2>&1
 assert_eq "well-formed status still answered" 1 \
     "$(raw 'TLYC\x01\x00\x00\x00' | awk '$1 > 8 {print 1}')"
