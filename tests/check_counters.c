@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <time.h>
 
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -435,7 +436,9 @@ START_TEST(test_concurrent_increments)
 	ck_assert_ptr_ne(em.base, MAP_FAILED);
 	expect = em.base;
 	for (int i = 0; i < CHILDREN; i++) {
-		ck_assert_int_ne(pids[i] = fork(), -1);
+		/* No ck_ call in the child: it shares the test's channel. */
+		if ((pids[i] = fork()) == -1)
+			ck_abort_msg("fork: %s", strerror(errno));
 		if (pids[i] == 0)
 			_exit(child_increments(c, i, expect +
 			    (size_t)i * KEYS));
@@ -507,7 +510,8 @@ START_TEST(test_commit_readers)
 		snprintf(key, sizeof(key), "hot%d", round);
 		ck_assert_ptr_nonnull(e = get(c, key));
 		counters_add(c, e, UNFLUSHED, 0);
-		ck_assert_int_ne(reader = fork(), -1);
+		if ((reader = fork()) == -1)
+			ck_abort_msg("fork: %s", strerror(errno));
 		if (reader == 0) {
 			int64_t last = 0;
 			uint64_t reads = 0;
@@ -522,7 +526,8 @@ START_TEST(test_commit_readers)
 			/* The reader did overlap the writer. */
 			_exit(reads > 100 ? 0 : 2);
 		}
-		ck_assert_int_ne(writer = fork(), -1);
+		if ((writer = fork()) == -1)
+			ck_abort_msg("fork: %s", strerror(errno));
 		if (writer == 0) {
 			uint64_t s = 99 + round;
 			int64_t d;
@@ -847,7 +852,8 @@ START_TEST(test_crash_exact)
 
 		if (j->next + CRASH_FRAMES / 4 > CRASH_FRAMES)
 			break;
-		ck_assert_int_ne(pid = fork(), -1);
+		if ((pid = fork()) == -1)
+			ck_abort_msg("fork: %s", strerror(errno));
 		if (pid == 0)
 			crash_child(c, o, j, rnd(&seed));
 		nanosleep(&ts, NULL);
