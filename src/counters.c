@@ -1,8 +1,17 @@
 /*
  * The shared counter table.
  *
- * Open addressing with linear probing over a power-of-two number of slots,
- * at most three quarters of them held so probe runs stay short.
+ * Open addressing with linear probing over a power-of-two index of 8-byte
+ * words, at most three quarters of them held so probe runs stay short.
+ * A word is 0 or the number (plus one) of the entry, or slot, bound to
+ * that position for good; entries are handed out in order from a dense
+ * array.  Keys hashed all over the index thus sit together: 100k keys
+ * touch a few thousand pages rather than one page each, and every process
+ * of the shared mapping takes a page fault on the first touch of a page.
+ * A position is bound under ins_lock: count the entry out (nentries),
+ * then write the word; the entry is still EMPTY then, so a death in
+ * between leaves a word that reads as the end of a probe run (and is
+ * reused as such), or at worst one entry never bound.
  *
  * Locks.  Each entry has a lock word: a sequence number in its low half,
  * odd while the entry is locked, and the owner's id in its high half.
@@ -89,11 +98,19 @@ stride_for(size_t max_key_bytes)
 	return (sizeof(struct counter_entry) + max_key_bytes + 63) & ~63ULL;
 }
 
+static uint64_t
+index_bytes(uint64_t nslots)
+{
+	return (nslots * sizeof(uint64_t) + 63) & ~63ULL;
+}
+
 size_t
 counters_size(uint64_t max_keys, size_t max_key_bytes)
 {
-	return sizeof(struct counters) +
-	    slots_for(max_keys) * stride_for(max_key_bytes);
+	uint64_t n = slots_for(max_keys);
+
+	return sizeof(struct counters) + index_bytes(n) +
+	    n * stride_for(max_key_bytes);
 }
 
 struct counters *
@@ -105,6 +122,8 @@ counters_init(void *mem, uint64_t max_keys, size_t max_key_bytes)
 	c->nslots = slots_for(max_keys);
 	c->stride = stride_for(max_key_bytes);
 	c->max_key_bytes = max_key_bytes;
+	c->entries_off = index_bytes(c->nslots);
+	c->nentries = 0;
 	c->used = 0;
 	c->scanned_gen = UINT64_MAX;
 	return c;
@@ -143,13 +162,46 @@ counters_hash(const char *key, size_t len)
 static struct counter_entry *
 entry_at(struct counters *c, uint64_t i)
 {
-	return (struct counter_entry *)(void *)(c->slots + i * c->stride);
+	return (struct counter_entry *)(void *)(c->slots + c->entries_off +
+	    i * c->stride);
 }
 
 static uint64_t
 slot_of(const struct counters *c, const struct counter_entry *e)
 {
-	return ((const uint8_t *)e - c->slots) / c->stride;
+	return ((const uint8_t *)e - c->slots - c->entries_off) / c->stride;
+}
+
+static uint64_t *
+index_at(struct counters *c, uint64_t pos)
+{
+	return (uint64_t *)(void *)c->slots + pos;
+}
+
+/* The entry bound to index position pos, NULL when none. */
+static struct counter_entry *
+bound_at(struct counters *c, uint64_t pos, uint64_t *slot)
+{
+	uint64_t w = __atomic_load_n(index_at(c, pos), __ATOMIC_ACQUIRE);
+
+	if (w == 0 || w > c->nslots)
+		return NULL;
+	*slot = w - 1;
+	return entry_at(c, w - 1);
+}
+
+uint64_t
+counters_slots(const struct counters *c)
+{
+	uint64_t n = __atomic_load_n(&c->nentries, __ATOMIC_ACQUIRE);
+
+	return n < c->nslots ? n : c->nslots;
+}
+
+const void *
+counters_slot_addr(const struct counters *c, uint64_t i)
+{
+	return c->slots + c->entries_off + i * c->stride;
 }
 
 /* --- locks --- */
@@ -332,14 +384,15 @@ static int64_t
 probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
     struct peek *pk, int tries)
 {
-	uint64_t mask = c->nslots - 1, w1, w2;
+	uint64_t mask = c->nslots - 1, w1, w2, i;
 	struct counter_entry *e;
 	uint32_t st;
 	int match, waits = 0;
 
-	for (uint64_t n = 0, i = h & mask; n < c->nslots;
-	    n++, i = (i + 1) & mask) {
-		e = entry_at(c, i);
+	for (uint64_t n = 0, pos = h & mask; n < c->nslots;
+	    n++, pos = (pos + 1) & mask) {
+		if ((e = bound_at(c, pos, &i)) == NULL)
+			return -1;
 		for (;;) {
 			w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
 			if (w1 & 1) {
@@ -520,13 +573,15 @@ evict_some(struct counters *c, struct counter_owner *o)
 {
 	uint64_t gen = __atomic_load_n(&c->evictable_gen, __ATOMIC_RELAXED);
 	uint64_t want = c->capacity / 16 ? c->capacity / 16 : 1, n = 0;
+	uint64_t slots = counters_slots(c);
 	struct counter_entry *e;
 
 	if (gen == c->scanned_gen)
 		return 0;
-	for (uint64_t k = 0; k < c->nslots && n < want; k++) {
-		e = entry_at(c, c->hand);
-		c->hand = (c->hand + 1) & (c->nslots - 1);
+	for (uint64_t k = 0; k < slots && n < want; k++) {
+		if (c->hand >= slots)
+			c->hand = 0;
+		e = entry_at(c, c->hand++);
 		if (LD(&e->state) != COUNTER_READY || LD(&e->refs) ||
 		    LD(&e->pending) || LD(&e->unflushed))
 			continue;
@@ -581,17 +636,21 @@ static enum counters_rc
 insert(struct counters *c, struct counter_owner *o, uint64_t h,
     const char *key, size_t len, int64_t delta, uint64_t *slot, uint64_t *idx)
 {
-	uint64_t mask = c->nslots - 1, i, n;
-	int64_t free_slot = -1, revive = -1, found = -1;
+	uint64_t mask = c->nslots - 1, i, n, pos;
+	int64_t free_slot = -1, revive = -1, found = -1, free_pos = -1;
 	struct counter_entry *e;
 	enum counters_rc rc = COUNTERS_OK;
+	uint32_t st;
 
 	ins_lock(c, owner_id(o));
-	/* Keys and states change only under ins_lock: plain reads. */
-	for (n = 0, i = h & mask; n < c->nslots; n++, i = (i + 1) & mask) {
-		uint32_t st = LD(&entry_at(c, i)->state);
-
-		e = entry_at(c, i);
+	/* Keys, states and the index change only under ins_lock. */
+	for (n = 0, pos = h & mask; n < c->nslots;
+	    n++, pos = (pos + 1) & mask) {
+		if ((e = bound_at(c, pos, &i)) == NULL) {
+			free_pos = pos;
+			break;
+		}
+		st = LD(&e->state);
 		if (st == COUNTER_EMPTY) {
 			if (free_slot < 0)
 				free_slot = i;
@@ -616,11 +675,22 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	}
 	if (c->used >= c->capacity)
 		evict_some(c, o);
-	if (c->used >= c->capacity || (revive < 0 && free_slot < 0)) {
+	if (c->used >= c->capacity || (revive < 0 && free_slot < 0 &&
+	    (free_pos < 0 || c->nentries >= c->nslots))) {
 		ins_unlock(c);
 		return COUNTERS_FULL;
 	}
-	i = revive >= 0 ? (uint64_t)revive : (uint64_t)free_slot;
+	if (revive >= 0)
+		i = revive;
+	else if (free_slot >= 0)
+		i = free_slot;
+	else {
+		/* Bind a fresh entry (EMPTY, zeroed) to the position. */
+		i = c->nentries;
+		__atomic_store_n(&c->nentries, i + 1, __ATOMIC_RELEASE);
+		__atomic_store_n(index_at(c, free_pos), i + 1,
+		    __ATOMIC_RELEASE);
+	}
 	e = entry_at(c, i);
 	op_begin(c, o, e, 1);
 	if (revive < 0) {

@@ -58,6 +58,9 @@ struct counters {
 	uint64_t	evictable_gen;	/* bumped when an entry may have freed */
 	uint64_t	scanned_gen;	/* evictable_gen of the last vain scan */
 	uint64_t	evictions;
+	uint64_t	nentries;	/* entries handed out, in order */
+	uint64_t	entries_off;	/* of the entry array, in slots[] */
+	/* The index (nslots words), then the entries (nslots of them). */
 	uint8_t		slots[] __attribute__((aligned(64)));
 };
 
@@ -233,7 +236,11 @@ void	counters_forget_committed(struct counters *c, struct counter_entry *e);
 void	counters_set_committed(struct counters *c, struct counter_entry *e,
 	    int64_t committed);
 
-/* Slot i (0..nslots), or NULL when it holds no key; for iteration. */
+/* Slot i (0..counters_slots()), or NULL when it holds no key. */
 struct counter_entry *counters_slot(struct counters *c, uint64_t i);
+/* How many slots were ever handed out: iterations stop there. */
+uint64_t counters_slots(const struct counters *c);
+/* Where slot i lies, to ask whether its page is resident. */
+const void *counters_slot_addr(const struct counters *c, uint64_t i);
 
 #endif

@@ -53,6 +53,7 @@
 #define FL_BATCH_KEYS		50000	/* end a batch after this many keys */
 #define FL_LOOKUP_CHUNK		5000	/* keys per committed-value query */
 #define FL_REFRESH_KEYS		20000	/* held keys refreshed per cycle */
+#define FL_REFRESH_ALONE_KEYS	1000	/* the same, no other node flushing */
 #define FL_REFRESH_SLOTS	(1 << 22) /* slots scanned per cycle, at most */
 #define FL_BACKOFF_MIN_MS	100
 #define FL_BACKOFF_MAX_MS	5000
@@ -144,6 +145,7 @@ struct flusher {
 	uint64_t		 bad_lsn;	/* flushing stops here */
 	int			 isolate;	/* the batch was refused */
 	uint64_t		 refresh_slot;	/* round-robin cursor */
+	char			 others[128];	/* pg_others_mark() last seen */
 	uint64_t		 backoff_ms;
 	uint64_t		 retry_at_us;
 	uint64_t		 stop_deadline_us;
@@ -583,9 +585,9 @@ static int
 flusher_slot_resident(struct flusher *fl, uint64_t i)
 {
 	struct counters *c = fl->shm->counters;
-	uintptr_t addr = (uintptr_t)(c->slots + i * c->stride);
+	uintptr_t addr = (uintptr_t)counters_slot_addr(c, i);
 	uintptr_t page = addr & ~(fl->pagesize - 1);
-	uintptr_t end = (uintptr_t)(c->slots + c->nslots * c->stride);
+	uintptr_t end = (uintptr_t)counters_slot_addr(c, counters_slots(c));
 	size_t npages;
 
 	if (fl->mc_pages == 0 || page < fl->mc_base ||
@@ -613,13 +615,13 @@ flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
     uint64_t maxslots)
 {
 	struct counters *c = fl->shm->counters;
-	uint64_t keys = 0, slots = 0, i;
+	uint64_t keys = 0, slots = 0, i, nslots = counters_slots(c);
 	size_t n = 0, len;
 	char *kb;
 
 	fl->mc_pages = 0;	/* pages appear as keys arrive */
-	while (keys < maxkeys && slots < maxslots && slots < c->nslots) {
-		if (*cursor >= c->nslots)
+	while (keys < maxkeys && slots < maxslots && slots < nslots) {
+		if (*cursor >= nslots)
 			*cursor = 0;
 		i = (*cursor)++;
 		slots++;
@@ -638,6 +640,28 @@ flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
 		}
 	}
 	return n ? flusher_lookup(fl, n) : 0;
+}
+
+/*
+ * How many held keys to re-read from PostgreSQL this cycle, 0 on error.
+ * Only another node's flush (or a change by hand) makes a held key's
+ * committed value stale, and re-reading costs PostgreSQL a lookup per
+ * key: the full rate while other nodes flush, a trickle for hand edits
+ * when this node is alone.
+ */
+static uint64_t
+flusher_refresh_keys(struct flusher *fl)
+{
+	char sig[sizeof(fl->others)];
+
+	if (pg_others_mark(&fl->pg, sig, sizeof(sig)) == -1) {
+		flusher_pg_failed(fl, "reading other nodes' checkpoints");
+		return 0;
+	}
+	if (strcmp(sig, fl->others) == 0)
+		return FL_REFRESH_ALONE_KEYS;
+	memcpy(fl->others, sig, sizeof(sig));
+	return FL_REFRESH_KEYS;
 }
 
 static void
@@ -1477,7 +1501,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 {
 	struct flusher fl;
 	struct sigaction sa;
-	uint64_t next_flush, interval;
+	uint64_t next_flush, interval, refresh;
 
 	log_set_role("flusher");
 	memset(&sa, 0, sizeof(sa));
@@ -1546,7 +1570,8 @@ flusher_main(const struct config *cf, struct shm *shm)
 			break;
 		}
 		flusher_expire_keys(&fl);
-		if (flusher_refresh(&fl, &fl.refresh_slot, FL_REFRESH_KEYS,
+		if ((refresh = flusher_refresh_keys(&fl)) == 0 ||
+		    flusher_refresh(&fl, &fl.refresh_slot, refresh,
 		    FL_REFRESH_SLOTS) == -1) {
 			flusher_backoff(&fl);
 			if (fl.connected)

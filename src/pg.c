@@ -550,6 +550,29 @@ pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn)
 	return pg_command(pg, sql, 3, params);
 }
 
+/*
+ * Other nodes' checkpoint rows, reduced to one string: a flush by any of
+ * them moves its LSN and updated_at, so an unchanged string means no
+ * other node changed tally_counters since the last look.
+ */
+int
+pg_others_mark(struct pg *pg, char *sig, size_t len)
+{
+	const char *params[1] = { pg->node };
+	char sql[512];
+	PGresult *res;
+
+	snprintf(sql, sizeof(sql), "SELECT count(*) || ':' || "
+	    "coalesce(sum(lsn), 0) || ':' || coalesce(max(updated_at)::text, "
+	    "'') FROM %s.tally_checkpoints WHERE node <> $1", pg->schema);
+	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
+		return -1;
+	snprintf(sig, len, "%s", PQntuples(res) > 0 ?
+	    PQgetvalue(res, 0, 0) : "");
+	PQclear(res);
+	return 0;
+}
+
 static int
 pg_reserve(struct pg *pg, size_t need)
 {

@@ -80,6 +80,8 @@ int	pg_ensure_schema(struct pg *pg);
 int	pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn);
 /* Within a transaction: write this node's checkpoint row. */
 int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn);
+/* What changes whenever another node flushes: sig, at most len bytes. */
+int	pg_others_mark(struct pg *pg, char *sig, size_t len);
 
 int	pg_begin(struct pg *pg);
 int	pg_commit(struct pg *pg);

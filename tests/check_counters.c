@@ -340,7 +340,7 @@ START_TEST(test_iterate)
 		snprintf(key, sizeof(key), "it%d", i);
 		counters_add(c, get(c, key), i + 1, 0);
 	}
-	for (uint64_t i = 0; i < c->nslots; i++) {
+	for (uint64_t i = 0; i < counters_slots(c); i++) {
 		struct counter_entry *e = counters_slot(c, i);
 		int k;
 
@@ -357,8 +357,43 @@ START_TEST(test_iterate)
 		ck_assert_int_eq(total(e), k + 1);
 	}
 	ck_assert_uint_eq(n, 700);
+	/* Entries are handed out in order, none skipped. */
+	ck_assert_uint_eq(counters_slots(c), 700);
 	for (int i = 0; i < 700; i++)
 		ck_assert_int_eq(seen[i], 1);
+	table_free(&m);
+}
+END_TEST
+
+/*
+ * Keys hashed all over a large table share pages: each page first
+ * touched costs every process a fault, so the table must not spread
+ * 10000 keys over 10000 pages.
+ */
+START_TEST(test_dense)
+{
+	struct mapping m;
+	struct counters *c = table_new(&m, 1000000, 256);
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t npages = (m.size + pg - 1) / pg, resident = 0;
+	unsigned char *vec = malloc(npages);
+	char key[32];
+
+	ck_assert_ptr_nonnull(vec);
+	for (int i = 0; i < 10000; i++) {
+		snprintf(key, sizeof(key), "dense-%d", i);
+		ck_assert_ptr_nonnull(get(c, key));
+	}
+	ck_assert_int_eq(mincore(m.base, npages * pg, vec), 0);
+	for (size_t i = 0; i < npages; i++)
+		resident += vec[i] & 1;
+	/* About 4k index pages and 1k entry pages; one per key before. */
+	ck_assert_uint_lt(resident, 6000);
+	for (int i = 0; i < 10000; i++) {
+		snprintf(key, sizeof(key), "dense-%d", i);
+		ck_assert_ptr_nonnull(lookup(c, key));
+	}
+	free(vec);
 	table_free(&m);
 }
 END_TEST
@@ -475,7 +510,7 @@ START_TEST(test_concurrent_increments)
 	{
 		uint64_t n = 0;
 
-		for (uint64_t i = 0; i < c->nslots; i++)
+		for (uint64_t i = 0; i < counters_slots(c); i++)
 			if (counters_slot(c, i) != NULL)
 				n++;
 		ck_assert_uint_eq(n, KEYS);
@@ -697,7 +732,7 @@ START_TEST(test_evict_churn)
 				ck_assert_int_lt(full, 10000);
 				/* Flush everything held, as the flusher. */
 				lsn += 10;
-				for (uint64_t i = 0; i < c->nslots; i++) {
+				for (uint64_t i = 0; i < counters_slots(c); i++) {
 					char kb[16];
 					size_t n = counters_slot_key(c, i, kb);
 					int x;
@@ -918,6 +953,7 @@ counters_suite(void)
 	tcase_add_test(tc, test_key_length);
 	tcase_add_test(tc, test_small_capacity);
 	tcase_add_test(tc, test_iterate);
+	tcase_add_test(tc, test_dense);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("values");
