@@ -121,6 +121,12 @@ struct fl_batch {
 	 * has not seen the key (it may have, from another node). */
 	struct fl_keyed	*keyed;
 	size_t		 nkeyed, keyedcap;
+	/* By Idempotency-Key: the first keyed record + 1 (0: free), and
+	 * for each record the next with the same key + 1 (0: none). */
+	uint32_t	*kindex;
+	size_t		 kicap;		/* power of two */
+	uint32_t	*knext;
+	size_t		 kncap;
 	struct pg_idem	*idem;
 	uint64_t	 from, upto;	/* the journal range summed */
 	struct fl_rec	*recs;		/* the key being isolated */
@@ -243,6 +249,8 @@ batch_free(struct fl_batch *b)
 	free(b->arena);
 	free(b->kv);
 	free(b->keyed);
+	free(b->kindex);
+	free(b->knext);
 	free(b->idem);
 	free(b->recs);
 	free(b->rej);
@@ -898,16 +906,79 @@ flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
 	}
 }
 
+/*
+ * Index the keyed records by Idempotency-Key.  A batch under load holds
+ * tens of thousands of them, each looked up once when PostgreSQL answers
+ * its claim: a scan per look-up would cost seconds.  -1: no memory.
+ */
+static int
+batch_index_keyed(struct fl_batch *b)
+{
+	size_t cap = b->kicap ? b->kicap : 1024, s;
+
+	while (cap < b->nkeyed * 2)
+		cap *= 2;
+	if (cap != b->kicap) {
+		uint32_t *ni = realloc(b->kindex, cap * sizeof(*ni));
+
+		if (ni == NULL)
+			return -1;
+		b->kindex = ni;
+		b->kicap = cap;
+	}
+	if (b->kncap < b->nkeyed) {
+		uint32_t *nn = realloc(b->knext, b->keyedcap * sizeof(*nn));
+
+		if (nn == NULL)
+			return -1;
+		b->knext = nn;
+		b->kncap = b->keyedcap;
+	}
+	memset(b->kindex, 0, cap * sizeof(*b->kindex));
+	/* Backwards, each pushed in front: chains run in journal order. */
+	for (size_t i = b->nkeyed; i-- > 0;) {
+		const struct fl_keyed *k = &b->keyed[i], *f;
+		const char *ik = b->arena + k->ik_off;
+
+		for (s = counters_hash(ik, k->ik_len) & (cap - 1);
+		    b->kindex[s] != 0; s = (s + 1) & (cap - 1)) {
+			f = &b->keyed[b->kindex[s] - 1];
+			if (f->ik_len == k->ik_len &&
+			    memcmp(b->arena + f->ik_off, ik, k->ik_len) == 0)
+				break;
+		}
+		b->knext[i] = b->kindex[s];
+		b->kindex[s] = i + 1;
+	}
+	return 0;
+}
+
+/* The first keyed record with this Idempotency-Key + 1; 0: none. */
+static uint32_t
+batch_keyed_first(const struct fl_batch *b, const char *ik, size_t ik_len)
+{
+	const struct fl_keyed *f;
+	size_t s;
+
+	for (s = counters_hash(ik, ik_len) & (b->kicap - 1);
+	    b->kindex[s] != 0; s = (s + 1) & (b->kicap - 1)) {
+		f = &b->keyed[b->kindex[s] - 1];
+		if (f->ik_len == ik_len &&
+		    memcmp(b->arena + f->ik_off, ik, ik_len) == 0)
+			return b->kindex[s];
+	}
+	return 0;
+}
+
 /* The first keyed record with this Idempotency-Key not yet claimed. */
 static struct fl_keyed *
 flusher_keyed_find(struct fl_batch *b, const char *ik, size_t ik_len)
 {
-	/* Few keyed records per batch: a scan is cheaper than an index. */
-	for (size_t i = 0; i < b->nkeyed; i++) {
-		struct fl_keyed *k = &b->keyed[i];
+	for (uint32_t i = batch_keyed_first(b, ik, ik_len); i != 0;
+	    i = b->knext[i - 1]) {
+		struct fl_keyed *k = &b->keyed[i - 1];
 
-		if (!k->applied && !k->rejected && k->ik_len == ik_len &&
-		    memcmp(b->arena + k->ik_off, ik, ik_len) == 0)
+		if (!k->applied && !k->rejected)
 			return k;
 	}
 	return NULL;
@@ -1012,15 +1083,21 @@ flusher_claim(struct flusher *fl)
 	struct fl_batch *b = &fl->b;
 	size_t n = 0;
 
+	if (b->nkeyed == 0)
+		return 0;
+	if (batch_index_keyed(b) == -1) {
+		/* The caller logs it, as it logs PostgreSQL's errors. */
+		snprintf(fl->pg.err, sizeof(fl->pg.err), "out of memory "
+		    "for %zu Idempotency-Keys", b->nkeyed);
+		fl->pg.sqlstate[0] = '\0';
+		return -1;
+	}
 	for (size_t i = 0; i < b->nkeyed; i++) {
 		struct fl_keyed *k = &b->keyed[i];
 		const char *ik = b->arena + k->ik_off;
-		int dup = 0;
 
-		for (size_t j = 0; j < n && !dup; j++)
-			dup = b->idem[j].ik_len == k->ik_len &&
-			    memcmp(b->idem[j].ik, ik, k->ik_len) == 0;
-		if (dup)
+		/* Only the first use of a key in the batch is claimed. */
+		if (batch_keyed_first(b, ik, k->ik_len) != i + 1)
 			continue;
 		b->idem[n].ik = ik;
 		b->idem[n].ik_len = k->ik_len;

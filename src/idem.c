@@ -10,11 +10,19 @@
  * bounded by [idempotency] max_keys, never by traffic.
  *
  * Layout: a header, an index of nslots (a power of two, at least twice
- * max_keys) pairs {state word, hash}, and nslots bodies of a fixed stride
- * holding the request (ik, counter key, value) and the response (status,
- * total, expiry).  The index is dense so that probing reads few cache
- * lines; a body is read only when the hash matches.  Open addressing
- * with linear probing, at most IDEM_PROBE slots from a key's home slot.
+ * max_keys) triples {state word, hash, body}, and nslots bodies of a fixed
+ * stride holding the request (ik, counter key, value) and the response
+ * (status, total, expiry).  The index is dense so that probing reads few
+ * cache lines; a body is read only when the hash matches.  Open
+ * addressing with linear probing, at most IDEM_PROBE slots from a key's
+ * home slot.  Bodies are handed out in order, the first time a slot is
+ * claimed, and stay bound to it: every new key lands on a random slot,
+ * and with a body at each slot's own place every request would touch a
+ * page of its own (a page fault, and memory) until the whole table was
+ * resident.  The claimant binds the body while the slot is CLAIMED, which
+ * only it reads, so the binding is published with the slot; a claimant
+ * that dies between counting a body out and binding it loses that body
+ * until the region is rebuilt.
  *
  * The state word: bits 0-2 the state, bits 3-31 a generation bumped by
  * every change of the word, bits 32-63 the owner's pid while the slot is
@@ -109,9 +117,11 @@ enum {
 struct idem_index {
 	uint64_t	word;
 	uint64_t	hash;
+	uint64_t	body;		/* bound body + 1; 0: none yet */
 };
 
 struct idem_entry {
+	uint64_t	slot;		/* the slot it is bound to */
 	int64_t		value;
 	int64_t		total;
 	uint64_t	expires_us;
@@ -129,6 +139,7 @@ struct idem_table {
 	uint64_t	stride;		/* bytes per body */
 	uint64_t	max_key_bytes;
 	uint64_t	count;		/* atomic: held slots */
+	uint64_t	nbodies;	/* atomic: bodies handed out */
 	uint8_t		area[] __attribute__((aligned(64)));
 };
 
@@ -197,6 +208,7 @@ idem_init(void *mem, uint64_t max_keys, size_t max_key_bytes)
 	t->stride = stride_for(max_key_bytes);
 	t->max_key_bytes = max_key_bytes;
 	t->count = 0;
+	t->nbodies = 0;
 	return t;
 }
 
@@ -207,18 +219,42 @@ index_at(struct idem_table *t, uint64_t i)
 }
 
 static struct idem_entry *
-entry_at(struct idem_table *t, uint64_t i)
+body_at(struct idem_table *t, uint64_t b)
 {
 	return (struct idem_entry *)(void *)(t->area +
-	    t->nslots * sizeof(struct idem_index) + i * t->stride);
+	    t->nslots * sizeof(struct idem_index) + b * t->stride);
+}
+
+/* The body of slot i, which is CLAIMED or was published. */
+static struct idem_entry *
+entry_at(struct idem_table *t, uint64_t i)
+{
+	return body_at(t, __atomic_load_n(&index_at(t, i)->body,
+	    __ATOMIC_RELAXED) - 1);
 }
 
 static uint64_t
 entry_slot(struct idem_table *t, const struct idem_entry *e)
 {
-	const uint8_t *base = t->area + t->nslots * sizeof(struct idem_index);
+	(void)t;
+	return e->slot;
+}
 
-	return (uint64_t)((const uint8_t *)e - base) / t->stride;
+/* Give CLAIMED slot i a body for good, if it has none.  0: none left. */
+static int
+slot_bind(struct idem_table *t, uint64_t i)
+{
+	struct idem_index *x = index_at(t, i);
+	uint64_t b;
+
+	if (x->body != 0)
+		return 1;
+	b = __atomic_fetch_add(&t->nbodies, 1, __ATOMIC_RELAXED);
+	if (b >= t->nslots)
+		return 0;
+	body_at(t, b)->slot = i;
+	__atomic_store_n(&x->body, b + 1, __ATOMIC_RELAXED);
+	return 1;
 }
 
 static uint64_t
@@ -278,7 +314,7 @@ slot_view(struct idem_table *t, uint64_t i, const struct idem_req *q,
     struct idem_view *v)
 {
 	struct idem_index *x = index_at(t, i);
-	struct idem_entry *e = entry_at(t, i);
+	struct idem_entry *e;
 	unsigned st;
 
 	for (;;) {
@@ -287,6 +323,8 @@ slot_view(struct idem_table *t, uint64_t i, const struct idem_req *q,
 		st = W_STATE(v->word);
 		if (st != ST_TENTATIVE && st != ST_INFLIGHT && st != ST_DONE)
 			return;
+		/* Published: its body was bound before. */
+		e = entry_at(t, i);
 		if (st == ST_DONE)
 			v->expires_us = __atomic_load_n(&e->expires_us,
 			    __ATOMIC_RELAXED);
@@ -486,6 +524,12 @@ idem_claim(struct idem_table *t, const struct idem_req *q, uint64_t now_us,
 			if (reserved)
 				count_release(t);
 			continue;
+		}
+		if (!slot_bind(t, mine)) {
+			/* Releases the unit reserved (a bound slot never
+			 * gets here). */
+			slot_bury(t, mine, word_next(fw, ST_CLAIMED, owner));
+			return IDEM_FULL;
 		}
 		slot_write(t, mine, q);
 		w = word_next(w, ST_TENTATIVE, owner);

@@ -354,6 +354,38 @@ START_TEST(test_capacity)
 }
 END_TEST
 
+/*
+ * New keys land on random slots; their bodies must still share pages, or
+ * every request touches (faults in, and keeps) a page of its own.
+ */
+START_TEST(test_dense_bodies)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 2000000, 256);
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t npages = (m.size + pg - 1) / pg, resident = 0;
+	unsigned char *vec = malloc(npages);
+	char ik[32];
+
+	ck_assert_ptr_nonnull(vec);
+	for (int i = 0; i < 40000; i++) {
+		snprintf(ik, sizeof(ik), "dense-%d", i);
+		put(t, ik, "k", 1, 1, 1, FAR);
+	}
+	ck_assert_int_eq(mincore(m.base, npages * pg, vec), 0);
+	for (size_t i = 0; i < npages; i++)
+		resident += vec[i] & 1;
+	/* About 20k index pages and 5k body pages; 60k with a body per slot. */
+	ck_assert_uint_lt(resident, 35000);
+	for (int i = 0; i < 40000; i += 97) {
+		snprintf(ik, sizeof(ik), "dense-%d", i);
+		expect_replay(t, ik, "k", 1, 2, 1);
+	}
+	free(vec);
+	table_free(&m);
+}
+END_TEST
+
 START_TEST(test_expired_slots_reused_when_full)
 {
 	struct mapping m;
@@ -808,6 +840,7 @@ idem_suite(void)
 	tc = tcase_create("capacity");
 	tcase_add_test(tc, test_capacity);
 	tcase_add_test(tc, test_expired_slots_reused_when_full);
+	tcase_add_test(tc, test_dense_bodies);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recovery");
