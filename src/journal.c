@@ -553,6 +553,77 @@ journal_at(struct journal *j, uint64_t lsn, int create)
 	return victim->base + lsn % j->seg_size;
 }
 
+/* The descriptor of the segment holding lsn, creating it.  -1: errno. */
+static int
+seg_fd(struct journal *j, uint64_t lsn)
+{
+	uint64_t index = lsn / j->seg_size;
+
+	if (journal_at(j, lsn, 1) == NULL)
+		return -1;
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++)
+		if (j->maps[i].index == index)
+			return j->maps[i].fd;
+	errno = EINVAL;
+	return -1;
+}
+
+static int
+pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
+{
+	ssize_t w;
+
+	while (n > 0) {
+		if ((w = pwrite(fd, p, n, off)) == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+/*
+ * Frames are written with pwrite(2) rather than stored through the
+ * mapping.  On ext4 the first store to a page of a shared file mapping
+ * after the page was written back opens a journal transaction
+ * (page_mkwrite), and the next fdatasync must then commit it as well: a
+ * second device cache flush on every group commit, about 1.9 ms instead
+ * of 0.6 ms per fdatasync on a virtio disk.  pwrite lands in the same
+ * page cache that every reader maps, so readers see no difference.  The
+ * first word still comes last, in a write of its own: a reader that
+ * catches those 8 bytes half copied sees a bad magic for a moment, which
+ * a scan treats as the end of the run (the syncer judges a frame bad only
+ * when it finds it so twice).
+ */
+int
+journal_frame_write_body(struct journal *j, uint64_t lsn,
+    const uint8_t *frame, size_t len)
+{
+	int fd;
+
+	if ((fd = seg_fd(j, lsn)) == -1)
+		return -1;
+	return pwrite_all(fd, frame + 8, len - 8,
+	    (off_t)(lsn % j->seg_size) + 8);
+}
+
+int
+journal_frame_write_head(struct journal *j, uint64_t lsn,
+    const uint8_t *frame)
+{
+	int fd;
+
+	if ((fd = seg_fd(j, lsn)) == -1)
+		return -1;
+	/* The body's bytes reach the page cache before the first word. */
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return pwrite_all(fd, frame, 8, (off_t)(lsn % j->seg_size));
+}
+
 int
 journal_sync(struct journal *j, uint64_t from, uint64_t to)
 {

@@ -98,6 +98,14 @@ void	journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
 /* Copy a built frame into the mapped journal, header word last (release). */
 void	journal_frame_publish(uint8_t *at, const uint8_t *frame, size_t len);
 /*
+ * The same through the segment's file (see journal.c for why): all but
+ * the first word, then the first word.  -1 with errno.
+ */
+int	journal_frame_write_body(struct journal *j, uint64_t lsn,
+	    const uint8_t *frame, size_t len);
+int	journal_frame_write_head(struct journal *j, uint64_t lsn,
+	    const uint8_t *frame);
+/*
  * Validate the frame at p for position lsn; avail is the number of bytes
  * up to the end of its segment.  Loads the first word with acquire
  * semantics, so it is safe on a live journal.

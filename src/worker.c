@@ -3,8 +3,9 @@
  *
  * Requests that arrive in one pass of the event loop share one batch; at
  * the end of the pass (or after commit_delay) the batch becomes one frame,
- * reserved in the shared journal with a compare-and-swap and copied into
- * the mapped segment.  With sync = group the worker then fdatasyncs the
+ * reserved in the shared journal with a compare-and-swap and written into
+ * its segment (pwrite: see journal.c for why not through the mapping
+ * every reader uses).  With sync = group the worker then fdatasyncs the
  * journal itself, up to the end of the complete frames of every worker
  * (syncer_commit), and answers in the same loop pass: one fdatasync
  * covers the frames of every worker at once, and the requests answered
@@ -485,7 +486,7 @@ worker_write(struct batch *b)
 {
 	uint64_t lsn, pad_lsn;
 	uint32_t pad_len;
-	uint8_t pad[JOURNAL_FRAME_HDR], *at, *pat = NULL;
+	uint8_t pad[JOURNAL_FRAME_HDR];
 	size_t len;
 
 	/* The journal failed since these requests were accepted. */
@@ -509,9 +510,12 @@ worker_write(struct batch *b)
 	__atomic_store_n(&W.slot->res_start, pad_lsn, __ATOMIC_RELEASE);
 	journal_frame_relocate(W.frame, lsn);
 	if (pad_len)
-		pat = journal_at(&W.j, pad_lsn, 1);
-	at = journal_at(&W.j, lsn, 1);
-	if (at == NULL || (pad_len && pat == NULL)) {
+		journal_frame_build_padding(pad, pad_lsn, pad_len, W.h->epoch);
+	/* Nothing is published before the frame's own first word. */
+	if ((pad_len && (journal_frame_write_body(&W.j, pad_lsn, pad,
+	    sizeof(pad)) == -1 || journal_frame_write_head(&W.j, pad_lsn,
+	    pad) == -1)) ||
+	    journal_frame_write_body(&W.j, lsn, W.frame, len) == -1) {
 		int e = errno;
 
 		log_warn("cannot write journal %s at LSN %llu; "
@@ -528,17 +532,20 @@ worker_write(struct batch *b)
 		batch_free(b);
 		return;
 	}
-	if (pad_len) {
-		journal_frame_build_padding(pad, pad_lsn, pad_len, W.h->epoch);
-		journal_frame_publish(pat, pad, sizeof(pad));
-	}
 	/*
 	 * Should we die between these two notes, the next worker in this
 	 * slot asks the journal whether the frame at lsn made it, and
 	 * applies its deltas if so (counters_owner_adopt).
 	 */
 	counters_publishing(W.own, b->w[b->nw - 1].idx + 1, lsn);
-	journal_frame_publish(at, W.frame, len);
+	if (journal_frame_write_head(&W.j, lsn, W.frame) == -1)
+		/*
+		 * 8 bytes into a page the body write just filled: this
+		 * cannot fail short of a broken kernel.  Dying leaves the
+		 * frame to the master and the next worker, as above.
+		 */
+		fatal(1, "cannot publish the journal frame at LSN %llu in %s",
+		    (unsigned long long)lsn, W.j.dir);
 	counters_published(W.own, lsn + len);
 	b->end_lsn = lsn + len;
 	__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);

@@ -1013,6 +1013,35 @@ START_TEST(test_seg_shared)
 }
 END_TEST
 
+/* Written through the file, a frame shows in every mapping, first word last. */
+START_TEST(test_frame_write)
+{
+	struct journal a, b;
+	struct frame_info fi;
+	uint8_t *frame, *pb;
+	uint64_t lsn = 2 * SEG + JOURNAL_SEG_HDR + 128;
+	size_t len = small_frame(&frame, lsn, 12, 8);
+
+	ck_assert_int_eq(journal_open(&a, tmpdir, SEG, EPOCH, "n"), 0);
+	ck_assert_int_eq(journal_open(&b, tmpdir, SEG, EPOCH, "n"), 0);
+	/* The segment is created on the way. */
+	ck_assert_int_eq(journal_frame_write_body(&a, lsn, frame, len), 0);
+	ck_assert_ptr_nonnull(pb = journal_at(&b, lsn, 0));
+	ck_assert_int_eq(journal_frame_check(pb, SEG - lsn % SEG, lsn, EPOCH,
+	    &fi), FRAME_EMPTY);
+	ck_assert_mem_eq(pb + 8, frame + 8, len - 8);
+	ck_assert_int_eq(journal_frame_write_head(&a, lsn, frame), 0);
+	ck_assert_int_eq(journal_frame_check(pb, SEG - lsn % SEG, lsn, EPOCH,
+	    &fi), FRAME_OK);
+	ck_assert_uint_eq(fi.len, len);
+	ck_assert_mem_eq(pb, frame, len);
+	ck_assert_int_eq(journal_sync(&a, lsn, lsn + len), 0);
+	journal_close(&a);
+	journal_close(&b);
+	free(frame);
+}
+END_TEST
+
 START_TEST(test_seg_many_maps)
 {
 	struct journal j;
@@ -1320,6 +1349,7 @@ journal_suite(void)
 	tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
 	tcase_add_test(tc, test_seg_create);
 	tcase_add_test(tc, test_seg_shared);
+	tcase_add_test(tc, test_frame_write);
 	tcase_add_test(tc, test_seg_many_maps);
 	tcase_add_test(tc, test_seg_recycle);
 	tcase_add_test(tc, test_seg_scan);
