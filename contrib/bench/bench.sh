@@ -13,8 +13,9 @@
 #            journal backlog built while PostgreSQL is stopped
 #   memory   bytes per counter key and per Idempotency-Key
 # Rounds alternate the systems (A B C A B C ...) so drift hits all alike.
-# Results go to OUT: results.md (Markdown tables), bench.png and
-# scaling.png (gnuplot), runs.tsv (every run); results.md is also printed.
+# Results go to OUT: results.md (Markdown tables, targets first), bench.png
+# and scaling.png (gnuplot), runs.tsv (every run), fsync.tsv (tallyd's
+# fsync latency, every tallyd run); results.md is also printed.
 #
 # Environment (defaults; QUICK=1 changes those marked *):
 #   QUICK=0           1: a smoke run of every part (3 to 7 minutes)
@@ -271,6 +272,11 @@ printf 'part\tsystem\tworkload\tconns\tworkers\tround\trps\tp50_ms\tp99_ms\terro
 jbytes=$OUT/journal.tsv
 printf 'system\tworkload\tround\tincrements\tjournal_bytes\tframes\tfsyncs\n' \
     >"$jbytes"
+# Keyed as runs.tsv is, so that the fsync latency of a run can be set
+# beside its request latency.
+fsyncs=$OUT/fsync.tsv
+printf 'part\tsystem\tworkload\tconns\tworkers\tround\tfsyncs\tp50_ms\tp99_ms\n' \
+    >"$fsyncs"
 : >"$OUT/backlog.txt"
 : >"$OUT/memory.txt"
 
@@ -313,6 +319,38 @@ metric() {
 	    awk -v n="tallyd_$1" '$1 == n { print $2 }'
 }
 ctl_status() { "$TALLYCTL" -s "$tmp/tallyd.sock" --json status 2>/dev/null; }
+
+# A histogram of tallyd's /metrics: hist_ms NAME (without tallyd_) prints
+# its count and its p50 and p99 in ms, "-" for those with no observation.
+# As Prometheus' histogram_quantile: the quantile's rank is found in the
+# cumulative buckets and placed by linear interpolation inside the bucket
+# that holds it (the first one from 0); in the +Inf bucket it is the
+# highest finite bound.  The bounds are coarse (1, 2.5, 5, 10 ms ...),
+# which the interpolation smooths, not refines.
+hist_ms() {
+	curl -s --max-time 5 "http://127.0.0.1:$srv_port/metrics" |
+	    awk -v n="tallyd_$1" '
+	index($1, n "_bucket{le=\"") == 1 {
+		le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+		nb++; inf[nb] = (le == "+Inf"); ub[nb] = le + 0; cum[nb] = $2 + 0
+	}
+	function q(p,    r, i, lo, c0) {
+		if (nb == 0 || cum[nb] == 0) return "-"
+		r = p * cum[nb]
+		lo = 0; c0 = 0
+		for (i = 1; i <= nb; i++) {
+			if (cum[i] >= r && inf[i])
+				return sprintf("%.3f", 1000 * lo)
+			if (cum[i] >= r) {
+				lo += (ub[i] - lo) * (r - c0) / (cum[i] - c0)
+				return sprintf("%.3f", 1000 * lo)
+			}
+			lo = ub[i]; c0 = cum[i]
+		}
+		return "-"
+	}
+	END { printf "%d\t%s\t%s\n", nb ? cum[nb] : 0, q(0.50), q(0.99) }'
+}
 
 psql_bench() {
 	"$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h "$tmp/pgsock" \
@@ -622,7 +660,7 @@ load() {
 # measure PART SYSTEM WORKLOAD CONNS WORKERS ROUND
 measure() {
 	local part=$1 system=$2 workload=$3 conns=$4 workers=$5 round=$6
-	local inc jb fr fs
+	local inc jb fr fs hist
 	start_system "$system" "$workers"
 	redis_rate=
 	pg_rate=
@@ -638,6 +676,9 @@ measure() {
 		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$system" "$workload" \
 		    "$round" "${inc:-0}" "${jb:-0}" "${fr:-0}" "${fs:-0}" \
 		    >>"$jbytes"
+		hist=$(hist_ms journal_fsync_duration_seconds)
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$system" \
+		    "$workload" "$conns" "$workers" "$round" "$hist" >>"$fsyncs"
 	fi
 	stop_system
 	# Whatever PostgreSQL still has to write for this run, it writes now,
@@ -924,9 +965,16 @@ took=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%d", b - a }')
 # ---- the report ------------------------------------------------------------
 
 # Medians per part, system, workload, conns, workers, with the ratio to
-# h2o-null at the same settings (WORKERS workers for Redis and PostgreSQL).
-awk -F'\t' -v W="$WORKERS" '
-NR == 1 { next }
+# h2o-null at the same settings (WORKERS workers for Redis and PostgreSQL);
+# for tallyd, the medians of its fsync p50 and p99 too (columns 12 and 13,
+# "-" elsewhere), over the runs that did fsync.
+awk -F'\t' -v W="$WORKERS" -v F="$fsyncs" '
+FNR == 1 { next }
+FILENAME == F {
+	k = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4 SUBSEP $5
+	if ($8 != "-") { nf[k]++; f50[k, nf[k]] = $8; f99[k, nf[k]] = $9 }
+	next
+}
 {
 	k = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4 SUBSEP $5
 	if (!(k in n)) order[++no] = k
@@ -954,11 +1002,16 @@ END {
 		if (b in R && R[b] > 0)
 			ratio = sprintf(R[k] / R[b] < 0.1 ? "%.3f" : "%.2f",
 			    R[k] / R[b])
-		printf "%s\t%s\t%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%d\n",
+		fs50 = fs99 = "-"
+		if (k in nf) {
+			fs50 = sprintf("%.3f", med(f50, k, nf[k]))
+			fs99 = sprintf("%.3f", med(f99, k, nf[k]))
+		}
+		printf "%s\t%s\t%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%d\t%s\t%s\n",
 		    f[1], f[2], f[3], f[4], f[5], R[k], med(p50, k, n[k]),
-		    med(p99, k, n[k]), ratio, err[k], n[k]
+		    med(p99, k, n[k]), ratio, err[k], n[k], fs50, fs99
 	}
-}' "$runs" >"$OUT/medians.tsv"
+}' "$fsyncs" "$runs" >"$OUT/medians.tsv"
 
 # Look up a median: med_of PART SYSTEM WORKLOAD CONNS WORKERS COLUMN
 med_of() {
@@ -984,6 +1037,108 @@ chart_data() {
 	done
 }
 
+# A value of backlog.txt or memory.txt: kv FILE NAME (nothing if absent).
+kv() { awk -F= -v n="$2" '$1 == n { print $2; exit }' "$1"; }
+
+# Rows of the Targets table: | target | measured | met, not met or not
+# measured |.  The compare part's figures are the medians of medians.tsv at
+# CONNS connections and WORKERS workers, as in the tables below; an empty
+# figure means its part, system or workload did not run.
+no_target() { printf '| %s | - | not measured |\n' "$1"; }
+
+# ratio_target TARGET SYSTEM BASE WORKLOAD FACTOR: SYSTEM's requests/s at
+# least FACTOR times BASE's.
+ratio_target() {
+	local x y
+	x=$(med_of compare "$2" "$4" "$CONNS" "$WORKERS" 6)
+	y=$(med_of compare "$3" "$4" "$CONNS" "$WORKERS" 6)
+	if [ -z "$x" ] || [ -z "$y" ]; then
+		no_target "$1"
+		return
+	fi
+	awk -v t="$1" -v x="$x" -v y="$y" -v f="$5" 'BEGIN {
+		printf "| %s | %d / %d = %s | %s |\n", t, x, y,
+		    (y > 0) ? sprintf("%.2f", x / y) : "-",
+		    (x >= f * y) ? "met" : "not met" }'
+}
+
+# p99_target TARGET WORKLOAD: tallyd-group's p99 at most h2o-null's plus
+# twice tallyd-group's fsync p99.
+p99_target() {
+	local x y f
+	x=$(med_of compare tallyd-group "$2" "$CONNS" "$WORKERS" 8)
+	y=$(med_of compare h2o-null "$2" "$CONNS" "$WORKERS" 8)
+	f=$(med_of compare tallyd-group "$2" "$CONNS" "$WORKERS" 13)
+	if [ -z "$x" ] || [ -z "$y" ] || [ -z "$f" ] || [ "$f" = - ]; then
+		no_target "$1"
+		return
+	fi
+	awk -v t="$1" -v x="$x" -v y="$y" -v f="$f" 'BEGIN {
+		printf "| %s | %.2f ms; %.2f + 2 x %.2f = %.2f ms | %s |\n", t,
+		    x, y, f, y + 2 * f, (x <= y + 2 * f) ? "met" : "not met" }'
+}
+
+# rate_target TARGET COUNT SECONDS MIN UNIT: COUNT / SECONDS at least MIN,
+# as the Recovery and drain table computes it.
+rate_target() {
+	if [ -z "$2" ] || [ -z "$3" ]; then
+		no_target "$1"
+		return
+	fi
+	awk -v t="$1" -v n="$2" -v s="$3" -v m="$4" -v u="$5" 'BEGIN {
+		r = (s > 0) ? n / s : 0
+		printf "| %s | %.0f %s | %s |\n", t, r, u,
+		    (r >= m) ? "met" : "not met" }'
+}
+
+targets() {
+	local w bk=$OUT/backlog.txt mem=$OUT/memory.txt x
+	echo
+	echo "## Targets"
+	echo
+	echo "Request figures: the medians of the compare part below ($CONNS"
+	echo "connections, $WORKERS workers); fsync p99: tallyd-group's, from its"
+	echo "fsync histogram (see \"Journal and fsync\"). Drain and recovery: the"
+	echo "backlog part; memory: the memory part. \"not measured\": the part, a"
+	echo "system or the workload did not run."
+	echo
+	echo "| target | measured | result |"
+	echo "| --- | --- | --- |"
+	for w in random hot; do
+		ratio_target "\`sync = group\`, $w: requests/s >= 0.80 x h2o-null" \
+		    tallyd-group h2o-null "$w" 0.80
+	done
+	for w in random hot; do
+		p99_target "\`sync = group\`, $w: p99 <= h2o-null p99 + 2 x fsync p99" "$w"
+	done
+	for w in random hot; do
+		ratio_target "\`sync = interval\`, $w: requests/s >= 0.90 x h2o-null" \
+		    tallyd-interval h2o-null "$w" 0.90
+	done
+	for w in random hot; do
+		ratio_target "tallyd-group, $w: requests/s >= redis-always" \
+		    tallyd-group redis-always "$w" 1
+	done
+	rate_target "drain: keys/s flushed >= 100000" \
+	    "$(kv "$bk" drain_rows)" "$(kv "$bk" drain_from_connect_s)" \
+	    100000 keys/s
+	rate_target "recovery: increments/s >= 1000000" \
+	    "$(kv "$bk" recovery_records)" "$(kv "$bk" recovery_s)" \
+	    1000000 increments/s
+	x=$(kv "$mem" per_counter)
+	if [ -n "$x" ]; then
+		echo "| memory: bytes per counter key | $x | no threshold |"
+	else
+		no_target "memory: bytes per counter key"
+	fi
+	x=$(kv "$mem" per_idem)
+	if [ -n "$x" ]; then
+		echo "| memory: bytes per Idempotency-Key | $x | no threshold |"
+	else
+		no_target "memory: bytes per Idempotency-Key"
+	fi
+}
+
 report() {
 	local s w c n x r
 	echo "# tallyd benchmark"
@@ -996,6 +1151,7 @@ report() {
 	echo "under the same load (for Redis and PostgreSQL: with $WORKERS workers)."
 	echo "Errors: non-2xx answers and socket errors (wrk), errors reported by"
 	echo "redis-benchmark, failed transactions (pgbench), summed over rounds."
+	targets
 	if in_list compare "$PARTS"; then
 		echo
 		echo "## Systems and workloads"
@@ -1026,20 +1182,39 @@ report() {
 	fi
 	if [ -s "$jbytes" ] && [ "$(wc -l <"$jbytes")" -gt 1 ]; then
 		echo
-		echo "## Journal bytes per increment (after lz4)"
+		echo "## Journal and fsync"
 		echo
-		echo "journal_bytes_total / increments_total from /metrics at the end"
-		echo "of each tallyd run (warm-up included), summed over the runs."
+		echo "Journal bytes per increment (after lz4): journal_bytes_total /"
+		echo "increments_total from /metrics at the end of each tallyd run"
+		echo "(warm-up included), summed over the runs of every part. fsync p50"
+		echo "and p99 (ms): medians over the compare part's runs ($CONNS"
+		echo "connections) of the estimates from each run's"
+		echo "journal_fsync_duration_seconds histogram (warm-up included),"
+		echo "interpolated inside the bucket as Prometheus' histogram_quantile"
+		echo "does; \"-\" where no such run fsynced."
 		echo
-		echo "| system | workload | increments | bytes/increment | increments/frame | increments/fsync |"
-		echo "| --- | --- | ---: | ---: | ---: | ---: |"
-		awk -F'\t' 'NR > 1 { k = $1 "\t" $2
+		echo "| system | workload | increments | bytes/increment | increments/frame | increments/fsync | fsync p50 | fsync p99 |"
+		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+		awk -F'\t' -v m="$OUT/medians.tsv" -v c="$CONNS" -v wk="$WORKERS" '
+		BEGIN { while ((getline l < m) > 0) {
+			split(l, a, "\t")
+			if (a[1] == "compare" && a[4] == c && a[5] == wk) {
+				f50[a[2] "\t" a[3]] = a[12]
+				f99[a[2] "\t" a[3]] = a[13]
+			}
+		} }
+		NR > 1 { k = $1 "\t" $2
 			if (!(k in i)) o[++n] = k
 			i[k] += $4; b[k] += $5; f[k] += $6; s[k] += $7 }
-		    END { for (j = 1; j <= n; j++) { k = o[j]; split(k, x, "\t")
-			printf "| %s | %s | %d | %.1f | %.1f | %.1f |\n", x[1], x[2],
-			    i[k], i[k] ? b[k] / i[k] : 0, f[k] ? i[k] / f[k] : 0,
-			    s[k] ? i[k] / s[k] : 0 } }' "$jbytes"
+		function fs(v) {
+			if (v == "" || v == "-") return "-"
+			return sprintf("%.2f", v)
+		}
+		END { for (j = 1; j <= n; j++) { k = o[j]; split(k, x, "\t")
+			printf "| %s | %s | %d | %.1f | %.1f | %.1f | %s | %s |\n",
+			    x[1], x[2], i[k], i[k] ? b[k] / i[k] : 0,
+			    f[k] ? i[k] / f[k] : 0, s[k] ? i[k] / s[k] : 0,
+			    fs(f50[k]), fs(f99[k]) } }' "$jbytes"
 	fi
 	if in_list conns "$PARTS"; then
 		echo
