@@ -416,6 +416,15 @@ tallyd_conf() {
 	EOF
 }
 
+# tallyd's tables from earlier runs (thousands of dead rows, millions of
+# Idempotency-Keys) would make PostgreSQL's work per flush grow run by run:
+# each tallyd run starts from none, and tallyd creates them again.
+tallyd_tables_drop() {
+	psql_bench -d postgres -c 'DROP TABLE IF EXISTS tally_counters,
+	    tally_checkpoints, tally_idempotency, tally_rejected' ||
+	    die "cannot drop tallyd's tables"
+}
+
 start_tallyd() {
 	"$TALLYD" -f -c "$tmp/tallyd.conf" >>"$tmp/server.log" 2>&1 &
 	srv_pid=$!
@@ -431,6 +440,7 @@ start_system() {
 	case $system in
 	tallyd-*)
 		pg_start
+		tallyd_tables_drop
 		srv_kind=http
 		rm -rf "$tmp/state"
 		tallyd_conf "${system#tallyd-}" "$workers"
@@ -757,6 +767,7 @@ part_backlog() {
 	local st inc keys i t0 t1 t2 t_up ck0 target ck line rows0 rows
 	local recs secs wall pids p empty_s
 	pg_start
+	tallyd_tables_drop
 	srv_port=$(free_port) || die "no free port"
 	rm -rf "$tmp/state"
 	: >"$tmp/server.log"
