@@ -86,10 +86,39 @@ conns_open() {
 			CONN_FD+=("$fd")
 		done
 		conns_owners
-		[ "$(printf '%s\n' "${CONN_PID[@]}" | sort -u | grep -c '^[0-9]')" -ge 2 ] &&
-		    return 0
+		if [ "$(printf '%s\n' "${CONN_PID[@]}" | sort -u | grep -c '^[0-9]')" -ge 2 ]
+		then
+			conns_interleave
+			return 0
+		fi
 	done
 	return 1
+}
+
+# Order the connections so that the workers take turns: a burst taking
+# them in order then reaches every worker before the bucket is empty,
+# however the kernel spread them.
+conns_interleave() {
+	local -a fds=() pids=() owners=()
+	local -A used=()
+	local p i more=1
+	mapfile -t owners < <(printf '%s\n' "${CONN_PID[@]}" | sort -u)
+	while [ "$more" = 1 ]; do
+		more=0
+		for p in "${owners[@]}"; do
+			for i in "${!CONN_FD[@]}"; do
+				[ -z "${used[$i]:-}" ] && [ "${CONN_PID[$i]}" = "$p" ] ||
+				    continue
+				used[$i]=1
+				fds+=("${CONN_FD[$i]}")
+				pids+=("$p")
+				more=1
+				break
+			done
+		done
+	done
+	CONN_FD=("${fds[@]}")
+	CONN_PID=("${pids[@]}")
 }
 
 conns_close() {
