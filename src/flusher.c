@@ -906,6 +906,23 @@ flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
 	}
 }
 
+/* Where ik sits in the keyed records' index, or the free slot for it. */
+static size_t
+batch_keyed_slot(const struct fl_batch *b, const char *ik, size_t ik_len)
+{
+	const struct fl_keyed *f;
+	size_t s;
+
+	for (s = counters_hash(ik, ik_len) & (b->kicap - 1);
+	    b->kindex[s] != 0; s = (s + 1) & (b->kicap - 1)) {
+		f = &b->keyed[b->kindex[s] - 1];
+		if (f->ik_len == ik_len &&
+		    memcmp(b->arena + f->ik_off, ik, ik_len) == 0)
+			break;
+	}
+	return s;
+}
+
 /*
  * Index the keyed records by Idempotency-Key.  A batch under load holds
  * tens of thousands of them, each looked up once when PostgreSQL answers
@@ -937,16 +954,9 @@ batch_index_keyed(struct fl_batch *b)
 	memset(b->kindex, 0, cap * sizeof(*b->kindex));
 	/* Backwards, each pushed in front: chains run in journal order. */
 	for (size_t i = b->nkeyed; i-- > 0;) {
-		const struct fl_keyed *k = &b->keyed[i], *f;
-		const char *ik = b->arena + k->ik_off;
+		const struct fl_keyed *k = &b->keyed[i];
 
-		for (s = counters_hash(ik, k->ik_len) & (cap - 1);
-		    b->kindex[s] != 0; s = (s + 1) & (cap - 1)) {
-			f = &b->keyed[b->kindex[s] - 1];
-			if (f->ik_len == k->ik_len &&
-			    memcmp(b->arena + f->ik_off, ik, k->ik_len) == 0)
-				break;
-		}
+		s = batch_keyed_slot(b, b->arena + k->ik_off, k->ik_len);
 		b->knext[i] = b->kindex[s];
 		b->kindex[s] = i + 1;
 	}
@@ -957,17 +967,7 @@ batch_index_keyed(struct fl_batch *b)
 static uint32_t
 batch_keyed_first(const struct fl_batch *b, const char *ik, size_t ik_len)
 {
-	const struct fl_keyed *f;
-	size_t s;
-
-	for (s = counters_hash(ik, ik_len) & (b->kicap - 1);
-	    b->kindex[s] != 0; s = (s + 1) & (b->kicap - 1)) {
-		f = &b->keyed[b->kindex[s] - 1];
-		if (f->ik_len == ik_len &&
-		    memcmp(b->arena + f->ik_off, ik, ik_len) == 0)
-			return b->kindex[s];
-	}
-	return 0;
+	return b->kindex[batch_keyed_slot(b, ik, ik_len)];
 }
 
 /* The first keyed record with this Idempotency-Key not yet claimed. */

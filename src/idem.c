@@ -233,13 +233,6 @@ entry_at(struct idem_table *t, uint64_t i)
 	    __ATOMIC_RELAXED) - 1);
 }
 
-static uint64_t
-entry_slot(struct idem_table *t, const struct idem_entry *e)
-{
-	(void)t;
-	return e->slot;
-}
-
 /* Give CLAIMED slot i a body for good, if it has none.  0: none left. */
 static int
 slot_bind(struct idem_table *t, uint64_t i)
@@ -603,7 +596,7 @@ void
 idem_complete(struct idem_table *t, struct idem_entry *e, int status,
     int64_t total, uint64_t expires_us)
 {
-	uint64_t i = entry_slot(t, e), w;
+	uint64_t i = e->slot, w;
 
 	if ((w = inflight_word(t, i)) == 0)
 		return;
@@ -619,7 +612,7 @@ idem_complete(struct idem_table *t, struct idem_entry *e, int status,
 void
 idem_abort(struct idem_table *t, struct idem_entry *e)
 {
-	uint64_t i = entry_slot(t, e), w;
+	uint64_t i = e->slot, w;
 
 	if ((w = inflight_word(t, i)) == 0)
 		return;
