@@ -420,8 +420,9 @@ tallyd_conf() {
 # Idempotency-Keys) would make PostgreSQL's work per flush grow run by run:
 # each tallyd run starts from none, and tallyd creates them again.
 tallyd_tables_drop() {
-	psql_bench -d postgres -c 'DROP TABLE IF EXISTS tally_counters,
-	    tally_checkpoints, tally_idempotency, tally_rejected' ||
+	psql_bench -d postgres -c 'SET client_min_messages = warning' \
+	    -c 'DROP TABLE IF EXISTS tally_counters, tally_checkpoints,
+	    tally_idempotency, tally_rejected' ||
 	    die "cannot drop tallyd's tables"
 }
 
