@@ -150,6 +150,9 @@ pg_wait_value 'a"b' 3
 pg_wait_value 'a\b' 4
 pg_wait_value 'café' 5
 pg_wait_value h2load 4500
+# Rows rewritten every flush keep room in their page (HOT updates).
+assert_eq "tally_counters made with fillfactor 70" "{fillfactor=70}" \
+    "$(pg_sql "SELECT reloptions FROM pg_class WHERE oid = 'tally_counters'::regclass")"
 assert_eq "journal holds one record per 202" "$RECS" "$(journal_records)"
 assert_eq "journal verify" 0 "$(tallyctl journal verify >"$T/verify.out" 2>&1; echo $?)"
 
