@@ -267,8 +267,9 @@ done
 mkdir -p "$OUT" || die "cannot create $OUT"
 OUT=$(cd "$OUT" && pwd)
 runs=$OUT/runs.tsv
-printf 'part\tsystem\tworkload\tconns\tworkers\tround\trps\tp50_ms\tp99_ms\terrors\n' \
+printf 'part\tsystem\tworkload\tconns\tworkers\tround\trps\tp50_ms\tp99_ms\terrors\tserver_us\tpg_us\tgen_us\tcpus\n' \
     >"$runs" || die "cannot write $runs"
+clk_tck=$(getconf CLK_TCK 2>/dev/null || echo 100)
 jbytes=$OUT/journal.tsv
 printf 'system\tworkload\tround\tincrements\tjournal_bytes\tframes\tfsyncs\n' \
     >"$jbytes"
@@ -523,15 +524,58 @@ stop_system() {
 }
 
 # A load generator in the background, so that a signal to us is handled
-# at once; its output is left in $tmp/gen.out.  Fails as it does.
+# at once; its output is left in $tmp/gen.out, the CPU time it took (clock
+# ticks) in gen_ticks.  Fails as it does.
 gen() {
-	local rc
+	local rc t0
+	reaped_ticks
+	t0=$reaped
 	"$@" >"$tmp/gen.out" 2>&1 </dev/null &
 	gen_pid=$!
 	wait "$gen_pid"
 	rc=$?
 	gen_pid=
+	reaped_ticks
+	gen_ticks=$((reaped - t0))
 	return $rc
+}
+
+# The CPU time (clock ticks) of this shell's reaped children, in reaped:
+# the load generator is the only one reaped between two readings around
+# it.  Read by this shell itself, not a subshell, whose children differ.
+reaped_ticks() {
+	local stat
+	read -r stat <"/proc/$BASHPID/stat"
+	# shellcheck disable=SC2086
+	set -- ${stat##*) }
+	reaped=$(( ${14:-0} + ${15:-0} ))
+}
+
+# The CPU time (clock ticks) PID and its descendants have taken so far:
+# its own and its reaped children's, and each live descendant's own.  A
+# descendant gone between two readings is in its parent's reaped time by
+# the second.  0 for no PID.
+tree_ticks() {
+	[ -n "$1" ] || { echo 0; return; }
+	cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" '
+	{ pid = $1; sub(/^.*\) /, ""); pp[pid] = $2; own[pid] = $12 + $13
+	  reaped[pid] = $14 + $15 }
+	END {
+		if (!(root in pp)) { print 0; exit }
+		in_tree[root] = 1; t = own[root] + reaped[root]
+		do {
+			more = 0
+			for (p in pp)
+				if (!(p in in_tree) && (pp[p] in in_tree)) {
+					in_tree[p] = 1; t += own[p]; more = 1
+				}
+		} while (more)
+		print t
+	}'
+}
+
+pg_postmaster() {
+	[ -n "$pg_running" ] && head -n 1 "$tmp/pg/postmaster.pid" 2>/dev/null
 }
 
 # wrk's latency to milliseconds: 850.00us, 1.60ms, 1.02s, 2.00m.
@@ -576,10 +620,11 @@ write_pg_scripts() {
 }
 
 # Run the load of WORKLOAD against the running system with CONNS
-# connections for SECS seconds (0: a short warm-up); sets rps p50 p99 bad.
+# connections for SECS seconds (0: a short warm-up); sets rps p50 p99 bad
+# and nreq (the requests made).
 load() {
 	local system=$1 workload=$2 conns=$3 secs=$4 out cmd n
-	rps='' p50='' p99='' bad=0
+	rps='' p50='' p99='' bad=0 nreq=0
 	case $srv_kind in
 	http)
 		local d=${secs}s
@@ -595,6 +640,7 @@ load() {
 			die "wrk: error in post-$workload.lua"
 		fi
 		rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+		nreq=$(echo "$out" | awk '/ requests in / { print $1 }')
 		p50=$(echo "$out" | awk '$1 == "50%" { print $2 }')
 		p99=$(echo "$out" | awk '$1 == "99%" { print $2 }')
 		bad=$(echo "$out" | awk '/Non-2xx/ { n += $NF }
@@ -626,6 +672,7 @@ load() {
 		p50=$(echo "$out" | awk -F, '{ print $5 }')
 		p99=$(echo "$out" | awk -F, '{ print $7 }')
 		bad=$(grep -ci 'error' "$tmp/gen.out")
+		nreq=$n
 		[ "$secs" = 0 ] && redis_rate=$rps
 		;;
 	pg)
@@ -651,6 +698,8 @@ load() {
 		    -t "$t" -l --log-prefix="$tmp/pgblog/log" $files bench ||
 		    { tail -n 20 "$tmp/gen.out" >&2; die "pgbench failed"; }
 		rps=$(awk '/^tps = / { print $3 }' "$tmp/gen.out" | tail -n 1)
+		nreq=$(awk '/^number of transactions actually processed:/ {
+		    sub(/\/.*/, "", $NF); print $NF }' "$tmp/gen.out")
 		bad=$(awk '/^number of failed transactions:/ { print $5; exit }' \
 		    "$tmp/gen.out")
 		bad=${bad:-0}
@@ -671,14 +720,31 @@ load() {
 # measure PART SYSTEM WORKLOAD CONNS WORKERS ROUND
 measure() {
 	local part=$1 system=$2 workload=$3 conns=$4 workers=$5 round=$6
-	local inc jb fr fs hist
+	local inc jb fr fs hist pgm s0 s1 p0 p1 t0 t1 cpu
 	start_system "$system" "$workers"
 	redis_rate=
 	pg_rate=
 	if [ "$QUICK" != 1 ] || [ "$srv_kind" != http ]; then
 		load "$system" "$workload" "$conns" 0
 	fi
+	pgm=$(pg_postmaster)
+	s0=$(tree_ticks "$srv_pid")
+	p0=$(tree_ticks "$pgm")
+	t0=$(now)
 	load "$system" "$workload" "$conns" "$dur_s"
+	t1=$(now)
+	s1=$(tree_ticks "$srv_pid")
+	p1=$(tree_ticks "$pgm")
+	# CPU microseconds per request: the server (PostgreSQL itself for
+	# pg-upsert), PostgreSQL (tallyd's flushes), the load generator; and
+	# the CPUs all three kept busy over the run's wall-clock time.
+	cpu=$(awk -v s="$((s1 - s0))" -v p="$((p1 - p0))" -v g="$gen_ticks" \
+	    -v hz="$clk_tck" -v n="${nreq:-0}" -v k="$srv_kind" \
+	    -v t="$(elapsed "$t0" "$t1")" '
+	    BEGIN { if (n <= 0) n = 1; f = 1e6 / hz / n
+		if (k == "pg") { s = p; p = 0 }
+		printf "%.2f\t%.2f\t%.2f\t%.2f", s * f, p * f, g * f,
+		    (t > 0) ? (s + p + g) / hz / t : 0 }')
 	if [ "${system%%-*}" = tallyd ]; then
 		inc=$(metric increments_total)
 		jb=$(metric journal_bytes_total)
@@ -701,9 +767,9 @@ measure() {
 	[ "$workers" = - ] || [ "$srv_kind" = http ] || workers=-
 	say "$part $system $workload c=$conns w=$workers round $round:" \
 	    "$rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $bad"
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$system" \
-	    "$workload" "$conns" "$workers" "$round" "$rps" "$p50" "$p99" \
-	    "$bad" >>"$runs"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" \
+	    "$system" "$workload" "$conns" "$workers" "$round" "$rps" "$p50" \
+	    "$p99" "$bad" "$cpu" >>"$runs"
 }
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown; }
@@ -979,7 +1045,9 @@ took=$(awk -v a="$t_start" -v b="$(now)" 'BEGIN { printf "%d", b - a }')
 # Medians per part, system, workload, conns, workers, with the ratio to
 # h2o-null at the same settings (WORKERS workers for Redis and PostgreSQL);
 # for tallyd, the medians of its fsync p50 and p99 too (columns 12 and 13,
-# "-" elsewhere), over the runs that did fsync.
+# "-" elsewhere), over the runs that did fsync; then the medians of the CPU
+# microseconds per request of the server, PostgreSQL and the load generator
+# (columns 14 to 16) and of the CPUs they kept busy (column 17).
 awk -F'\t' -v W="$WORKERS" -v F="$fsyncs" '
 FNR == 1 { next }
 FILENAME == F {
@@ -992,6 +1060,8 @@ FILENAME == F {
 	if (!(k in n)) order[++no] = k
 	n[k]++; rps[k, n[k]] = $7; p50[k, n[k]] = $8; p99[k, n[k]] = $9
 	err[k] += $10
+	su[k, n[k]] = $11; pu[k, n[k]] = $12; gu[k, n[k]] = $13
+	cb[k, n[k]] = $14
 }
 function med(a, k, m,    i, j, t, v) {
 	for (i = 1; i <= m; i++) v[i] = a[k, i] + 0
@@ -1019,9 +1089,11 @@ END {
 			fs50 = sprintf("%.3f", med(f50, k, nf[k]))
 			fs99 = sprintf("%.3f", med(f99, k, nf[k]))
 		}
-		printf "%s\t%s\t%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%d\t%s\t%s\n",
+		printf "%s\t%s\t%s\t%s\t%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t%d\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.2f\n",
 		    f[1], f[2], f[3], f[4], f[5], R[k], med(p50, k, n[k]),
-		    med(p99, k, n[k]), ratio, err[k], n[k], fs50, fs99
+		    med(p99, k, n[k]), ratio, err[k], n[k], fs50, fs99,
+		    med(su, k, n[k]), med(pu, k, n[k]), med(gu, k, n[k]),
+		    med(cb, k, n[k])
 	}
 }' "$fsyncs" "$runs" >"$OUT/medians.tsv"
 
@@ -1191,6 +1263,33 @@ report() {
 		done
 		echo
 		echo "![requests/s and latency](bench.png)"
+	fi
+	if in_list compare "$PARTS"; then
+		echo
+		echo "## CPU per request"
+		echo
+		echo "Microseconds of CPU per request, medians over the rounds, from"
+		echo "/proc: the server's processes (tallyd's master, workers and"
+		echo "flusher; for pg-upsert, PostgreSQL), PostgreSQL's for tallyd's"
+		echo "flushes, and the load generator's. CPUs busy: the three"
+		echo "together over the run, out of $(nproc); the rest is idle or other"
+		echo "processes (the kernel's threads). On a machine whose CPUs are all"
+		echo "busy, a system's requests/s goes with the inverse of its total."
+		echo
+		echo "| system | workload | server | PostgreSQL | load generator | total | CPUs busy |"
+		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+		for w in $WORKLOADS; do
+			for s in $SYSTEMS; do
+				supports "$s" "$w" || continue
+				awk -F'\t' -v s="$s" -v w="$w" -v c="$CONNS" \
+				    -v wk="$WORKERS" '
+				$1 == "compare" && $2 == s && $3 == w && $4 == c &&
+				($5 == wk || $5 == "-") {
+					printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n",
+					    s, w, $14, $15, $16, $14 + $15 + $16, $17
+					exit }' "$OUT/medians.tsv"
+			done
+		done
 	fi
 	if [ -s "$jbytes" ] && [ "$(wc -l <"$jbytes")" -gt 1 ]; then
 		echo
