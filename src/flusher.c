@@ -31,7 +31,6 @@
  * nor lose a parking.  A key whose deltas within one batch sum beyond
  * int64 goes record by record from the start.
  */
-#include <sys/mman.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -59,7 +58,6 @@
 #define FL_BACKOFF_MAX_MS	5000
 #define FL_STOP_GRACE_US	5000000	/* PostgreSQL failing at stop: wait */
 #define FL_WAIT_SLICE_MS	1000
-#define FL_MINCORE_PAGES	1024	/* residency asked per call */
 #define FL_MIN_INTERVAL_US	10000
 #define FL_PRUNE_US		60000000 /* expired Idempotency-Keys, PostgreSQL */
 
@@ -162,11 +160,6 @@ struct flusher {
 	char			*lk_keys;
 	struct pg_kv		*lk_kv;
 	struct counter_owner	*own;	/* for changes to the table */
-	/* Which table pages exist (mincore), for the slot scans. */
-	uintptr_t		 pagesize;
-	unsigned char		*mc_vec;
-	uintptr_t		 mc_base;
-	size_t			 mc_pages;
 };
 
 static void
@@ -583,40 +576,10 @@ flusher_lookup(struct flusher *fl, size_t n)
 }
 
 /*
- * Whether slot i can hold a key, found without touching its page when it
- * cannot.  The table is shared anonymous memory, where merely reading an
- * untouched page allocates it: a scan of a large, mostly empty table
- * would commit all of it.  A slot ever written lies on a resident page
- * (or a swapped-out one; such keys get their value at their next flush).
- */
-static int
-flusher_slot_resident(struct flusher *fl, uint64_t i)
-{
-	struct counters *c = fl->shm->counters;
-	uintptr_t addr = (uintptr_t)counters_slot_addr(c, i);
-	uintptr_t page = addr & ~(fl->pagesize - 1);
-	uintptr_t end = (uintptr_t)counters_slot_addr(c, counters_slots(c));
-	size_t npages;
-
-	if (fl->mc_pages == 0 || page < fl->mc_base ||
-	    page >= fl->mc_base + fl->mc_pages * fl->pagesize) {
-		npages = (end - page + fl->pagesize - 1) / fl->pagesize;
-		if (npages > FL_MINCORE_PAGES)
-			npages = FL_MINCORE_PAGES;
-		if (mincore((void *)page, npages * fl->pagesize,
-		    fl->mc_vec) == -1) {
-			fl->mc_pages = 0;
-			return 1;	/* cannot tell: look */
-		}
-		fl->mc_base = page;
-		fl->mc_pages = npages;
-	}
-	return fl->mc_vec[(page - fl->mc_base) / fl->pagesize] & 1;
-}
-
-/*
  * Refresh the committed value of held keys from slot *cursor on, at most
- * maxkeys keys and maxslots slots; advances *cursor (wrapping).
+ * maxkeys keys and maxslots slots; advances *cursor (wrapping).  Only the
+ * entries handed out so far are read, which are dense: the scan does not
+ * commit the untouched rest of the shared table.
  */
 static int
 flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
@@ -627,15 +590,13 @@ flusher_refresh(struct flusher *fl, uint64_t *cursor, uint64_t maxkeys,
 	size_t n = 0, len;
 	char *kb;
 
-	fl->mc_pages = 0;	/* pages appear as keys arrive */
 	while (keys < maxkeys && slots < maxslots && slots < nslots) {
 		if (*cursor >= nslots)
 			*cursor = 0;
 		i = (*cursor)++;
 		slots++;
 		kb = fl->lk_keys + n * c->max_key_bytes;
-		if (!flusher_slot_resident(fl, i) ||
-		    (len = counters_slot_key(c, i, kb)) == 0)
+		if ((len = counters_slot_key(c, i, kb)) == 0)
 			continue;
 		fl->lk_kv[n].key = kb;
 		fl->lk_kv[n].len = len;
@@ -1548,10 +1509,7 @@ flusher_setup(struct flusher *fl, const struct config *cf, struct shm *shm)
 	fl->own = shm->owners[SHM_FLUSHER];
 	fl->lk_keys = malloc((size_t)FL_LOOKUP_CHUNK * cf->max_key_bytes);
 	fl->lk_kv = calloc(FL_LOOKUP_CHUNK, sizeof(*fl->lk_kv));
-	fl->mc_vec = malloc(FL_MINCORE_PAGES);
-	fl->pagesize = sysconf(_SC_PAGESIZE);
-	if (fl->raw == NULL || fl->lk_keys == NULL || fl->lk_kv == NULL ||
-	    fl->mc_vec == NULL) {
+	if (fl->raw == NULL || fl->lk_keys == NULL || fl->lk_kv == NULL) {
 		log_warnx("out of memory");
 		return -1;
 	}
@@ -1567,7 +1525,6 @@ flusher_teardown(struct flusher *fl)
 	free(fl->raw);
 	free(fl->lk_keys);
 	free(fl->lk_kv);
-	free(fl->mc_vec);
 	if (fl->j.dirfd != -1)
 		journal_close(&fl->j);
 	fl->h->pg_up = 0;
