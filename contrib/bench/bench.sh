@@ -765,6 +765,15 @@ measure() {
 		die "CHECKPOINT failed" ;;
 	esac
 	[ "$workers" = - ] || [ "$srv_kind" = http ] || workers=-
+	# A run with errors keeps what says which: the load generator's
+	# report (wrk splits non-2xx answers from socket errors and
+	# timeouts) and the server's log.
+	if [ "${bad:-0}" != 0 ]; then
+		local e="$OUT/errors/$part-$system-$workload-c$conns-w$workers-r$round"
+		mkdir -p "$OUT/errors" &&
+		    cp "$tmp/gen.out" "$e.gen.txt" &&
+		    cp "$tmp/server.log" "$e.server.log" 2>/dev/null
+	fi
 	say "$part $system $workload c=$conns w=$workers round $round:" \
 	    "$rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $bad"
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" \
