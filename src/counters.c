@@ -198,12 +198,6 @@ counters_slots(const struct counters *c)
 	return n < c->nslots ? n : c->nslots;
 }
 
-const void *
-counters_slot_addr(const struct counters *c, uint64_t i)
-{
-	return c->slots + c->entries_off + i * c->stride;
-}
-
 /* --- locks --- */
 
 static void

@@ -240,7 +240,5 @@ void	counters_set_committed(struct counters *c, struct counter_entry *e,
 struct counter_entry *counters_slot(struct counters *c, uint64_t i);
 /* How many slots were ever handed out: iterations stop there. */
 uint64_t counters_slots(const struct counters *c);
-/* Where slot i lies, to ask whether its page is resident. */
-const void *counters_slot_addr(const struct counters *c, uint64_t i);
 
 #endif
