@@ -1232,6 +1232,44 @@ targets() {
 	fi
 }
 
+# compare_rows ROW_FN: ROW_FN SYSTEM WORKLOAD for each pair the compare
+# part ran, in the order of the tables.
+compare_rows() {
+	local s w
+	for w in $WORKLOADS; do
+		for s in $SYSTEMS; do
+			supports "$s" "$w" && "$1" "$s" "$w"
+		done
+	done
+	return 0
+}
+
+# A row of the table of systems and workloads: row_requests SYSTEM WORKLOAD.
+row_requests() {
+	awk -F'\t' -v s="$1" -v w="$2" -v m="$OUT/medians.tsv" '
+	BEGIN { while ((getline l < m) > 0) {
+		split(l, f, "\t")
+		if (f[1] != "compare") continue
+		if (f[2] == s && f[3] == w) split(l, a, "\t")
+		if (f[2] == "h2o-null" && f[3] == w) split(l, b, "\t")
+	}
+	if (!(1 in a)) exit
+	r50 = (2 in b && b[7] > 0) ? sprintf("%.1f", a[7] / b[7]) : "-"
+	r99 = (2 in b && b[8] > 0) ? sprintf("%.1f", a[8] / b[8]) : "-"
+	printf "| %s | %s | %d | %s | %.2f | %.2f | %s | %s | %d |\n",
+	    s, w, a[6], a[9], a[7], a[8], r50, r99, a[10] }'
+}
+
+# A row of the table of CPU per request: row_cpu SYSTEM WORKLOAD.
+row_cpu() {
+	awk -F'\t' -v s="$1" -v w="$2" -v c="$CONNS" -v wk="$WORKERS" '
+	$1 == "compare" && $2 == s && $3 == w && $4 == c &&
+	($5 == wk || $5 == "-") {
+		printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n",
+		    s, w, $14, $15, $16, $14 + $15 + $16, $17
+		exit }' "$OUT/medians.tsv"
+}
+
 report() {
 	local s w c n x r
 	echo "# tallyd benchmark"
@@ -1253,23 +1291,7 @@ report() {
 		echo
 		echo "| system | workload | requests/s | vs null | p50 | p99 | p50 vs null | p99 vs null | errors |"
 		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-		for w in $WORKLOADS; do
-			for s in $SYSTEMS; do
-				supports "$s" "$w" || continue
-				awk -F'\t' -v s="$s" -v w="$w" -v m="$OUT/medians.tsv" '
-				BEGIN { while ((getline l < m) > 0) {
-					split(l, f, "\t")
-					if (f[1] != "compare") continue
-					if (f[2] == s && f[3] == w) split(l, a, "\t")
-					if (f[2] == "h2o-null" && f[3] == w) split(l, b, "\t")
-				}
-				if (!(1 in a)) exit
-				r50 = (2 in b && b[7] > 0) ? sprintf("%.1f", a[7] / b[7]) : "-"
-				r99 = (2 in b && b[8] > 0) ? sprintf("%.1f", a[8] / b[8]) : "-"
-				printf "| %s | %s | %d | %s | %.2f | %.2f | %s | %s | %d |\n",
-				    s, w, a[6], a[9], a[7], a[8], r50, r99, a[10] }'
-			done
-		done
+		compare_rows row_requests
 		echo
 		echo "![requests/s and latency](bench.png)"
 	fi
@@ -1287,18 +1309,7 @@ report() {
 		echo
 		echo "| system | workload | server | PostgreSQL | load generator | total | CPUs busy |"
 		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
-		for w in $WORKLOADS; do
-			for s in $SYSTEMS; do
-				supports "$s" "$w" || continue
-				awk -F'\t' -v s="$s" -v w="$w" -v c="$CONNS" \
-				    -v wk="$WORKERS" '
-				$1 == "compare" && $2 == s && $3 == w && $4 == c &&
-				($5 == wk || $5 == "-") {
-					printf "| %s | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n",
-					    s, w, $14, $15, $16, $14 + $15 + $16, $17
-					exit }' "$OUT/medians.tsv"
-			done
-		done
+		compare_rows row_cpu
 	fi
 	if [ -s "$jbytes" ] && [ "$(wc -l <"$jbytes")" -gt 1 ]; then
 		echo

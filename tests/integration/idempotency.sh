@@ -502,26 +502,16 @@ assert_eq "tally_idempotency: the nodes' keys, once each" 2 \
 # Another node's increments show on this node once flushed: A's flusher
 # sees B's checkpoint move and reads the keys it holds again.  Likewise
 # a change made to tally_counters by hand, with no checkpoint moving.
-# wait_total DESCRIPTION KEY EXPECTED: poll this node's GET (15 s).
-wait_total() {
-	local got i
-	for i in $(seq 75); do
-		got=$(total "$2")
-		[ "$got" = "$3" ] && break
-		sleep 0.2
-	done
-	assert_eq "$1" "$3" "$got"
-}
 use_node nb
 assert_eq "node B: a plain increment" 202 "$(post two 10)"
 wait_flushed
 use_node na
-wait_total "node A shows node B's flushed increment" two 17
+wait_total two 17 "node A shows node B's flushed increment"
 pg_sql "update tally_counters set value = value + 100 where key = 'two'" \
     >/dev/null
-wait_total "node A shows a change made by hand" two 117
+wait_total two 117 "node A shows a change made by hand"
 use_node nb
-wait_total "node B shows it too" two 117
+wait_total two 117 "node B shows it too"
 pg_sql "update tally_counters set value = value - 100 where key = 'two'" \
     >/dev/null
 use_node nb

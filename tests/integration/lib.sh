@@ -505,4 +505,16 @@ total() {
 	echo "$body" | sed 's/.*:\(-\{0,1\}[0-9][0-9]*\)}$/\1/'
 }
 
+# wait_total KEY VALUE [DESCRIPTION]: poll the node's total (15 s; it
+# learns PostgreSQL's values after its flushes), then assert it.
+wait_total() {
+	local got i
+	for i in $(seq 75); do
+		got=$(total "$1")
+		[ "$got" = "$2" ] && break
+		sleep 0.2
+	done
+	assert_eq "${3:-node total of $1}" "$2" "$got"
+}
+
 need curl ss pgrep

@@ -18,18 +18,6 @@ tallyd_start
 # flush: ask for a flush and wait for it (tallyctl flush waits).
 flush() { tallyctl flush >/dev/null || notok "tallyctl flush failed"; }
 
-# wait_total KEY VALUE: poll the node's total (it learns PostgreSQL's
-# values after each flush), then assert it.
-wait_total() {
-	local got i
-	for i in $(seq 50); do
-		got=$(total "$1")
-		[ "$got" = "$2" ] && break
-		sleep 0.2
-	done
-	assert_eq "node total of $1" "$2" "$got"
-}
-
 status_json() { tallyctl --json status; }
 checkpoint() { pg_sql "select lsn from tally_checkpoints where node = '$(sed -n 's/.*"node":"\([^"]*\)".*/\1/p' <<<"$(status_json)")'"; }
 rejected_rows() { pg_sql "select count(*) from tally_rejected"; }
