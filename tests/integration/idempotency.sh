@@ -514,7 +514,6 @@ use_node nb
 wait_total two 117 "node B shows it too"
 pg_sql "update tally_counters set value = value - 100 where key = 'two'" \
     >/dev/null
-use_node nb
 tallyd_stop TERM
 assert_eq "node B: SIGTERM exit status" 0 "$TALLYD_STATUS"
 use_node na
