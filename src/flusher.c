@@ -44,6 +44,7 @@
 
 #include "checkpoint.h"
 #include "flusher.h"
+#include "idem.h"
 #include "log.h"
 #include "metrics.h"
 #include "pg.h"
@@ -181,15 +182,6 @@ flusher_now_us(void)
 }
 
 /* 0: run, 1: graceful stop requested, 2: stop now. */
-static uint64_t
-flusher_wall_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static int
 flusher_stopping(struct flusher *fl)
 {
@@ -766,7 +758,7 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 	 * holds already (in flight or kept) is left alone.
 	 */
 	if (idem_begin(fl->shm->idem, ik, ik_len, key, key_len, value,
-	    flusher_wall_us(), getpid(), &ie, &status, &total) == IDEM_NEW)
+	    idem_now_us(), getpid(), &ie, &status, &total) == IDEM_NEW)
 		idem_complete(fl->shm->idem, ie, 202, total,
 		    time_us + fl->cf->idem_ttl_us);
 }
@@ -801,7 +793,7 @@ flusher_expire_keys(struct flusher *fl)
 	if (now < fl->next_prune_us)
 		return;
 	fl->next_prune_us = now + FL_PRUNE_US;
-	idem_sweep(fl->shm->idem, flusher_wall_us());
+	idem_sweep(fl->shm->idem, idem_now_us());
 	if (pg_idem_prune(&fl->pg, fl->cf->idem_ttl_us) == -1)
 		flusher_pg_failed(fl, "pruning expired Idempotency-Keys");
 }

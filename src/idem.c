@@ -92,6 +92,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "idem.h"
@@ -716,4 +717,14 @@ uint64_t
 idem_capacity(const struct idem_table *t)
 {
 	return t->capacity;
+}
+
+uint64_t
+idem_now_us(void)
+{
+	struct timespec ts;
+
+	/* Coarse: read for every request, and a tick is fine for a ttl. */
+	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }

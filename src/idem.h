@@ -59,6 +59,16 @@ int	idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	    const char *key, size_t key_len, int64_t value, int status,
 	    int64_t total, uint64_t expires_us);
 
+/*
+ * The wall clock of journal record times and Idempotency-Key expiries, in
+ * microseconds, the same in every process.  A new use of an expired key is
+ * then stamped no earlier than the expiry that let it in, and PostgreSQL,
+ * which compares the stamps, agrees that it is a new use.  (The fine
+ * clock runs up to a tick ahead of the coarse one: mixing them would
+ * break that.)
+ */
+uint64_t idem_now_us(void);
+
 /* Free the entries expired at now_us (one process, periodically). */
 uint64_t idem_sweep(struct idem_table *t, uint64_t now_us);
 /*

@@ -693,7 +693,10 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 
 /*
  * The fingerprint of a keyed request is exact, not a hash: "value:key".
- * It is what pg_idem_load hands back to rebuild the shared table.
+ * It is what pg_idem_load hands back to rebuild the shared table.  An
+ * earlier use exactly ttl older is expired, as in the shared table (a
+ * node takes a key again once now >= its use + ttl): were PostgreSQL
+ * stricter, a new use the node answered could be dropped as a replay.
  */
 int
 pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
@@ -750,7 +753,7 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    "AS u(i, k, v, c) "
 	    "ON CONFLICT (idem_key) DO UPDATE SET "
 	    "fingerprint = EXCLUDED.fingerprint, node = EXCLUDED.node, "
-	    "created_at = EXCLUDED.created_at WHERE t.created_at < "
+	    "created_at = EXCLUDED.created_at WHERE t.created_at <= "
 	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
 	    "RETURNING idem_key", pg->schema);
 	if ((res = pg_exec(pg, sql, 6, params)) == NULL)

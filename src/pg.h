@@ -97,9 +97,9 @@ int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 /*
  * Within a transaction: record the Idempotency-Keys of a batch (their
  * ik must be distinct).  fn is called for each key that was new, or whose
- * earlier use expired more than ttl_us before this one: only those
- * records may be applied; the others were already counted, possibly by
- * another node.  -1 on error.
+ * earlier use is ttl_us or more older than this one (the node's own
+ * rule for an expired key): only those records may be applied; the
+ * others were already counted, possibly by another node.  -1 on error.
  */
 int	pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    uint64_t ttl_us, pg_idem_fn fn, void *arg);

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "idem.h"
 #include "log.h"
 #include "recovery.h"
 
@@ -297,12 +298,7 @@ recovery_run(const struct config *cf, struct shm *shm)
 	memset(&rs, 0, sizeof(rs));
 	rs.cf = cf;
 	rs.shm = shm;
-	{
-		struct timespec ts;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		rs.now_us = (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-	}
+	rs.now_us = idem_now_us();
 	rs.j.dirfd = -1;
 	if (recovery_mkdir(cf->state_dir) == -1 ||
 	    recovery_mkdir(cf->journal_dir) == -1)

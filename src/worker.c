@@ -39,6 +39,7 @@
 #define H2O_USE_LIBUV 0
 #include <h2o.h>
 
+#include "idem.h"
 #include "journal.h"
 #include "log.h"
 #include "metrics.h"
@@ -256,15 +257,6 @@ respond_method(h2o_req_t *req, const char *allow)
 	return respond_error(req, 405, "method not allowed");
 }
 
-static uint64_t
-wall_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void
 respond_total(h2o_req_t *req, int status, const char *key, size_t key_len,
     int64_t total, int get)
@@ -396,7 +388,7 @@ batch_refuse(struct batch *b, const char *msg, int newest)
 static void
 batch_ack(struct batch *b)
 {
-	uint64_t expires = wall_us() + W.cf->idem_ttl_us;
+	uint64_t expires = idem_now_us() + W.cf->idem_ttl_us;
 	int64_t total;
 	int overflow;
 
@@ -655,7 +647,7 @@ idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
 	if (ik_len == 0)
 		return 0;
 	switch (idem_begin(W.shm->idem, ik, ik_len, in->key, in->key_len,
-	    in->value, wall_us(), getpid(), ie, &status, &total)) {
+	    in->value, idem_now_us(), getpid(), ie, &status, &total)) {
 	case IDEM_NEW:
 		return 0;
 	case IDEM_REPLAY:
@@ -748,7 +740,7 @@ handle_post(h2o_req_t *req)
 		h2o_timeout_link(W.loop, &W.close_timeout, &W.close_entry);
 	}
 	r.value = in.value;
-	r.time_us = wall_us();
+	r.time_us = idem_now_us();
 	r.key = in.key;
 	r.key_len = in.key_len;
 	r.idem = ik_len ? ik : NULL;

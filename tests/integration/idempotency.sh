@@ -551,6 +551,35 @@ pg_wait_value exp 7
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 
+# --- PostgreSQL draws the line where the node does: a use ttl or more
+# after the one it holds is a new use; less is the same use, counted
+# once.  The node does not know these keys; the use PostgreSQL holds
+# (another node's) is put in by hand, timed from the journal's record.
+phase "expiry in PostgreSQL, at the line"
+tallyd_start -o postgres.flush_interval=60s
+tallyctl flush >/dev/null || notok "tallyctl flush failed"
+# edge IK D EXPECTED_PG_VALUE EXPECTED_OWNER: PostgreSQL holds a use of
+# IK made ttl + D µs before this node's.
+edge() {
+	local t
+	fresh "ttl + $2 µs: the node applies it" "$1" "$1" 1 1
+	t=$(tallyctl journal dump | awk -F'\t' -v ik="\"$1\"" \
+	    '$5 == ik { print $4 }')
+	assert_match "ttl + $2 µs: journal record time" '^[0-9T:.-]+Z$' "$t"
+	pg_sql "insert into tally_idempotency (idem_key, fingerprint, node, created_at)
+	    values ('$1', '1:$1', 'elsewhere', '$t'::timestamptz
+	    - interval '6 s' - interval '$2 microseconds')" >/dev/null
+	tallyctl flush >/dev/null || notok "tallyctl flush failed"
+	assert_eq "ttl + $2 µs: PostgreSQL's count" "$3" "$(pg_value "$1")"
+	assert_eq "ttl + $2 µs: the use PostgreSQL keeps" "$4" \
+	    "$(pg_sql "select node from tally_idempotency where idem_key = '$1'")"
+}
+edge edge0 0 1 nttl
+edge edge1 -1 0 elsewhere
+edge edge2 1 1 nttl
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
 # ================================================================ table full
 phase "table full"
 node_conf nfull "[idempotency]" "max_keys = 3"
