@@ -432,9 +432,20 @@ nframes=$(wc -l <"$T/frames6")
 assert_between "6: unflushed frames after SIGQUIT with a long flush interval" 8 999999 "$nframes"
 segsize=$((1024 * 1024))
 base=$((16#${seg%.seg}))
-# (a) zero everything from a random point in the last few frames on.
-first=$(sed -n "$((nframes - 4))p" "$T/frames6")
-cut=$((first + RANDOM % (end - first)))
+# (a) zero everything from a random point in the last few frames on: a
+# byte of one of the last five frames, past its first, that is not zero
+# already.  Zeroing from a frame's start, or from the zeros that pad a
+# frame to its length, leaves valid frames and then a clean end, with
+# nothing torn.
+fi6=$((nframes - RANDOM % 5))
+fs=$(sed -n "${fi6}p" "$T/frames6")
+fe=$(sed -n "$((fi6 + 1))p" "$T/frames6")
+fe=${fe:-$end}
+mapfile -t nz < <(od -An -v -tu1 -j $((fs - base + 1)) -N $((fe - fs - 1)) \
+    "$JDIR/$seg" | tr -s ' ' '\n' | awk 'NF { i++; if ($1 != 0) print i }')
+assert_between "6a: non-zero bytes in the frame at LSN $fs" 1 99999 "${#nz[@]}"
+cut=$((fs + 1))
+[ ${#nz[@]} = 0 ] || cut=$((fs + nz[RANDOM % ${#nz[@]}]))
 off=$((cut - base))
 note "6a: zeroing $seg from offset $off (LSN $cut; journal end $end)"
 dd if=/dev/zero of="$JDIR/$seg" bs=1 seek="$off" count=$((segsize - off)) \
