@@ -528,7 +528,8 @@ assert_eq "after both stopped: PostgreSQL counted each once" 17 "$(pg_value two)
 phase "expiry"
 # The ttl outlasts the first requests even in a sanitizer build on a busy
 # machine.
-node_conf nttl "[idempotency]" "ttl = 6s"
+TTL=6
+node_conf nttl "[idempotency]" "ttl = ${TTL}s"
 use_node nttl
 tallyd_start
 fresh "expiry: first use" exp1 exp 3 3
@@ -568,7 +569,7 @@ edge() {
 	assert_match "ttl + $2 µs: journal record time" '^[0-9T:.-]+Z$' "$t"
 	pg_sql "insert into tally_idempotency (idem_key, fingerprint, node, created_at)
 	    values ('$1', '1:$1', 'elsewhere', '$t'::timestamptz
-	    - interval '6 s' - interval '$2 microseconds')" >/dev/null
+	    - interval '$TTL s' - interval '$2 microseconds')" >/dev/null
 	tallyctl flush >/dev/null || notok "tallyctl flush failed"
 	assert_eq "ttl + $2 µs: PostgreSQL's count" "$3" "$(pg_value "$1")"
 	assert_eq "ttl + $2 µs: the use PostgreSQL keeps" "$4" \
