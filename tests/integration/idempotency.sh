@@ -448,7 +448,7 @@ phase "kill -9 before the flush"
 tallyd_start -o postgres.flush_interval=60s
 # The flusher's first flush runs while the workers start: have it done
 # (tallyctl flush waits), so that the next is 60 s away.
-tallyctl flush >/dev/null || notok "tallyctl flush failed"
+flush
 fresh "before kill -9, not flushed" before1 kbf 4 4
 RECS=$(journal_records)
 assert_eq "not flushed yet: PostgreSQL lacks it" none "$(pg_value kbf)"
@@ -558,7 +558,7 @@ assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 # (another node's) is put in by hand, timed from the journal's record.
 phase "expiry in PostgreSQL, at the line"
 tallyd_start -o postgres.flush_interval=60s
-tallyctl flush >/dev/null || notok "tallyctl flush failed"
+flush
 # edge IK D EXPECTED_PG_VALUE EXPECTED_OWNER: PostgreSQL holds a use of
 # IK made ttl + D µs before this node's.
 edge() {
@@ -570,7 +570,7 @@ edge() {
 	pg_sql "insert into tally_idempotency (idem_key, fingerprint, node, created_at)
 	    values ('$1', '1:$1', 'elsewhere', '$t'::timestamptz
 	    - interval '$TTL s' - interval '$2 microseconds')" >/dev/null
-	tallyctl flush >/dev/null || notok "tallyctl flush failed"
+	flush
 	assert_eq "ttl + $2 µs: PostgreSQL's count" "$3" "$(pg_value "$1")"
 	assert_eq "ttl + $2 µs: the use PostgreSQL keeps" "$4" \
 	    "$(pg_sql "select node from tally_idempotency where idem_key = '$1'")"

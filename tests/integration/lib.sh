@@ -424,6 +424,9 @@ tallyd_kill9_all() {
 
 tallyctl() { "$TALLYCTL" -c "$CONF" "$@"; }
 
+# flush: ask for a flush and wait for it (tallyctl flush waits).
+flush() { tallyctl flush >/dev/null || notok "tallyctl flush failed"; }
+
 journal_records() { tallyctl journal dump | wc -l; }
 
 # ---------------------------------------------------------------- HTTP

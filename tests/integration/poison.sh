@@ -15,9 +15,6 @@ tallyd_conf "[journal]" "commit_delay = 0"
 sed -i 's/^flush_interval = .*/flush_interval = 1h/' "$CONF"
 tallyd_start
 
-# flush: ask for a flush and wait for it (tallyctl flush waits).
-flush() { tallyctl flush >/dev/null || notok "tallyctl flush failed"; }
-
 status_json() { tallyctl --json status; }
 checkpoint() { pg_sql "select lsn from tally_checkpoints where node = '$(sed -n 's/.*"node":"\([^"]*\)".*/\1/p' <<<"$(status_json)")'"; }
 rejected_rows() { pg_sql "select count(*) from tally_rejected"; }
