@@ -147,6 +147,16 @@ if port_free "$TPORT"; then
 else
 	notok "the file's port $TPORT is listening too"
 fi
+# A second tallyd (its own state) on a port in use: refused, with why.
+st=0
+timeout 20 "$TALLYD" -f -c "$CONF" -o server.listen=127.0.0.1:$OTHER \
+    -o server.state_dir="$T/state2" -o server.pid_file="$T/tallyd2.pid" \
+    -o server.control_socket="$T/tallyd2.sock" >"$OUT" 2>&1 </dev/null || st=$?
+assert_between "a second tallyd on the same port exits non-zero (not by timeout)" \
+    1 123 "$st"
+assert_match "... saying it cannot listen there" \
+    "cannot listen on 127.0.0.1:$OTHER: Address already in use" "$(out)"
+assert_eq "... and the first still answers" 200 "$(http GET /healthz)"
 assert_eq "-o counters.max_key_bytes=8: an 8-byte key" 202 "$(post 12345678 1)"
 assert_eq "-o counters.max_key_bytes=8: a 9-byte key" 400 "$(post 123456789 1)"
 assert_eq "-o server.max_body=100: a 101-byte body" 413 \
