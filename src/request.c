@@ -1,8 +1,9 @@
 /*
  * Parsing and validation of client input, and the small JSON writer for
  * answers.  Everything here works on caller-provided byte ranges and
- * buffers: no globals, no logging, no allocation but yajl's own handle,
- * so any worker thread, the unit tests and fuzzers can call it directly.
+ * buffers: no globals, no logging, and no allocation but what yajl asks
+ * of the arena below, so any worker thread, the unit tests and fuzzers
+ * can call it directly.
  *
  * The body is parsed with yajl's callback API rather than yajl_tree: it
  * takes a length (no NUL-terminated copy), lets us refuse duplicate and
@@ -10,7 +11,9 @@
  * Numbers arrive as raw text through the number callback: yajl's own
  * integer conversion refuses INT64_MIN, which is a valid value here.
  */
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <yajl/yajl_parse.h>
@@ -34,6 +37,82 @@ struct req_ctx {
 	int			 have_value;
 	enum req_field		 field;	/* whose value is next */
 };
+
+/*
+ * yajl's handle, lexer, buffers and stack come from an arena on the
+ * parser's stack rather than malloc(): five allocations and five frees
+ * for each request otherwise, a tenth of a worker's own instructions.
+ * Each block starts with its size, for realloc(); what does not fit (a
+ * long key full of escapes) goes to the heap, and only those blocks are
+ * ever freed.
+ */
+#define REQ_ARENA_BYTES	4096
+
+struct req_arena {
+	size_t		used;
+	_Alignas(16) unsigned char mem[REQ_ARENA_BYTES];
+};
+
+struct req_block {
+	size_t		size;
+	size_t		pad;	/* keeps what follows 16-byte aligned */
+};
+
+static int
+req_arena_owns(const struct req_arena *a, const void *p)
+{
+	uintptr_t u = (uintptr_t)p, m = (uintptr_t)a->mem;
+
+	return u >= m && u < m + sizeof(a->mem);
+}
+
+static void *
+req_arena_malloc(void *ctx, size_t sz)
+{
+	struct req_arena *a = ctx;
+	size_t need = sizeof(struct req_block) + ((sz + 15) & ~(size_t)15);
+	struct req_block *b;
+
+	if (need >= sz && need <= sizeof(a->mem) - a->used) {
+		b = (struct req_block *)(void *)(a->mem + a->used);
+		a->used += need;
+	} else if (sz > SIZE_MAX - sizeof(*b) ||
+	    (b = malloc(sizeof(*b) + sz)) == NULL)
+		return NULL;
+	b->size = sz;
+	return b + 1;
+}
+
+static void
+req_arena_free(void *ctx, void *p)
+{
+	if (p != NULL && !req_arena_owns(ctx, p))
+		free((struct req_block *)p - 1);
+}
+
+static void *
+req_arena_realloc(void *ctx, void *p, size_t sz)
+{
+	struct req_block *b, *nb;
+	void *np;
+
+	if (p == NULL)
+		return req_arena_malloc(ctx, sz);
+	b = (struct req_block *)p - 1;
+	if (sz <= b->size)
+		return p;
+	if (!req_arena_owns(ctx, p)) {
+		if (sz > SIZE_MAX - sizeof(*b) ||
+		    (nb = realloc(b, sizeof(*b) + sz)) == NULL)
+			return NULL;
+		nb->size = sz;
+		return nb + 1;
+	}
+	if ((np = req_arena_malloc(ctx, sz)) == NULL)
+		return NULL;
+	memcpy(np, p, b->size);
+	return np;
+}
 
 static int
 req_fail(struct req_ctx *c, const char *msg)
@@ -330,6 +409,9 @@ request_parse_increment(const char *body, size_t len, size_t max_key_bytes,
     struct increment_req *out, char *err, size_t errlen)
 {
 	char scratch[64];
+	struct req_arena arena;
+	yajl_alloc_funcs af = { req_arena_malloc, req_arena_realloc,
+	    req_arena_free, &arena };
 	struct req_ctx c;
 	yajl_handle h;
 	yajl_status st;
@@ -352,15 +434,16 @@ request_parse_increment(const char *body, size_t len, size_t max_key_bytes,
 		req_fail(&c, "body is not valid JSON");
 		return -1;
 	}
-	if ((h = yajl_alloc(&req_callbacks, NULL, &c)) == NULL) {
+	arena.used = 0;
+	if ((h = yajl_alloc(&req_callbacks, &af, &c)) == NULL) {
 		req_fail(&c, "out of memory");
 		return -1;
 	}
-	yajl_config(h, yajl_allow_comments, 0);
-	yajl_config(h, yajl_dont_validate_strings, 0);
-	yajl_config(h, yajl_allow_trailing_garbage, 0);
-	yajl_config(h, yajl_allow_multiple_values, 0);
-	yajl_config(h, yajl_allow_partial_values, 0);
+	/*
+	 * yajl's defaults are the strict parser wanted here: no comments,
+	 * strings checked as UTF-8, no trailing garbage, one value, no
+	 * partial one.  (check_request holds each of them to it.)
+	 */
 	st = yajl_parse(h, (const unsigned char *)body, len);
 	if (st == yajl_status_ok)
 		st = yajl_complete_parse(h);

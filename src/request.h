@@ -1,9 +1,9 @@
 /*
  * Parsing and validation of client input: the JSON body of POST /increment,
  * the percent-encoded key of GET /increment/{key}, the Idempotency-Key
- * header.  Pure functions over byte ranges: nothing here allocates per
- * call or touches shared state, so the fuzzers and unit tests drive them
- * directly.
+ * header.  Pure functions over byte ranges: nothing here touches shared
+ * state, or the heap but for a body too big for the parser's own arena,
+ * so the fuzzers and unit tests drive them directly.
  */
 #ifndef TALLY_REQUEST_H
 #define TALLY_REQUEST_H

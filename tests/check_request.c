@@ -130,6 +130,39 @@ START_TEST(test_valid_key_length)
 }
 END_TEST
 
+/*
+ * The longest key there can be, every character escaped: yajl's buffers
+ * outgrow the parser's arena and move to the heap mid-string (valgrind
+ * and ASan in CI see that path for leaks and overruns).
+ */
+START_TEST(test_valid_key_outgrows_arena)
+{
+	static char body[6 * REQUEST_MAX_KEY_BYTES + 64];
+	static char key[REQUEST_MAX_KEY_BYTES];
+	int n;
+
+	for (int round = 0; round < 2; round++) {
+		n = snprintf(body, sizeof(body), "{\"key\":\"");
+		for (int i = 0; i < REQUEST_MAX_KEY_BYTES / 2; i++) {
+			n += snprintf(body + n, sizeof(body) - n, "\\u00e9");
+			key[2 * i] = (char)0xc3;
+			key[2 * i + 1] = (char)0xa9;
+		}
+		n += snprintf(body + n, sizeof(body) - n, "\",\"value\":%d}",
+		    round);
+		accept_n(body, (size_t)n, REQUEST_MAX_KEY_BYTES, key,
+		    REQUEST_MAX_KEY_BYTES, round);
+	}
+	/* One byte over: refused, and what was taken given back. */
+	n = snprintf(body, sizeof(body), "{\"key\":\"a");
+	for (int i = 0; i < REQUEST_MAX_KEY_BYTES / 2; i++)
+		n += snprintf(body + n, sizeof(body) - n, "\\u00e9");
+	n += snprintf(body + n, sizeof(body) - n, "\",\"value\":1}");
+	refuse_n(body, (size_t)n, REQUEST_MAX_KEY_BYTES, "key longer than "
+	    "4096 bytes");
+}
+END_TEST
+
 START_TEST(test_valid_not_terminated)
 {
 	/* The body is a prefix of a longer buffer: only len bytes count. */
@@ -943,6 +976,7 @@ request_suite(void)
 	tcase_add_test(tc, test_valid_plain);
 	tcase_add_test(tc, test_valid_escapes);
 	tcase_add_test(tc, test_valid_key_length);
+	tcase_add_test(tc, test_valid_key_outgrows_arena);
 	tcase_add_test(tc, test_valid_not_terminated);
 	suite_add_tcase(s, tc);
 
