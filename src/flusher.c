@@ -369,22 +369,9 @@ batch_find(struct fl_batch *b, const char *key, size_t len, int create)
 	return e;
 }
 
-static int
-kv_cmp(const void *a, const void *b)
-{
-	const struct pg_kv *x = a, *y = b;
-	size_t n = x->len < y->len ? x->len : y->len;
-	int c = memcmp(x->key, y->key, n);
-
-	if (c != 0)
-		return c;
-	return x->len < y->len ? -1 : x->len > y->len;
-}
-
 /*
- * The batch as an array for pg_upsert, sorted by key: two nodes that flush
- * overlapping keys then lock them in the same order and cannot deadlock.
- * Keys whose sum left int64 are not in it; *n gets the count.
+ * The batch as an array for pg_upsert, sorted by key (pg_kv_sort says
+ * why).  Keys whose sum left int64 are not in it; *n gets the count.
  */
 static struct pg_kv *
 batch_kv(struct fl_batch *b, size_t *n)
@@ -406,7 +393,7 @@ batch_kv(struct fl_batch *b, size_t *n)
 		b->kv[*n].value = b->ents[i].sum;
 		(*n)++;
 	}
-	qsort(b->kv, *n, sizeof(*b->kv), kv_cmp);
+	(void)pg_kv_sort(b->kv, *n);
 	return b->kv;
 }
 

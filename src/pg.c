@@ -615,6 +615,126 @@ pg_put_elem(struct pg *pg, size_t *o, const char *s, size_t len, int first)
 	b[(*o)++] = '"';
 }
 
+static int
+pg_kv_cmp(const void *a, const void *b)
+{
+	const struct pg_kv *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->key, y->key, n);
+
+	if (c != 0)
+		return c;
+	return x->len < y->len ? -1 : x->len > y->len;
+}
+
+struct pg_sortkey {
+	uint64_t	prefix;	/* the key's first 8 bytes, big-endian */
+	uint64_t	i;	/* its place in the input */
+};
+
+/* Zero-padded, so a shorter key sorts before its extensions, or ties. */
+static uint64_t
+pg_key_prefix(const char *k, size_t len)
+{
+	uint64_t p = 0;
+
+	for (size_t i = 0; i < 8; i++)
+		p = p << 8 | (i < len ? (unsigned char)k[i] : 0);
+	return p;
+}
+
+/*
+ * qsort() with memcmp() took a quarter of the flusher's own time at 50k
+ * keys a batch.  Instead: a stable radix sort (eight passes of a byte,
+ * least significant first, a pass skipped when every key has the same
+ * byte there) of the keys' first eight bytes, then qsort() only within
+ * each run of keys that share them.
+ */
+int
+pg_kv_sort(struct pg_kv *kv, size_t n)
+{
+	struct pg_sortkey *a, *t, *src, *dst, *sw;
+	struct pg_kv *out;
+	size_t count[256], s, e;
+
+	if (n < 2)
+		return 0;
+	if (n > SIZE_MAX / (2 * sizeof(*a) + sizeof(*out)) ||
+	    (a = malloc(n * (2 * sizeof(*a) + sizeof(*out)))) == NULL) {
+		qsort(kv, n, sizeof(*kv), pg_kv_cmp);
+		return -1;
+	}
+	t = a + n;
+	out = (struct pg_kv *)(void *)(t + n);
+	for (size_t i = 0; i < n; i++) {
+		a[i].prefix = pg_key_prefix(kv[i].key, kv[i].len);
+		a[i].i = i;
+	}
+	src = a;
+	dst = t;
+	for (unsigned shift = 0; shift < 64; shift += 8) {
+		size_t at = 0, c;
+
+		memset(count, 0, sizeof(count));
+		for (size_t i = 0; i < n; i++)
+			count[(src[i].prefix >> shift) & 0xff]++;
+		if (count[(src[0].prefix >> shift) & 0xff] == n)
+			continue;
+		for (size_t d = 0; d < 256; d++) {
+			c = count[d];
+			count[d] = at;
+			at += c;
+		}
+		for (size_t i = 0; i < n; i++)
+			dst[count[(src[i].prefix >> shift) & 0xff]++] = src[i];
+		sw = src;
+		src = dst;
+		dst = sw;
+	}
+	for (size_t i = 0; i < n; i++)
+		out[i] = kv[src[i].i];
+	for (s = 0; s < n; s = e) {
+		for (e = s + 1; e < n && src[e].prefix == src[s].prefix; e++)
+			;
+		if (e - s > 1)
+			qsort(out + s, e - s, sizeof(*out), pg_kv_cmp);
+	}
+	memcpy(kv, out, n * sizeof(*kv));
+	free(a);
+	return 0;
+}
+
+/*
+ * Append a decimal element of a bigint[] literal at pg->buf + *o: the
+ * digits by hand, for sprintf() was a fifth of the flusher's own time
+ * with tens of thousands of keys a batch.
+ */
+static void
+pg_put_num(struct pg *pg, size_t *o, uint64_t mag, int neg, int first)
+{
+	char tmp[20], *b = pg->buf;
+	size_t n = 0;
+
+	if (!first)
+		b[(*o)++] = ',';
+	if (neg)
+		b[(*o)++] = '-';
+	do {
+		tmp[n++] = (char)('0' + mag % 10);
+		mag /= 10;
+	} while (mag != 0);
+	while (n > 0)
+		b[(*o)++] = tmp[--n];
+}
+
+/* Through uint64_t, so that INT64_MIN needs no special case. */
+static void
+pg_put_i64(struct pg *pg, size_t *o, int64_t v, int first)
+{
+	pg_put_num(pg, o, v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v,
+	    v < 0, first);
+}
+
 /*
  * Write the text[] literal of the keys, then (with values) the bigint[]
  * literal, NUL-terminated, into pg->buf.  *second gets the offset of the
@@ -643,7 +763,7 @@ pg_arrays(struct pg *pg, const struct pg_kv *kv, size_t n, int values,
 		return 0;
 	b[o++] = '{';
 	for (size_t i = 0; i < n; i++)
-		o += sprintf(b + o, "%s%" PRId64, i ? "," : "", kv[i].value);
+		pg_put_i64(pg, &o, kv[i].value, i == 0);
 	b[o++] = '}';
 	b[o++] = '\0';
 	return 0;
@@ -727,15 +847,13 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	at[1] = o;
 	pg->buf[o++] = '{';
 	for (size_t i = 0; i < n; i++)
-		o += sprintf(pg->buf + o, "%s%" PRId64, i ? "," : "",
-		    v[i].value);
+		pg_put_i64(pg, &o, v[i].value, i == 0);
 	pg->buf[o++] = '}';
 	pg->buf[o++] = '\0';
 	at[2] = o;
 	pg->buf[o++] = '{';
 	for (size_t i = 0; i < n; i++)
-		o += sprintf(pg->buf + o, "%s%" PRIu64, i ? "," : "",
-		    v[i].time_us);
+		pg_put_num(pg, &o, v[i].time_us, 0, i == 0);
 	pg->buf[o++] = '}';
 	pg->buf[o++] = '\0';
 	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
@@ -872,8 +990,7 @@ pg_put_list(struct pg *pg, size_t *o, const struct pg_reject *v, size_t n,
 			pg_put_elem(pg, o, v[i].key, v[i].key_len, i == 0);
 			break;
 		case 1:
-			*o += sprintf(pg->buf + *o, "%s%" PRId64, i ? "," : "",
-			    v[i].value);
+			pg_put_i64(pg, o, v[i].value, i == 0);
 			break;
 		case 2:
 			if (v[i].ik == NULL) {
@@ -884,8 +1001,7 @@ pg_put_list(struct pg *pg, size_t *o, const struct pg_reject *v, size_t n,
 			pg_put_elem(pg, o, v[i].ik, v[i].ik_len, i == 0);
 			break;
 		case 3:
-			*o += sprintf(pg->buf + *o, "%s%" PRIu64, i ? "," : "",
-			    v[i].lsn);
+			pg_put_num(pg, o, v[i].lsn, 0, i == 0);
 			break;
 		case 4:
 			pg_put_elem(pg, o, v[i].sqlstate, strlen(v[i].sqlstate),

@@ -89,6 +89,15 @@ int	pg_commit(struct pg *pg);
 void	pg_rollback(struct pg *pg);
 
 /*
+ * Sort kv by key, in memcmp() order with a key before its extensions:
+ * the order every node upserts in, so that two nodes' batches lock the
+ * keys they share in the same order and cannot deadlock; PostgreSQL's
+ * index pages are then also visited in turn.  -1: out of memory (kv is
+ * then sorted all the same, only more slowly).
+ */
+int	pg_kv_sort(struct pg_kv *kv, size_t n);
+
+/*
  * Add kv[i].value to each key (one statement, arrays and unnest); row_fn
  * gets the new totals.  The keys must be distinct.  -1 on error.
  */
