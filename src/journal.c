@@ -614,13 +614,27 @@ pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
  * catches those 8 bytes half copied sees a bad magic for a moment, which
  * a scan treats as the end of the run (the syncer judges a frame bad only
  * when it finds it so twice).
+ *
+ * Under sync = interval no client waits on an fdatasync, which comes once
+ * a second; the page_mkwrite it leads to is one fault per page and second.
+ * There the two system calls a frame cost more (about a microsecond each,
+ * with frames of a handful of increments), and frames are stored through
+ * the mapping (j->store).  The preallocated segment cannot run out of
+ * space under a store, and a store cannot tear the first word.
  */
 int
 journal_frame_write_body(struct journal *j, uint64_t lsn,
     const uint8_t *frame, size_t len)
 {
+	uint8_t *at;
 	int fd;
 
+	if (j->store) {
+		if ((at = journal_at(j, lsn, 1)) == NULL)
+			return -1;
+		memcpy(at + 8, frame + 8, len - 8);
+		return 0;
+	}
 	if ((fd = seg_fd(j, lsn)) == -1)
 		return -1;
 	return pwrite_all(fd, frame + 8, len - 8,
@@ -631,8 +645,19 @@ int
 journal_frame_write_head(struct journal *j, uint64_t lsn,
     const uint8_t *frame)
 {
+	uint64_t first;
+	uint8_t *at;
 	int fd;
 
+	if (j->store) {
+		if ((at = journal_at(j, lsn, 1)) == NULL)
+			return -1;
+		memcpy(&first, frame, 8);
+		/* Readers load it with acquire: it makes the body visible. */
+		__atomic_store_n((uint64_t *)(void *)at, first,
+		    __ATOMIC_RELEASE);
+		return 0;
+	}
 	if ((fd = seg_fd(j, lsn)) == -1)
 		return -1;
 	/* The body's bytes reach the page cache before the first word. */

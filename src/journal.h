@@ -66,6 +66,7 @@ struct journal {
 	uint8_t			epoch[JOURNAL_EPOCH_LEN];
 	char			node[JOURNAL_NODE_LEN];
 	uint64_t		tick;
+	int			store;	/* frames stored through the mapping */
 	struct journal_seg_map	maps[JOURNAL_MAP_CACHE];
 };
 
@@ -98,8 +99,9 @@ void	journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
 /* Copy a built frame into the mapped journal, header word last (release). */
 void	journal_frame_publish(uint8_t *at, const uint8_t *frame, size_t len);
 /*
- * The same through the segment's file (see journal.c for why): all but
- * the first word, then the first word.  -1 with errno.
+ * The same in two steps, all but the first word, then the first word,
+ * through the segment's file; or with j->store set, through the mapping
+ * (journal.c says when each).  -1 with errno.
  */
 int	journal_frame_write_body(struct journal *j, uint64_t lsn,
 	    const uint8_t *frame, size_t len);

@@ -4,10 +4,11 @@
  * Requests that arrive in one pass of the event loop share one batch; at
  * the end of the pass (or after commit_delay) the batch becomes one frame,
  * reserved in the shared journal with a compare-and-swap and written into
- * its segment (pwrite: see journal.c for why not through the mapping
- * every reader uses).  With sync = group the worker then fdatasyncs the
- * journal itself, up to the end of the complete frames of every worker
- * (syncer_commit), and answers in the same loop pass: one fdatasync
+ * its segment: with pwrite under sync = group, through the mapping every
+ * reader uses under sync = interval (journal.c says why).  With sync =
+ * group the worker then fdatasyncs the journal itself, up to the end of
+ * the complete frames of every worker (syncer_commit), and answers in
+ * the same loop pass: one fdatasync
  * covers the frames of every worker at once, and the requests answered
  * before the loop polls again cost no epoll changes.  While the frame of
  * another worker before ours is still being copied, we sleep instead;
@@ -1195,6 +1196,8 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	    cf->node) == -1)
 		fatal(1, "cannot open journal directory %s",
 		    cf->journal_dir);
+	/* No fdatasync waits on a client here: journal.c says why. */
+	W.j.store = !W.group;
 	if (counters_ledger_head(W.own) != W.own->tail) {
 		uint64_t held = counters_ledger_head(W.own) - W.own->tail;
 		uint64_t n = counters_owner_adopt(W.shm->counters, W.own,

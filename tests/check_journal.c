@@ -1013,17 +1013,24 @@ START_TEST(test_seg_shared)
 }
 END_TEST
 
-/* Written through the file, a frame shows in every mapping, first word last. */
+/*
+ * Written through the file (_i = 0, sync = group) or stored through the
+ * mapping (_i = 1, sync = interval), a frame shows in every mapping and
+ * in the file, first word last.
+ */
 START_TEST(test_frame_write)
 {
 	struct journal a, b;
 	struct frame_info fi;
-	uint8_t *frame, *pb;
+	uint8_t *frame, *pb, *back;
 	uint64_t lsn = 2 * SEG + JOURNAL_SEG_HDR + 128;
 	size_t len = small_frame(&frame, lsn, 12, 8);
+	char name[32], path[512];
+	int fd;
 
 	ck_assert_int_eq(journal_open(&a, tmpdir, SEG, EPOCH, "n"), 0);
 	ck_assert_int_eq(journal_open(&b, tmpdir, SEG, EPOCH, "n"), 0);
+	a.store = _i;
 	/* The segment is created on the way. */
 	ck_assert_int_eq(journal_frame_write_body(&a, lsn, frame, len), 0);
 	ck_assert_ptr_nonnull(pb = journal_at(&b, lsn, 0));
@@ -1036,6 +1043,16 @@ START_TEST(test_frame_write)
 	ck_assert_uint_eq(fi.len, len);
 	ck_assert_mem_eq(pb, frame, len);
 	ck_assert_int_eq(journal_sync(&a, lsn, lsn + len), 0);
+	/* What fdatasync makes durable is the file's: the frame is in it. */
+	journal_seg_name(name, sizeof(name), lsn - lsn % SEG);
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	ck_assert_int_ge(fd = open(path, O_RDONLY), 0);
+	ck_assert_ptr_nonnull(back = malloc(len));
+	ck_assert_int_eq(pread(fd, back, len, (off_t)(lsn % SEG)),
+	    (ssize_t)len);
+	ck_assert_mem_eq(back, frame, len);
+	close(fd);
+	free(back);
 	journal_close(&a);
 	journal_close(&b);
 	free(frame);
@@ -1349,7 +1366,7 @@ journal_suite(void)
 	tcase_add_checked_fixture(tc, dir_setup, dir_teardown);
 	tcase_add_test(tc, test_seg_create);
 	tcase_add_test(tc, test_seg_shared);
-	tcase_add_test(tc, test_frame_write);
+	tcase_add_loop_test(tc, test_frame_write, 0, 2);
 	tcase_add_test(tc, test_seg_many_maps);
 	tcase_add_test(tc, test_seg_recycle);
 	tcase_add_test(tc, test_seg_scan);
