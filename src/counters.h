@@ -128,6 +128,12 @@ struct counters *counters_init(void *mem, uint64_t max_keys,
 	    size_t max_key_bytes);
 
 uint64_t counters_hash(const char *key, size_t len);
+/*
+ * Start loading the index word key hashes to, so that a look-up of key
+ * a little later finds it in cache; a hint only.
+ */
+void	counters_prefetch(const struct counters *c, const char *key,
+	    size_t len);
 
 /* --- a worker's increments --- */
 

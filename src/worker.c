@@ -696,6 +696,7 @@ handle_post(h2o_req_t *req)
 	if (request_parse_increment(req->entity.base, req->entity.len,
 	    W.cf->max_key_bytes, &in, err, sizeof(err)) == -1)
 		return respond_error(req, 400, err);
+	counters_prefetch(W.shm->counters, in.key, in.key_len);
 	if ((ik_len = idem_header(req, ik)) == -1)
 		return 0;
 	if (W.h->journal_errno || W.h->sync_failed)
