@@ -1137,21 +1137,34 @@ kv() { awk -F= -v n="$2" '$1 == n { print $2; exit }' "$1"; }
 # measured |.  The compare part's figures are the medians of medians.tsv at
 # CONNS connections and WORKERS workers, as in the tables below; an empty
 # figure means its part, system or workload did not run.
-no_target() { printf '| %s | - | not measured |\n' "$1"; }
+no_target() { printf '| %s | - | - | not measured |\n' "$1"; }
 
 # ratio_target TARGET SYSTEM BASE WORKLOAD FACTOR: SYSTEM's requests/s at
-# least FACTOR times BASE's.
+# least FACTOR times BASE's.  Against h2o-null, also the bound that
+# PostgreSQL's share of the CPUs sets: requests/s can be at most the CPUs
+# over the CPU a request takes, and were the server and the load
+# generator no dearer than with h2o-null, a request would still take
+# PostgreSQL's microseconds on top of h2o-null's total.
 ratio_target() {
-	local x y
+	local x y b=-
 	x=$(med_of compare "$2" "$4" "$CONNS" "$WORKERS" 6)
 	y=$(med_of compare "$3" "$4" "$CONNS" "$WORKERS" 6)
 	if [ -z "$x" ] || [ -z "$y" ]; then
 		no_target "$1"
 		return
 	fi
-	awk -v t="$1" -v x="$x" -v y="$y" -v f="$5" 'BEGIN {
-		printf "| %s | %d / %d = %s | %s |\n", t, x, y,
-		    (y > 0) ? sprintf("%.2f", x / y) : "-",
+	if [ "$3" = h2o-null ]; then
+		b=$(awk -v ns="$(med_of compare h2o-null "$4" "$CONNS" "$WORKERS" 14)" \
+		    -v ng="$(med_of compare h2o-null "$4" "$CONNS" "$WORKERS" 16)" \
+		    -v p="$(med_of compare "$2" "$4" "$CONNS" "$WORKERS" 15)" \
+		    -v y="$y" -v c="$(nproc)" 'BEGIN { t = ns + ng + p
+			if (t > 0 && y > 0 && p != "")
+				printf "%.2f", c * 1e6 / t / y
+			else print "-" }')
+	fi
+	awk -v t="$1" -v x="$x" -v y="$y" -v f="$5" -v b="$b" 'BEGIN {
+		printf "| %s | %d / %d = %s | %s | %s |\n", t, x, y,
+		    (y > 0) ? sprintf("%.2f", x / y) : "-", b,
 		    (x >= f * y) ? "met" : "not met" }'
 }
 
@@ -1167,8 +1180,8 @@ p99_target() {
 		return
 	fi
 	awk -v t="$1" -v x="$x" -v y="$y" -v f="$f" 'BEGIN {
-		printf "| %s | %.2f ms; %.2f + 2 x %.2f = %.2f ms | %s |\n", t,
-		    x, y, f, y + 2 * f, (x <= y + 2 * f) ? "met" : "not met" }'
+		printf "| %s | %.2f ms; %.2f + 2 x %.2f = %.2f ms | - | %s |\n",
+		    t, x, y, f, y + 2 * f, (x <= y + 2 * f) ? "met" : "not met" }'
 }
 
 # rate_target TARGET COUNT SECONDS MIN UNIT: COUNT / SECONDS at least MIN,
@@ -1180,7 +1193,7 @@ rate_target() {
 	fi
 	awk -v t="$1" -v n="$2" -v s="$3" -v m="$4" -v u="$5" 'BEGIN {
 		r = (s > 0) ? n / s : 0
-		printf "| %s | %.0f %s | %s |\n", t, r, u,
+		printf "| %s | %.0f %s | - | %s |\n", t, r, u,
 		    (r >= m) ? "met" : "not met" }'
 }
 
@@ -1193,10 +1206,15 @@ targets() {
 	echo "connections, $WORKERS workers); fsync p99: tallyd-group's, from its"
 	echo "fsync histogram (see \"Journal and fsync\"). Drain and recovery: the"
 	echo "backlog part; memory: the memory part. \"not measured\": the part, a"
-	echo "system or the workload did not run."
+	echo "system or the workload did not run. \"PostgreSQL's bound\": the"
+	echo "highest ratio to h2o-null that PostgreSQL's CPU per request leaves,"
+	echo "were tallyd's processes and the load generator no dearer a request"
+	echo "than with h2o-null: $(nproc) CPUs' worth of requests at h2o-null's"
+	echo "total (server and load generator) plus PostgreSQL's, over"
+	echo "h2o-null's requests/s (see \"CPU per request\")."
 	echo
-	echo "| target | measured | result |"
-	echo "| --- | --- | --- |"
+	echo "| target | measured | PostgreSQL's bound | result |"
+	echo "| --- | --- | --- | --- |"
 	for w in random hot; do
 		ratio_target "\`sync = group\`, $w: requests/s >= 0.80 x h2o-null" \
 		    tallyd-group h2o-null "$w" 0.80
@@ -1220,13 +1238,13 @@ targets() {
 	    1000000 increments/s
 	x=$(kv "$mem" per_counter)
 	if [ -n "$x" ]; then
-		echo "| memory: bytes per counter key | $x | no threshold |"
+		echo "| memory: bytes per counter key | $x | - | no threshold |"
 	else
 		no_target "memory: bytes per counter key"
 	fi
 	x=$(kv "$mem" per_idem)
 	if [ -n "$x" ]; then
-		echo "| memory: bytes per Idempotency-Key | $x | no threshold |"
+		echo "| memory: bytes per Idempotency-Key | $x | - | no threshold |"
 	else
 		no_target "memory: bytes per Idempotency-Key"
 	fi
