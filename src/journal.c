@@ -188,7 +188,7 @@ journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 		return 0;
 	/*
 	 * LZ4_compress_default() clears a 16 KB hash table for every call:
-	 * more work than compressing a frame of a few increments, and half
+	 * more work than compressing a frame of a few increments, and 16 KB
 	 * of L1 evicted each time.  A stream reset the fast way invalidates
 	 * the table by offset instead; with no dictionary the block is
 	 * independent, as LZ4_decompress_safe() reads it.  Each process
