@@ -756,6 +756,11 @@ measure() {
 		hist=$(hist_ms journal_fsync_duration_seconds)
 		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$system" \
 		    "$workload" "$conns" "$workers" "$round" "$hist" >>"$fsyncs"
+		# Answers by route and status, for a run with errors.
+		curl -s --max-time 5 "http://127.0.0.1:$srv_port/metrics" |
+		    grep '^tallyd_http_requests_total' >"$tmp/answers.txt" || true
+	else
+		rm -f "$tmp/answers.txt"
 	fi
 	stop_system
 	# Whatever PostgreSQL still has to write for this run, it writes now,
@@ -767,12 +772,16 @@ measure() {
 	[ "$workers" = - ] || [ "$srv_kind" = http ] || workers=-
 	# A run with errors keeps what says which: the load generator's
 	# report (wrk splits non-2xx answers from socket errors and
-	# timeouts) and the server's log.
+	# timeouts), the server's log, and tallyd's answers by status
+	# (warm-up included).
 	if [ "${bad:-0}" != 0 ]; then
 		local e="$OUT/errors/$part-$system-$workload-c$conns-w$workers-r$round"
 		mkdir -p "$OUT/errors" &&
 		    cp "$tmp/gen.out" "$e.gen.txt" &&
 		    cp "$tmp/server.log" "$e.server.log" 2>/dev/null
+		if [ -f "$tmp/answers.txt" ]; then
+			cp "$tmp/answers.txt" "$e.answers.txt"
+		fi
 	fi
 	say "$part $system $workload c=$conns w=$workers round $round:" \
 	    "$rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $bad"
