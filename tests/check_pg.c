@@ -14,6 +14,7 @@
 
 #include "pg.h"
 
+/* The order pg.c's comparison means, written again: the oracle. */
 static int
 ref_cmp(const void *a, const void *b)
 {
