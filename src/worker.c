@@ -1140,8 +1140,9 @@ worker_setup_h2o(void)
 	h2o_context_init(&W.ctx, W.loop, &W.h2o);
 	W.accept.ctx = &W.ctx;
 	W.accept.hosts = W.h2o.hosts;
+	/* h2o's timers count whole milliseconds: 200us must not become 0. */
 	h2o_timeout_init(W.loop, &W.close_timeout,
-	    W.cf->commit_delay_us / 1000);
+	    (W.cf->commit_delay_us + 999) / 1000);
 	W.close_entry.cb = worker_close_batch;
 	h2o_timeout_init(W.loop, &W.resume_timeout, 1000);
 	W.resume_entry.cb = worker_on_resume_timeout;
