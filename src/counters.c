@@ -162,8 +162,9 @@ counters_hash(const char *key, size_t len)
 /*
  * Under random keys a look-up misses the cache twice, on the index word
  * and then on the entry it names: the two loads were nine tenths of a
- * probe and a tenth of a worker's time.  A worker asks for the first as
- * soon as it has parsed the key, so the checks that follow overlap it.
+ * probe, and the probe 7% of a worker's time.  A worker asks for the
+ * first as soon as it has parsed the key, so the checks that follow
+ * overlap it.
  */
 void
 counters_prefetch(const struct counters *c, const char *key, size_t len)

@@ -644,8 +644,8 @@ pg_key_prefix(const char *k, size_t len)
 }
 
 /*
- * qsort() with memcmp() took a quarter of the flusher's own time at 50k
- * keys a batch.  Instead: a stable radix sort (eight passes of a byte,
+ * qsort() with memcmp() took a quarter of the flusher's instructions at
+ * 50k keys a batch.  Instead: a stable radix sort (eight passes of a byte,
  * least significant first, a pass skipped when every key has the same
  * byte there) of the keys' first eight bytes, then qsort() only within
  * each run of keys that share them.
@@ -706,8 +706,8 @@ pg_kv_sort(struct pg_kv *kv, size_t n)
 
 /*
  * Append a decimal element of a bigint[] literal at pg->buf + *o: the
- * digits by hand, for sprintf() was a fifth of the flusher's own time
- * with tens of thousands of keys a batch.
+ * digits by hand, for sprintf() was a fifth of the flusher's
+ * instructions with tens of thousands of keys a batch.
  */
 static void
 pg_put_num(struct pg *pg, size_t *o, uint64_t mag, int neg, int first)

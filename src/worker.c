@@ -8,13 +8,12 @@
  * reader uses under sync = interval (journal.c says why).  With sync =
  * group the worker then fdatasyncs the journal itself, up to the end of
  * the complete frames of every worker (syncer_commit), and answers in
- * the same loop pass: one fdatasync
- * covers the frames of every worker at once, and the requests answered
- * before the loop polls again cost no epoll changes.  While the frame of
- * another worker before ours is still being copied, we sleep instead;
- * whoever makes ours durable (that worker, or the syncer) writes our
- * eventfd, and we answer every request whose frame is now durable, in
- * journal order.
+ * the same loop pass: one fdatasync covers the frames of every worker at
+ * once, and the requests answered before the loop polls again cost no
+ * epoll changes.  While the frame of another worker before ours is still
+ * being copied, we sleep instead; whoever makes ours durable (that
+ * worker, or the syncer) writes our eventfd, and we answer every request
+ * whose frame is now durable, in journal order.
  *
  * With sync = interval the wait ends as soon as the frame is in the
  * mapped file (the page cache survives a process crash).
