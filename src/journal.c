@@ -226,15 +226,22 @@ journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
 	frame_header(dst, JOURNAL_FLAG_PADDING, len, 0, lsn, 0, 0, epoch);
 }
 
-void
-journal_frame_publish(uint8_t *at, const uint8_t *frame, size_t len)
+/* A frame's first word into the mapping at, after the rest of it. */
+static void
+frame_store_head(uint8_t *at, const uint8_t *frame)
 {
 	uint64_t first;
 
-	memcpy(at + 8, frame + 8, len - 8);
 	memcpy(&first, frame, 8);
 	/* Readers load this word with acquire: it makes the rest visible. */
 	__atomic_store_n((uint64_t *)(void *)at, first, __ATOMIC_RELEASE);
+}
+
+void
+journal_frame_publish(uint8_t *at, const uint8_t *frame, size_t len)
+{
+	memcpy(at + 8, frame + 8, len - 8);
+	frame_store_head(at, frame);
 }
 
 enum frame_status
@@ -645,17 +652,13 @@ int
 journal_frame_write_head(struct journal *j, uint64_t lsn,
     const uint8_t *frame)
 {
-	uint64_t first;
 	uint8_t *at;
 	int fd;
 
 	if (j->store) {
 		if ((at = journal_at(j, lsn, 1)) == NULL)
 			return -1;
-		memcpy(&first, frame, 8);
-		/* Readers load it with acquire: it makes the body visible. */
-		__atomic_store_n((uint64_t *)(void *)at, first,
-		    __ATOMIC_RELEASE);
+		frame_store_head(at, frame);
 		return 0;
 	}
 	if ((fd = seg_fd(j, lsn)) == -1)
