@@ -408,11 +408,16 @@ no_crashes() {
 }
 
 # tallyd_kill9_all: SIGKILL the master and every descendant, by pid.  The
-# master is stopped first so that it cannot fork a replacement meanwhile.
+# master is stopped first so that it cannot fork a replacement meanwhile,
+# then every other process, so that none dies while another still runs,
+# as in a power cut: a child that saw the master die (its SIGQUIT) would
+# begin a normal exit, which a sanitizer build reports as cut short.
 tallyd_kill9_all() {
 	local pids
 	kill -STOP "$TALLYD_PID" 2>/dev/null
 	pids="$TALLYD_PID $(descendants "$TALLYD_PID")"
+	# shellcheck disable=SC2086
+	kill -STOP $pids 2>/dev/null
 	# shellcheck disable=SC2086
 	kill -9 $pids 2>/dev/null
 	# shellcheck disable=SC2086
