@@ -32,6 +32,15 @@ int	request_parse_increment(const char *body, size_t len,
 	    size_t max_key_bytes, struct increment_req *out,
 	    char *err, size_t errlen);
 
+/*
+ * The same through the general JSON parser alone.  request_parse_increment
+ * reads the usual form of a body itself and leaves the rest to this; the
+ * tests and the fuzzer check that both give the same answer.
+ */
+int	request_parse_increment_json(const char *body, size_t len,
+	    size_t max_key_bytes, struct increment_req *out,
+	    char *err, size_t errlen);
+
 /* 1 when s[0..len) is valid UTF-8 without NUL and without overlongs. */
 int	request_utf8_valid(const char *s, size_t len);
 

@@ -966,6 +966,126 @@ START_TEST(test_json_round_trip_parser)
 }
 END_TEST
 
+/*
+ * request_parse_increment reads the usual form itself and gives the rest
+ * to yajl (request_parse_increment_json).  Both must answer alike, on
+ * near misses of that form above all: each seed below, truncated, and
+ * with every byte deleted, replaced or preceded by each of the bytes
+ * that mean something to either parser.
+ */
+static const char *const diff_seeds[] = {
+	"{\"key\":\"k\",\"value\":20}",
+	"{\"value\":-7,\"key\":\"rev-1\"}",
+	" {\r\n\t\"key\" : \"a b\" , \"value\" : 0 } ",
+	"{\"key\":\"z\",\"value\":-0}",
+	"{\"key\":\"max\",\"value\":999999999999999999}",
+	"{\"key\":\"big\",\"value\":-9223372036854775808}",
+	"{\"key\":\"big\",\"value\":9223372036854775807}",
+	"{\"key\":\"f\",\"value\":1.0}",
+	"{\"key\":\"e\",\"value\":1e3}",
+	"{\"key\":\"lz\",\"value\":01}",
+	"{\"key\":\"\",\"value\":1}",
+	"{\"key\":\"abcd\",\"value\":1}",
+	"{\"key\":\"abcde\",\"value\":1}",
+	"{\"key\":\"q\\\"b\",\"value\":2}",
+	"{\"key\":\"caf\xc3\xa9\",\"value\":1}",
+	"{\"key\":\"del\x7f\",\"value\":1}",
+	"{\"\\u006bey\":\"e\",\"value\":5}",
+	"{\"key\":\"d\",\"key\":\"d\",\"value\":1}",
+	"{\"key\":\"d\",\"value\":1,\"value\":1}",
+	"{\"key\":\"x\",\"value\":1,\"extra\":1}",
+	"{\"key\":\"x\"}",
+	"{\"value\":1}",
+	"{\"key\":1,\"value\":\"x\"}",
+	"{\"key\":\"x\",\"value\":[1]}",
+	"{\"key\":\"x\",\"value\":true}",
+	"{\"key\":\"x\",\"value\":null}",
+	"{\"key\":\"x\",\"value\":1}{}",
+	"[{\"key\":\"x\",\"value\":1}]",
+	"\v{\"key\":\"x\",\"value\":1}\f",
+};
+
+static const unsigned char diff_bytes[] = {
+	'"', '\\', ',', ':', '{', '}', '[', ' ', '\t', '\n', '\r', '\v', '\f',
+	'0', '1', '9', '-', '+', '.', 'e', 'k', 'u', 'v', 0x00, 0x1f, 0x7f,
+	0x80, 0xc3, 0xff,
+};
+
+struct diff_count {
+	size_t	accepted, refused;
+};
+
+static void
+diff_one(const char *body, size_t len, size_t max_key, struct diff_count *n)
+{
+	struct increment_req a, b;
+	char ea[128], eb[128], *copy = malloc(len > 0 ? len : 1);
+	int ra, rb;
+
+	ck_assert_ptr_nonnull(copy);
+	memcpy(copy, body, len);
+	memset(&a, 0xaa, sizeof(a));
+	memset(&b, 0x55, sizeof(b));
+	strcpy(ea, "unset");
+	strcpy(eb, "unset");
+	ra = request_parse_increment(copy, len, max_key, &a, ea, sizeof(ea));
+	rb = request_parse_increment_json(copy, len, max_key, &b, eb,
+	    sizeof(eb));
+	free(copy);
+	ck_assert_msg(ra == rb, "'%.*s' (max_key %zu): %d against yajl's %d",
+	    (int)len, body, max_key, ra, rb);
+	if (ra == 0) {
+		ck_assert_msg(a.key_len == b.key_len &&
+		    memcmp(a.key, b.key, a.key_len) == 0 && a.value == b.value,
+		    "'%.*s': key '%.*s' value %lld against yajl's '%.*s' %lld",
+		    (int)len, body, (int)a.key_len, a.key, (long long)a.value,
+		    (int)b.key_len, b.key, (long long)b.value);
+		ck_assert_str_eq(ea, "");
+		n->accepted++;
+	} else {
+		ck_assert_msg(strcmp(ea, eb) == 0, "'%.*s': \"%s\" against "
+		    "yajl's \"%s\"", (int)len, body, ea, eb);
+		n->refused++;
+	}
+}
+
+START_TEST(test_fast_path_agrees)
+{
+	struct diff_count n = { 0, 0 };
+	char buf[128];
+	size_t s, i, j, len, max_key;
+
+	for (s = 0; s < sizeof(diff_seeds) / sizeof(diff_seeds[0]); s++) {
+		const char *seed = diff_seeds[s];
+
+		len = strlen(seed);
+		ck_assert_uint_lt(len, sizeof(buf) - 1);
+		/* 4 puts the keys "abcd" and "abcde" either side of it. */
+		for (max_key = 4; max_key <= MAXKEY; max_key += MAXKEY - 4) {
+			for (i = 0; i <= len; i++)
+				diff_one(seed, i, max_key, &n);
+			for (i = 0; i < len; i++) {
+				memcpy(buf, seed, i);
+				memcpy(buf + i, seed + i + 1, len - i - 1);
+				diff_one(buf, len - 1, max_key, &n);
+				for (j = 0; j < sizeof(diff_bytes); j++) {
+					memcpy(buf, seed, len);
+					buf[i] = (char)diff_bytes[j];
+					diff_one(buf, len, max_key, &n);
+					memcpy(buf, seed, i);
+					buf[i] = (char)diff_bytes[j];
+					memcpy(buf + i + 1, seed + i, len - i);
+					diff_one(buf, len + 1, max_key, &n);
+				}
+			}
+		}
+	}
+	/* Enough of both kinds for the comparison to mean something. */
+	ck_assert_uint_gt(n.accepted, 1000);
+	ck_assert_uint_gt(n.refused, 10000);
+}
+END_TEST
+
 static Suite *
 request_suite(void)
 {
@@ -978,6 +1098,8 @@ request_suite(void)
 	tcase_add_test(tc, test_valid_key_length);
 	tcase_add_test(tc, test_valid_key_outgrows_arena);
 	tcase_add_test(tc, test_valid_not_terminated);
+	tcase_add_test(tc, test_fast_path_agrees);
+	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("invalid_json");

@@ -4,7 +4,9 @@
  * the rest of the daemon may trust (1..256 bytes of UTF-8 without NUL),
  * and the JSON the daemon writes back for it must parse to the same key
  * and value: a key that survives one direction only would be a counter
- * clients cannot name again.
+ * clients cannot name again.  The general parser alone
+ * (request_parse_increment_json) must give the same answer as
+ * request_parse_increment, which reads the usual form itself.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,22 +25,30 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct increment_req a, b;
-	char err[256], *body;
+	char err[256], gerr[256], *body;
 	size_t off = 0;
+	int rc;
 
 	/* A heap copy of exactly size bytes: a read past it is caught. */
 	if ((body = malloc(size ? size : 1)) == NULL)
 		return 0;
 	memcpy(body, data, size);
 	err[0] = '\0';
-	if (request_parse_increment(body, size, MAXKEY, &a, err,
-	    sizeof(err)) != 0) {
+	rc = request_parse_increment(body, size, MAXKEY, &a, err, sizeof(err));
+	if (request_parse_increment_json(body, size, MAXKEY, &b, gerr,
+	    sizeof(gerr)) != rc)
+		abort();
+	free(body);
+	if (rc != 0) {
 		if (memchr(err, '\0', sizeof(err)) == NULL || err[0] == '\0')
 			abort();
-		free(body);
+		if (strcmp(err, gerr) != 0)
+			abort();
 		return 0;
 	}
-	free(body);
+	if (b.key_len != a.key_len || memcmp(a.key, b.key, a.key_len) != 0 ||
+	    b.value != a.value)
+		abort();
 
 	if (a.key_len < 1 || a.key_len > MAXKEY)
 		abort();
