@@ -160,24 +160,27 @@ frame_crc(const uint8_t *hdr, const uint8_t *payload, size_t len)
 	return journal_crc(crc, payload, len);
 }
 
+/*
+ * A frame's header: the LSN and the CRC are left for
+ * journal_frame_relocate(), which journal_frame_build() calls at once but
+ * a worker only once it has reserved the frame's place.
+ */
 static void
 frame_header(uint8_t *dst, uint16_t flags, uint32_t len, uint32_t plen,
-    uint64_t lsn, uint32_t raw_len, uint32_t nrec, const uint8_t *epoch)
+    uint32_t raw_len, uint32_t nrec, const uint8_t *epoch)
 {
 	le_put32(dst, FRAME_MAGIC);
 	le_put16(dst + 4, JOURNAL_VERSION);
 	le_put16(dst + 6, flags);
 	le_put32(dst + 8, len);
 	le_put32(dst + 12, plen);
-	le_put64(dst + 16, lsn);
 	le_put32(dst + 24, raw_len);
 	le_put32(dst + 28, nrec);
 	memcpy(dst + 32, epoch, 4);
-	le_put32(dst + 36, frame_crc(dst, dst + JOURNAL_FRAME_HDR, plen));
 }
 
 size_t
-journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
+journal_frame_compress(uint8_t *dst, size_t dstcap,
     const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
     size_t raw_len, uint32_t nrecords)
 {
@@ -207,7 +210,20 @@ journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 	len = align8(JOURNAL_FRAME_HDR + plen);
 	memset(dst + JOURNAL_FRAME_HDR + plen, 0,
 	    len - JOURNAL_FRAME_HDR - plen);
-	frame_header(dst, 0, len, plen, lsn, raw_len, nrecords, epoch);
+	frame_header(dst, 0, len, plen, raw_len, nrecords, epoch);
+	return len;
+}
+
+size_t
+journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
+    size_t raw_len, uint32_t nrecords)
+{
+	size_t len;
+
+	if ((len = journal_frame_compress(dst, dstcap, epoch, raw, raw_len,
+	    nrecords)) != 0)
+		journal_frame_relocate(dst, lsn);
 	return len;
 }
 
@@ -223,7 +239,8 @@ void
 journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,
     const uint8_t epoch[JOURNAL_EPOCH_LEN])
 {
-	frame_header(dst, JOURNAL_FLAG_PADDING, len, 0, lsn, 0, 0, epoch);
+	frame_header(dst, JOURNAL_FLAG_PADDING, len, 0, 0, 0, epoch);
+	journal_frame_relocate(dst, lsn);
 }
 
 /* A frame's first word into the mapping at, after the rest of it. */

@@ -91,7 +91,15 @@ size_t	journal_frame_bound(size_t raw_len);
 size_t	journal_frame_build(uint8_t *dst, size_t dstcap, uint64_t lsn,
 	    const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
 	    size_t raw_len, uint32_t nrecords);
-/* Move a built frame to another LSN (rewrites the LSN and the CRC). */
+/*
+ * journal_frame_build() without the LSN and the CRC, for a writer that
+ * learns the frame's place only from its length: journal_frame_relocate()
+ * then completes it, and the payload is checksummed once.
+ */
+size_t	journal_frame_compress(uint8_t *dst, size_t dstcap,
+	    const uint8_t epoch[JOURNAL_EPOCH_LEN], const uint8_t *raw,
+	    size_t raw_len, uint32_t nrecords);
+/* Put a frame at lsn, or move a built one there: the LSN and the CRC. */
 void	journal_frame_relocate(uint8_t *frame, uint64_t lsn);
 /* A padding frame covering len bytes at lsn (len >= JOURNAL_FRAME_HDR). */
 void	journal_frame_build_padding(uint8_t *dst, uint64_t lsn, uint32_t len,

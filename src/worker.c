@@ -487,7 +487,7 @@ worker_write(struct batch *b)
 		batch_free(b);
 		return;
 	}
-	len = journal_frame_build(W.frame, W.frame_cap, 0, W.h->epoch, b->raw,
+	len = journal_frame_compress(W.frame, W.frame_cap, W.h->epoch, b->raw,
 	    b->raw_len, b->nw);
 	if (len == 0) {
 		log_warnx("cannot build a journal frame of %zu bytes",

@@ -23,6 +23,7 @@
 #include <zlib.h>
 
 #include "journal.h"
+#include "le.h"
 
 #define SEG	(UINT64_C(1) << 20)	/* segment size of most tests */
 
@@ -403,6 +404,18 @@ START_TEST(test_frame_relocate)
 		uint8_t *again;
 
 		ck_assert_uint_eq(small_frame(&again, a, 10, 77), len);
+		ck_assert_mem_eq(again, frame, len);
+		/*
+		 * The worker's way: compressed before its place is known,
+		 * not valid anywhere until placed, then the same bytes.
+		 */
+		memset(again, 0xa5, len);
+		ck_assert_uint_eq(journal_frame_compress(again,
+		    journal_frame_bound(raw_len), EPOCH, raw, raw_len, n), len);
+		le_put64(again + 16, a);
+		ck_assert_int_eq(journal_frame_check(again, len, a, EPOCH,
+		    &fi), FRAME_BAD);
+		journal_frame_relocate(again, a);
 		ck_assert_mem_eq(again, frame, len);
 		free(again);
 	}
