@@ -24,6 +24,8 @@
 #   CONNS=128         connections of the compare and workers parts
 #   CONN_SWEEP="1 16 64 128 256"*   WORKER_SWEEP="1 2"
 #   WORKERS=2         workers of tallyd, h2o-null and nginx
+#   FLUSH_INTERVAL=1s tallyd's [postgres] flush_interval: under random keys
+#                     PostgreSQL's work grows with distinct keys per flush
 #   THREADS=1         load generator threads (wrk -t, pgbench -j)
 #   SYSTEMS="tallyd-group tallyd-interval h2o-null nginx redis-always
 #            redis-everysec pg-upsert"
@@ -69,6 +71,7 @@ NULLSRV=${NULLSRV:-$top/contrib/bench/h2o-null}
 INSTALL=${INSTALL:-1}
 # Enough Idempotency-Keys for a long idem run on a fast machine.
 IDEM_MAX_KEYS=${IDEM_MAX_KEYS:-2000000}
+FLUSH_INTERVAL=${FLUSH_INTERVAL:-1s}
 
 usage() {
 	sed -n '3,/^set -u$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -263,6 +266,9 @@ fi
 for b in "$TALLYD" "$TALLYCTL" "$NULLSRV"; do
 	[ -x "$b" ] || die "$b is not an executable (./configure && make first)"
 done
+# tallyd's own check, so that a bad value stops the bench before any run.
+printf '[postgres]\nflush_interval = %s\n' "$FLUSH_INTERVAL" >"$tmp/check.conf"
+"$TALLYD" -t -c "$tmp/check.conf" >/dev/null || die "FLUSH_INTERVAL '$FLUSH_INTERVAL'"
 
 mkdir -p "$OUT" || die "cannot create $OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -410,6 +416,7 @@ tallyd_conf() {
 	sync = $1
 	[postgres]
 	dsn = ${tallyd_dsn:-host=$tmp/pgsock port=$pg_port user=postgres dbname=postgres}
+	flush_interval = $FLUSH_INTERVAL
 	[counters]
 	max_keys = ${3:-1000000}
 	[idempotency]
@@ -1050,7 +1057,8 @@ t_start=$(now)
 commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$top" diff --quiet HEAD -- src 2>/dev/null || commit="$commit+changes"
 say "parts: $PARTS; duration $DURATION, rounds $ROUNDS, conns $CONNS," \
-    "workers $WORKERS, threads $THREADS; load average $load_before"
+    "workers $WORKERS, threads $THREADS, flush_interval $FLUSH_INTERVAL;" \
+    "load average $load_before"
 for p in $PARTS; do
 	"part_$p"
 done
@@ -1314,7 +1322,8 @@ report() {
 		echo
 		echo "## Systems and workloads"
 		echo
-		echo "$CONNS connections, $WORKERS workers, $THREADS load generator thread(s)."
+		echo "$CONNS connections, $WORKERS workers, $THREADS load generator thread(s);"
+		echo "tallyd's flush_interval $FLUSH_INTERVAL."
 		echo
 		echo "| system | workload | requests/s | vs null | p50 | p99 | p50 vs null | p99 vs null | errors |"
 		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
