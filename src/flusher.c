@@ -4,8 +4,9 @@
  * It replays durable journal frames into PostgreSQL.  A batch is the run
  * of frames from the checkpoint up to (at most) the durable position,
  * summed per key in a private hash map, and goes to PostgreSQL as ONE
- * transaction: one upsert statement for all its keys, and this node's
- * checkpoint row set to the end of the batch.  The data and the position
+ * transaction: its keys in two statements whatever their number (an
+ * UPDATE of those PostgreSQL holds, an upsert of the rest: pg_upsert),
+ * and this node's checkpoint row set to the end of the batch.  The data and the position
  * therefore commit together or not at all, which is what makes the
  * replay exactly-once: after any crash the checkpoint in PostgreSQL says
  * precisely which frames it already holds.
@@ -391,6 +392,7 @@ batch_kv(struct fl_batch *b, size_t *n)
 		b->kv[*n].key = b->arena + b->ents[i].off;
 		b->kv[*n].len = b->ents[i].len;
 		b->kv[*n].value = b->ents[i].sum;
+		b->kv[*n].ref = i;
 		(*n)++;
 	}
 	(void)pg_kv_sort(b->kv, *n);
@@ -836,14 +838,12 @@ flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 }
 
 static void
-flusher_row_cb(void *arg, const char *key, size_t len, int64_t value)
+flusher_row_cb(void *arg, const struct pg_kv *row, int64_t value)
 {
-	struct fl_ent *e = batch_find(arg, key, len, 0);
+	struct fl_batch *b = arg;
 
-	if (e) {
-		e->total = value;
-		e->returned = 1;
-	}
+	b->ents[row->ref].total = value;
+	b->ents[row->ref].returned = 1;
 }
 
 /* Where ik sits in the keyed records' index, or the free slot for it. */
@@ -1144,6 +1144,7 @@ flusher_apply_records(struct flusher *fl, struct fl_ent *e, size_t lo,
 		kv.key = b->arena + e->off;
 		kv.len = e->len;
 		kv.value = sum;
+		kv.ref = e - b->ents;
 		if (pg_savepoint(&fl->pg) == -1)
 			return -1;
 		if (pg_upsert(&fl->pg, &kv, 1, flusher_row_cb, b) == 0) {
@@ -1183,8 +1184,6 @@ flusher_isolate_key(struct flusher *fl, struct fl_ent *e)
 static int
 flusher_upsert_split(struct flusher *fl, struct pg_kv *kv, size_t n)
 {
-	struct fl_ent *e;
-
 	if (n == 0)
 		return 0;
 	if (pg_savepoint(&fl->pg) == -1)
@@ -1193,11 +1192,8 @@ flusher_upsert_split(struct flusher *fl, struct pg_kv *kv, size_t n)
 		return pg_savepoint_release(&fl->pg);
 	if (!pg_is_data_error(&fl->pg) || pg_savepoint_undo(&fl->pg) == -1)
 		return -1;
-	if (n == 1) {
-		if ((e = batch_find(&fl->b, kv->key, kv->len, 0)) == NULL)
-			return -1;
-		return flusher_isolate_key(fl, e);
-	}
+	if (n == 1)
+		return flusher_isolate_key(fl, &fl->b.ents[kv->ref]);
 	if (flusher_upsert_split(fl, kv, n / 2) == -1)
 		return -1;
 	return flusher_upsert_split(fl, kv + n / 2, n - n / 2);
@@ -1314,7 +1310,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		pg_rollback(&fl->pg);
 		return -1;
 	}
-	/* One statement for the whole batch, unless it was refused. */
+	/* The whole batch at once, unless it was refused. */
 	if ((fl->isolate ? flusher_upsert_split(fl, kv, n) :
 	    pg_upsert(&fl->pg, kv, n, flusher_row_cb, b)) == -1) {
 		if (!fl->isolate && pg_is_data_error(&fl->pg))

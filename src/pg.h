@@ -12,11 +12,15 @@
 
 #include <libpq-fe.h>
 
-/* One key of a batch; value is the delta (upsert) or unused (lookup). */
+/*
+ * One key of a batch; value is the delta (upsert) or unused (lookup), ref
+ * the caller's own number for the key, handed back with its row.
+ */
 struct pg_kv {
 	const char	*key;
 	size_t		 len;
 	int64_t		 value;
+	size_t		 ref;
 };
 
 /*
@@ -40,9 +44,8 @@ struct pg_idem {
 typedef void (*pg_idem_fn)(void *arg, const char *ik, size_t ik_len,
 	    const char *key, size_t key_len, int64_t value, uint64_t time_us);
 
-/* A row of an upsert: PostgreSQL's new total for key. */
-typedef void (*pg_row_fn)(void *arg, const char *key, size_t len,
-	    int64_t value);
+/* A row of an upsert: PostgreSQL's new total for the key of row. */
+typedef void (*pg_row_fn)(void *arg, const struct pg_kv *row, int64_t value);
 /* A lookup answer for input i: found, and the value if found. */
 typedef void (*pg_value_fn)(void *arg, size_t i, int found, int64_t value);
 
@@ -60,6 +63,9 @@ struct pg {
 	/* Scratch for array literals, grown as needed. */
 	char		*buf;
 	size_t		 bufcap;
+	/* Scratch for pg_upsert: which keys had a row. */
+	uint8_t		*seen;
+	size_t		 seencap;
 };
 
 void	pg_init(struct pg *pg, const char *node, pg_abort_fn abort_fn,
@@ -83,6 +89,10 @@ int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn);
 /* What changes whenever another node flushes: sig, at most len bytes. */
 int	pg_others_mark(struct pg *pg, char *sig, size_t len);
 
+/*
+ * BEGIN, with the planner held to nested loops for the transaction: see
+ * pg_upsert.
+ */
 int	pg_begin(struct pg *pg);
 int	pg_commit(struct pg *pg);
 /* Best effort; drops the connection when even that fails. */
@@ -98,8 +108,9 @@ void	pg_rollback(struct pg *pg);
 int	pg_kv_sort(struct pg_kv *kv, size_t n);
 
 /*
- * Add kv[i].value to each key (one statement, arrays and unnest); row_fn
- * gets the new totals.  The keys must be distinct.  -1 on error.
+ * Within a transaction begun by pg_begin: add kv[i].value to each key;
+ * row_fn gets the new totals.  The keys must be distinct and sorted by
+ * pg_kv_sort.  -1 on error.
  */
 int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	    pg_row_fn row_fn, void *arg);

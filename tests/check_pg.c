@@ -125,7 +125,7 @@ run(size_t n, size_t prefix, const char *alphabet, size_t nalpha)
 START_TEST(test_sort_small)
 {
 	struct pg_kv kv[3] = {
-		{ "b", 1, 1 }, { "ab", 2, 2 }, { "a", 1, 3 }
+		{ "b", 1, 1, 0 }, { "ab", 2, 2, 1 }, { "a", 1, 3, 2 }
 	};
 
 	ck_assert_int_eq(pg_kv_sort(kv, 0), 0);
@@ -161,9 +161,9 @@ END_TEST
 START_TEST(test_sort_nul_bytes)
 {
 	struct pg_kv kv[] = {
-		{ "ab\0\0", 4, 0 }, { "ab", 2, 1 }, { "ab\0", 3, 2 },
-		{ "ab\0\0\0\0\0\0\0", 9, 3 }, { "ab\0\0\0\0\0\0", 8, 4 },
-		{ "\0", 1, 5 }, { "\0\0\0\0\0\0\0\0\x01", 9, 6 },
+		{ "ab\0\0", 4, 0, 0 }, { "ab", 2, 1, 1 }, { "ab\0", 3, 2, 2 },
+		{ "ab\0\0\0\0\0\0\0", 9, 3, 3 }, { "ab\0\0\0\0\0\0", 8, 4, 4 },
+		{ "\0", 1, 5, 5 }, { "\0\0\0\0\0\0\0\0\x01", 9, 6, 6 },
 	};
 
 	check_sorted_like_qsort(kv, sizeof(kv) / sizeof(kv[0]));
