@@ -246,8 +246,9 @@ slot_bind(struct idem_table *t, uint64_t i)
 	b = __atomic_fetch_add(&t->nbodies, 1, __ATOMIC_RELAXED);
 	if (b >= t->nslots)
 		return 0;
-	body_at(t, b)->slot = i;
-	__atomic_store_n(&x->body, b + 1, __ATOMIC_RELAXED);
+	/* The sweep reads it without a claim: see idem_sweep. */
+	__atomic_store_n(&body_at(t, b)->slot, i, __ATOMIC_RELAXED);
+	__atomic_store_n(&x->body, b + 1, __ATOMIC_RELEASE);
 	return 1;
 }
 
@@ -663,18 +664,31 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	return -1;
 }
 
+/*
+ * Only a slot with a body can be DONE, and bodies are handed out in order:
+ * walking them reads the pages in use and no others.  A walk of every
+ * slot would read the whole index, and so make all of it resident (the
+ * shared region's pages are allocated on first touch, reads included),
+ * tens of megabytes on a node that never saw an Idempotency-Key.
+ */
 uint64_t
 idem_sweep(struct idem_table *t, uint64_t now_us)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, nb = __atomic_load_n(&t->nbodies, __ATOMIC_ACQUIRE);
 
-	for (uint64_t i = 0; i < t->nslots; i++) {
-		uint64_t w = __atomic_load_n(&index_at(t, i)->word,
-		    __ATOMIC_ACQUIRE);
+	if (nb > t->nslots)
+		nb = t->nslots;
+	for (uint64_t b = 0; b < nb; b++) {
+		struct idem_entry *e = body_at(t, b);
+		uint64_t i = __atomic_load_n(&e->slot, __ATOMIC_RELAXED), w;
 
+		/* Counted out, but its claimant died before binding it. */
+		if (i >= t->nslots || __atomic_load_n(&index_at(t, i)->body,
+		    __ATOMIC_ACQUIRE) != b + 1)
+			continue;
+		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
 		/* A stale expiry is harmless: the CAS fails if w moved. */
-		if (W_STATE(w) == ST_DONE &&
-		    __atomic_load_n(&entry_at(t, i)->expires_us,
+		if (W_STATE(w) == ST_DONE && __atomic_load_n(&e->expires_us,
 		    __ATOMIC_RELAXED) <= now_us && slot_bury(t, i, w))
 			n++;
 	}

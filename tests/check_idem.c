@@ -354,6 +354,21 @@ START_TEST(test_capacity)
 }
 END_TEST
 
+static size_t
+resident_pages(const struct mapping *m)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t npages = (m->size + pg - 1) / pg, resident = 0;
+	unsigned char *vec = malloc(npages);
+
+	ck_assert_ptr_nonnull(vec);
+	ck_assert_int_eq(mincore(m->base, npages * pg, vec), 0);
+	for (size_t i = 0; i < npages; i++)
+		resident += vec[i] & 1;
+	free(vec);
+	return resident;
+}
+
 /*
  * New keys land on random slots; their bodies must still share pages, or
  * every request touches (faults in, and keeps) a page of its own.
@@ -362,26 +377,46 @@ START_TEST(test_dense_bodies)
 {
 	struct mapping m;
 	struct idem_table *t = table_new(&m, 2000000, 256);
-	long pg = sysconf(_SC_PAGESIZE);
-	size_t npages = (m.size + pg - 1) / pg, resident = 0;
-	unsigned char *vec = malloc(npages);
 	char ik[32];
 
-	ck_assert_ptr_nonnull(vec);
 	for (int i = 0; i < 40000; i++) {
 		snprintf(ik, sizeof(ik), "dense-%d", i);
 		put(t, ik, "k", 1, 1, 1, FAR);
 	}
-	ck_assert_int_eq(mincore(m.base, npages * pg, vec), 0);
-	for (size_t i = 0; i < npages; i++)
-		resident += vec[i] & 1;
 	/* About 20k index pages and 5k body pages; 60k with a body per slot. */
-	ck_assert_uint_lt(resident, 35000);
+	ck_assert_uint_lt(resident_pages(&m), 35000);
 	for (int i = 0; i < 40000; i += 97) {
 		snprintf(ik, sizeof(ik), "dense-%d", i);
 		expect_replay(t, ik, "k", 1, 2, 1);
 	}
-	free(vec);
+	table_free(&m);
+}
+END_TEST
+
+/*
+ * The flusher sweeps every minute: a sweep must read the slots in use,
+ * not the whole index, which would make all of it resident.
+ */
+START_TEST(test_sweep_reads_slots_in_use)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 2000000, 256);
+	size_t before;
+	char ik[32];
+
+	for (int i = 0; i < 100; i++) {
+		snprintf(ik, sizeof(ik), "sw-%d", i);
+		put(t, ik, "k", 1, 1, 1, i < 50 ? 10 : FAR);
+	}
+	before = resident_pages(&m);
+	/* 100 keys: a few hundred pages at most; the index is 23k. */
+	ck_assert_uint_lt(before, 400);
+	ck_assert_uint_eq(idem_sweep(t, 10), 50);
+	ck_assert_uint_eq(idem_sweep(t, 10), 0);
+	ck_assert_uint_le(resident_pages(&m), before);
+	ck_assert_uint_eq(idem_count(t), 50);
+	expect_replay(t, "sw-99", "k", 1, 10, 1);
+	ck_assert_int_eq(try(t, "sw-0", "k", 2, 10), IDEM_NEW);
 	table_free(&m);
 }
 END_TEST
@@ -841,6 +876,7 @@ idem_suite(void)
 	tcase_add_test(tc, test_capacity);
 	tcase_add_test(tc, test_expired_slots_reused_when_full);
 	tcase_add_test(tc, test_dense_bodies);
+	tcase_add_test(tc, test_sweep_reads_slots_in_use);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("recovery");
