@@ -174,6 +174,35 @@ counters_prefetch(const struct counters *c, const char *key, size_t len)
 	__builtin_prefetch((const uint64_t *)(const void *)c->slots + pos);
 }
 
+static const struct counter_entry *
+entry_at_const(const struct counters *c, uint64_t i)
+{
+	return (const struct counter_entry *)(const void *)(c->slots +
+	    c->entries_off + i * c->stride);
+}
+
+void
+counters_prefetch_hash(const struct counters *c, uint64_t hash, int step)
+{
+	const uint64_t *w = (const uint64_t *)(const void *)c->slots +
+	    (hash & (c->nslots - 1));
+	const char *e;
+	uint64_t i;
+
+	if (step == 0) {
+		__builtin_prefetch(w);
+		return;
+	}
+	/* A hint: a word that moved since only wastes the prefetch. */
+	i = __atomic_load_n(w, __ATOMIC_RELAXED);
+	if (i == 0 || i > c->nslots)
+		return;
+	e = (const char *)entry_at_const(c, i - 1);
+	/* The lock word, and the key just past the first line. */
+	__builtin_prefetch(e);
+	__builtin_prefetch(e + 64);
+}
+
 static struct counter_entry *
 entry_at(struct counters *c, uint64_t i)
 {

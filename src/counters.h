@@ -134,6 +134,13 @@ uint64_t counters_hash(const char *key, size_t len);
  */
 void	counters_prefetch(const struct counters *c, const char *key,
 	    size_t len);
+/*
+ * The same for a key whose counters_hash() is hash, in two steps for a
+ * loop over many keys: step 0 the index word; step 1, some keys later,
+ * the entry that word names (if the word has arrived by then).
+ */
+void	counters_prefetch_hash(const struct counters *c, uint64_t hash,
+	    int step);
 
 /* --- a worker's increments --- */
 

@@ -62,6 +62,7 @@
 #define FL_WAIT_SLICE_MS	1000
 #define FL_MIN_INTERVAL_US	10000
 #define FL_PRUNE_US		60000000 /* expired Idempotency-Keys, PostgreSQL */
+#define FL_PREFETCH		8	/* keys ahead a shared entry is asked for */
 
 /* 1: graceful stop (SIGTERM, SIGINT), 2: fast stop (SIGQUIT). */
 static volatile sig_atomic_t flusher_signal;
@@ -1362,6 +1363,17 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		int64_t gone = wrap_add(wrap_add(e->sum, e->dropped),
 		    e->rejected);
 
+		/*
+		 * Every key misses the cache on its index word and then on
+		 * its entry: ask for both ahead, as two stages, so that the
+		 * misses of keys to come overlap this key's work.
+		 */
+		if (i + 2 * FL_PREFETCH < b->n)
+			counters_prefetch_hash(fl->shm->counters,
+			    b->ents[i + 2 * FL_PREFETCH].hash, 0);
+		if (i + FL_PREFETCH < b->n)
+			counters_prefetch_hash(fl->shm->counters,
+			    b->ents[i + FL_PREFETCH].hash, 1);
 		counters_commit_key(fl->shm->counters, fl->own,
 		    b->arena + e->off, e->len, e->returned, e->total,
 		    e->sum, gone, upto);
