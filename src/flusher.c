@@ -4,9 +4,9 @@
  * It replays durable journal frames into PostgreSQL.  A batch is the run
  * of frames from the checkpoint up to (at most) the durable position,
  * summed per key in a private hash map, and goes to PostgreSQL as ONE
- * transaction: its keys in two statements whatever their number (an
- * UPDATE of those PostgreSQL holds, an upsert of the rest: pg_upsert),
- * and this node's checkpoint row set to the end of the batch.  The data and the position
+ * transaction: its keys in one or two statements whatever their number
+ * (pg_upsert), and this node's checkpoint row set to the end of the
+ * batch.  The data and the position
  * therefore commit together or not at all, which is what makes the
  * replay exactly-once: after any crash the checkpoint in PostgreSQL says
  * precisely which frames it already holds.
@@ -153,6 +153,7 @@ struct flusher {
 	int			 isolate;	/* the batch was refused */
 	uint64_t		 refresh_slot;	/* round-robin cursor */
 	char			 others[128];	/* pg_others_mark() last seen */
+	int			 shared;	/* other nodes flush too */
 	uint64_t		 backoff_ms;
 	uint64_t		 retry_at_us;
 	uint64_t		 stop_deadline_us;
@@ -605,7 +606,7 @@ flusher_refresh_keys(struct flusher *fl)
 {
 	char sig[sizeof(fl->others)];
 
-	if (pg_others_mark(&fl->pg, sig, sizeof(sig)) == -1) {
+	if (pg_others_mark(&fl->pg, sig, sizeof(sig), &fl->shared) == -1) {
 		flusher_pg_failed(fl, "reading other nodes' checkpoints");
 		return 0;
 	}
@@ -816,6 +817,17 @@ flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 	}
 	if (pg_ensure_schema(&fl->pg) == -1) {
 		flusher_pg_failed(fl, "creating the schema");
+		pg_close(&fl->pg);
+		return -1;
+	}
+	/*
+	 * Every held key is read again just below: the other nodes'
+	 * flushes seen so far are in, and whether they still flush decides
+	 * how this node's first batches go up (pg_upsert).
+	 */
+	if (pg_others_mark(&fl->pg, fl->others, sizeof(fl->others),
+	    &fl->shared) == -1) {
+		flusher_pg_failed(fl, "reading other nodes' checkpoints");
 		pg_close(&fl->pg);
 		return -1;
 	}
@@ -1148,7 +1160,8 @@ flusher_apply_records(struct flusher *fl, struct fl_ent *e, size_t lo,
 		kv.ref = e - b->ents;
 		if (pg_savepoint(&fl->pg) == -1)
 			return -1;
-		if (pg_upsert(&fl->pg, &kv, 1, flusher_row_cb, b) == 0) {
+		if (pg_upsert(&fl->pg, &kv, 1, fl->shared, flusher_row_cb,
+		    b) == 0) {
 			e->sum = wrap_add(e->sum, sum);
 			return pg_savepoint_release(&fl->pg);
 		}
@@ -1189,7 +1202,7 @@ flusher_upsert_split(struct flusher *fl, struct pg_kv *kv, size_t n)
 		return 0;
 	if (pg_savepoint(&fl->pg) == -1)
 		return -1;
-	if (pg_upsert(&fl->pg, kv, n, flusher_row_cb, &fl->b) == 0)
+	if (pg_upsert(&fl->pg, kv, n, fl->shared, flusher_row_cb, &fl->b) == 0)
 		return pg_savepoint_release(&fl->pg);
 	if (!pg_is_data_error(&fl->pg) || pg_savepoint_undo(&fl->pg) == -1)
 		return -1;
@@ -1313,7 +1326,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	}
 	/* The whole batch at once, unless it was refused. */
 	if ((fl->isolate ? flusher_upsert_split(fl, kv, n) :
-	    pg_upsert(&fl->pg, kv, n, flusher_row_cb, b)) == -1) {
+	    pg_upsert(&fl->pg, kv, n, fl->shared, flusher_row_cb, b)) == -1) {
 		if (!fl->isolate && pg_is_data_error(&fl->pg))
 			return flusher_refused(fl, "upserting counters");
 		flusher_pg_failed(fl, "upserting counters");

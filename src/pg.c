@@ -588,7 +588,7 @@ pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn)
  * other node changed tally_counters since the last look.
  */
 int
-pg_others_mark(struct pg *pg, char *sig, size_t len)
+pg_others_mark(struct pg *pg, char *sig, size_t len, int *shared)
 {
 	const char *params[1] = { pg->node };
 	char sql[512];
@@ -596,11 +596,14 @@ pg_others_mark(struct pg *pg, char *sig, size_t len)
 
 	snprintf(sql, sizeof(sql), "SELECT count(*) || ':' || "
 	    "coalesce(sum(lsn), 0) || ':' || coalesce(max(updated_at)::text, "
-	    "'') FROM %s.tally_checkpoints WHERE node <> $1", pg->schema);
+	    "''), coalesce(max(updated_at) > now() - interval '2 hours', "
+	    "false) FROM %s.tally_checkpoints WHERE node <> $1", pg->schema);
 	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
 		return -1;
 	snprintf(sig, len, "%s", PQntuples(res) > 0 ?
 	    PQgetvalue(res, 0, 0) : "");
+	*shared = PQntuples(res) > 0 && strcmp(PQgetvalue(res, 0, 1), "t") ==
+	    0;
 	PQclear(res);
 	return 0;
 }
@@ -886,25 +889,13 @@ pg_bin_arrays(struct pg *pg, const struct pg_kv *kv, size_t n,
 }
 
 /*
- * Two statements, not one INSERT ... ON CONFLICT DO UPDATE for every key.
- * A key PostgreSQL holds already (nearly all of them once a node has run
- * a while) is taken by a plain UPDATE, which finds its row through the
- * primary key and writes one new version of it; the upsert would first
- * try the insertion, then lock the row, a second WAL record per key.
- * With the binary arrays and byte-order keys, that takes a fifth off
- * PostgreSQL's time for a batch of 50000 keys it holds; a new key costs
- * what it did.  The keys the UPDATE did not find go to the upsert, which
- * also settles a row another node inserted meanwhile.
- *
- * Rows are locked in kv's order, which is every node's (pg_kv_sort): the
- * scan of the arrays drives a nested loop over the primary key, the only
- * join pg_begin leaves the planner (a hash join would lock them in the
- * table's order).  The UPDATE returns each key's place in the arrays
- * (WITH ORDINALITY) and its total, in binary: nothing to match or parse.
+ * The upsert of the kv[i] not marked in pg->seen (NULL: all of them):
+ * INSERT ... ON CONFLICT DO UPDATE in kv's order.  No ordinals come out
+ * of an INSERT: its keys are found in kv again.
  */
-int
-pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
-    pg_row_fn row_fn, void *arg)
+static int
+pg_upsert_insert(struct pg *pg, const struct pg_kv *kv, size_t n,
+    const uint8_t *skip, pg_row_fn row_fn, void *arg)
 {
 	const char *params[2];
 	int lens[2], formats[2] = { 1, 1 };
@@ -912,11 +903,71 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	PGresult *res;
 	struct pg_kv probe;
 	const struct pg_kv *row;
+
+	if (pg_bin_arrays(pg, kv, n, skip, params, lens) == -1)
+		return -1;
+	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_counters AS c "
+	    "(key, value, updated_at) SELECT k, v, now() FROM "
+	    "unnest($1::text[], $2::bigint[]) AS u(k, v) "
+	    "ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, "
+	    "updated_at = now() RETURNING key, value", pg->schema);
+	if ((res = pg_exec_params(pg, sql, 2, params, lens, formats, 1)) ==
+	    NULL)
+		return -1;
+	for (int r = 0; r < PQntuples(res); r++) {
+		if (PQgetlength(res, r, 1) != 8)
+			continue;
+		probe.key = PQgetvalue(res, r, 0);
+		probe.len = (size_t)PQgetlength(res, r, 0);
+		if ((row = bsearch(&probe, kv, n, sizeof(*kv),
+		    pg_kv_cmp)) == NULL || (skip && skip[row - kv]))
+			continue;
+		row_fn(arg, row, pg_get_be64(PQgetvalue(res, r, 1)));
+	}
+	PQclear(res);
+	return 0;
+}
+
+/*
+ * With other nodes flushing into the table, one INSERT ... ON CONFLICT DO
+ * UPDATE takes every key, and so locks the rows in kv's order, the same
+ * on every node (pg_kv_sort): two nodes' flushes cannot deadlock.
+ *
+ * A node alone takes its keys in two statements.  Those PostgreSQL holds
+ * (nearly all of them once the node has run a while) go up by a plain
+ * UPDATE, which finds each row through the primary key and writes one
+ * new version of it; the upsert first tries the insertion, then locks
+ * the row, a second WAL record per key.  With the binary arrays and
+ * byte-order keys, that takes a fifth off PostgreSQL's time for a batch
+ * of 50000 keys it holds.  The keys the UPDATE did not find then go to
+ * the upsert.  The two statements together lock existing rows before
+ * new ones, not in kv's order: a second node's flush could then wait on
+ * this one for a key while this one waits on it for another, which
+ * PostgreSQL breaks as a deadlock (the flush is retried).  Hence two
+ * statements only while no other node has flushed for two hours, which
+ * pg_others_mark tells; a second node that starts meanwhile can meet
+ * that once.
+ *
+ * The UPDATE's nested loop (pg_begin leaves the planner no other join)
+ * also locks in kv's order, and it returns each key's place in the
+ * arrays (WITH ORDINALITY) and its total, in binary: nothing to match
+ * or parse.
+ */
+int
+pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n, int shared,
+    pg_row_fn row_fn, void *arg)
+{
+	const char *params[2];
+	int lens[2], formats[2] = { 1, 1 };
+	char sql[1024];
+	PGresult *res;
 	size_t left = n;
 	int64_t i;
 
 	if (n == 0)
 		return 0;
+	if (shared)
+		return pg_upsert_insert(pg, kv, n, NULL, row_fn, arg);
 	if (n > pg->seencap) {
 		uint8_t *ns = realloc(pg->seen, n);
 
@@ -950,31 +1001,7 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
 	PQclear(res);
 	if (left == 0)
 		return 0;
-
-	if (pg_bin_arrays(pg, kv, n, pg->seen, params, lens) == -1)
-		return -1;
-	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_counters AS c "
-	    "(key, value, updated_at) SELECT k, v, now() FROM "
-	    "unnest($1::text[], $2::bigint[]) AS u(k, v) "
-	    "ON CONFLICT (key) DO UPDATE SET value = c.value + EXCLUDED.value, "
-	    "updated_at = now() RETURNING key, value", pg->schema);
-	if ((res = pg_exec_params(pg, sql, 2, params, lens, formats, 1)) ==
-	    NULL)
-		return -1;
-	/* No ordinals out of an INSERT: its keys are found in kv again. */
-	for (int r = 0; r < PQntuples(res); r++) {
-		if (PQgetlength(res, r, 1) != 8)
-			continue;
-		probe.key = PQgetvalue(res, r, 0);
-		probe.len = (size_t)PQgetlength(res, r, 0);
-		if ((row = bsearch(&probe, kv, n, sizeof(*kv),
-		    pg_kv_cmp)) == NULL || pg->seen[row - kv])
-			continue;
-		pg->seen[row - kv] = 1;
-		row_fn(arg, row, pg_get_be64(PQgetvalue(res, r, 1)));
-	}
-	PQclear(res);
-	return 0;
+	return pg_upsert_insert(pg, kv, n, pg->seen, row_fn, arg);
 }
 
 /*

@@ -86,8 +86,12 @@ int	pg_ensure_schema(struct pg *pg);
 int	pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn);
 /* Within a transaction: write this node's checkpoint row. */
 int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn);
-/* What changes whenever another node flushes: sig, at most len bytes. */
-int	pg_others_mark(struct pg *pg, char *sig, size_t len);
+/*
+ * What changes whenever another node flushes: sig, at most len bytes.
+ * *shared is set when another node flushed within the last two hours
+ * (longer than any flush_interval): see pg_upsert.
+ */
+int	pg_others_mark(struct pg *pg, char *sig, size_t len, int *shared);
 
 /*
  * BEGIN, with the planner held to nested loops for the transaction: see
@@ -110,9 +114,10 @@ int	pg_kv_sort(struct pg_kv *kv, size_t n);
 /*
  * Within a transaction begun by pg_begin: add kv[i].value to each key;
  * row_fn gets the new totals.  The keys must be distinct and sorted by
- * pg_kv_sort.  -1 on error.
+ * pg_kv_sort.  shared: other nodes flush into the table too.  -1 on
+ * error.
  */
-int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n,
+int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n, int shared,
 	    pg_row_fn row_fn, void *arg);
 /*
  * Within a transaction: record the Idempotency-Keys of a batch (their

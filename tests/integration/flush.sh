@@ -1,8 +1,11 @@
 #!/bin/bash
-# The flusher's statements against a real PostgreSQL: a batch mixing keys
-# PostgreSQL holds (taken by UPDATE), keys it never saw and keys whose row
-# was deleted by hand (both then taken by INSERT ... ON CONFLICT) lands
-# exactly, and the node learns each key's total as PostgreSQL returns it.
+# The flusher's statements against a real PostgreSQL.  A node alone: a
+# batch mixing keys PostgreSQL holds (taken by UPDATE), keys it never saw
+# and keys whose row was deleted by hand (both then taken by INSERT ...
+# ON CONFLICT) lands exactly, and the node learns each key's total as
+# PostgreSQL returns it.  Once another node flushes: one INSERT ... ON
+# CONFLICT for every key, with the same results.  A statement trigger
+# notes which statements ran.
 #
 # The node holds more keys than the flusher re-reads after a flush (1000
 # a cycle while no other node flushes), and flush_interval is long, so
@@ -42,6 +45,18 @@ tallyd_conf
 tallyd_start -o postgres.flush_interval=60s
 # The flush of the start-up cycle is done before ours are sent.
 flush
+pg_sql "create table stmt_log (op text);
+    create function note_stmt() returns trigger language plpgsql as
+	\$\$ begin insert into stmt_log values (split_part(
+	    ltrim(current_query()), ' ', 1)); return null; end \$\$;
+    create trigger note_stmt after insert or update on tally_counters
+	for each statement execute function note_stmt();" >/dev/null ||
+    die "cannot create the statement trigger"
+# stmts: the statements on tally_counters since the last call.
+stmts() {
+	pg_sql "select coalesce(string_agg(distinct op, ' ' order by op), '')
+	    from stmt_log; truncate stmt_log"
+}
 assert_eq "keys compared byte by byte (COLLATE \"C\")" "C C" \
     "$(pg_sql "select string_agg(collation_name, ' ' order by table_name)
 	from information_schema.columns where (table_name, column_name) in
@@ -50,6 +65,7 @@ assert_eq "keys compared byte by byte (COLLATE \"C\")" "C C" \
 seq 0 $((NOLD - 1)) | sed 's/.*/k& 1/' | curl_config "$T/post1.cfg" POST
 n=$(run_config "$T/post1.cfg" --parallel --parallel-max 32 | grep -c '^ 202$')
 assert_eq "first batch: all $NOLD increments accepted" "$NOLD" "$n"
+stmts >/dev/null
 flush
 assert_eq "first batch: every key inserted once" "$NOLD $NOLD" \
     "$(pg_sql "select count(*) || ' ' || sum(value) from tally_counters")"
@@ -67,7 +83,10 @@ pg_sql "delete from tally_counters where substr(key, 2)::int < $NDEL" \
 n=$(run_config "$T/post2.cfg" --parallel --parallel-max 32 | grep -c '^ 202$')
 assert_eq "second batch: all $((NOLD + NNEW)) increments accepted" \
     "$((NOLD + NNEW))" "$n"
+stmts >/dev/null
 flush
+assert_eq "alone: an UPDATE for held keys, an INSERT for the others" \
+    "INSERT UPDATE" "$(stmts)"
 
 assert_eq "held keys: the hand edit plus two increments" 0 \
     "$(pg_sql "select count(*) from tally_counters where key like 'k%'
@@ -83,18 +102,54 @@ assert_eq "new keys: inserted" "$NNEW 5 5" \
 assert_eq "no other rows" "$((NOLD + NNEW))" \
     "$(pg_sql "select count(*) from tally_counters")"
 
-# The node's totals, right after the flush, against PostgreSQL's rows.
-pg_sql "select key || ' ' || value from tally_counters order by key" \
-    >"$T/pg.txt"
-cut -d' ' -f1 "$T/pg.txt" | curl_config "$T/get.cfg" GET
-run_config "$T/get.cfg" |
-    sed -n 's/^{"\([^"]*\)":\(-\{0,1\}[0-9]*\)} 200$/\1 \2/p' |
-    sort >"$T/node.txt"
-assert_eq "every key answered" "$((NOLD + NNEW))" "$(wc -l <"$T/node.txt")"
-bad=$(sort "$T/pg.txt" | diff - "$T/node.txt" | grep -c '^[<>]')
-assert_eq "the node's totals are PostgreSQL's, key by key" 0 "$bad"
-[ "$bad" = 0 ] || sort "$T/pg.txt" | diff - "$T/node.txt" | head -n 10 |
-    sed 's/^/#   /'
+# same_totals WHAT: the node's totals, right after a flush, against
+# PostgreSQL's rows, key by key.
+same_totals() {
+	local bad
+	pg_sql "select key || ' ' || value from tally_counters order by key" |
+	    sort >"$T/pg.txt"
+	cut -d' ' -f1 "$T/pg.txt" | curl_config "$T/get.cfg" GET
+	run_config "$T/get.cfg" |
+	    sed -n 's/^{"\([^"]*\)":\(-\{0,1\}[0-9]*\)} 200$/\1 \2/p' |
+	    sort >"$T/node.txt"
+	assert_eq "$1: every key answered" "$(wc -l <"$T/pg.txt")" \
+	    "$(wc -l <"$T/node.txt")"
+	bad=$(diff "$T/pg.txt" "$T/node.txt" | grep -c '^[<>]')
+	assert_eq "$1: the node's totals are PostgreSQL's, key by key" 0 "$bad"
+	[ "$bad" = 0 ] || diff "$T/pg.txt" "$T/node.txt" | head -n 10 |
+	    sed 's/^/#   /'
+}
+same_totals "alone"
+
+# Another node flushes: its checkpoint row is fresh.  The flusher looks
+# after each flush, so the next one goes up as one upsert.
+pg_sql "insert into tally_checkpoints values ('other-node', 'e', 1, now())" \
+    >/dev/null
+flush
+# Edits to keys of the batch: the node learns them from the flush.
+pg_sql "update tally_counters set value = value + 100000
+    where key like 'k%' and substr(key, 2)::int % 6 = 0" >/dev/null
+{
+	seq 0 2 $((NOLD - 1)) | sed 's/.*/k& 3/'
+	seq 0 $((NNEW - 1)) | sed 's/.*/m& 7/'
+} | curl_config "$T/post3.cfg" POST
+n=$(run_config "$T/post3.cfg" --parallel --parallel-max 32 | grep -c '^ 202$')
+assert_eq "third batch: all $((NOLD / 2 + NNEW)) increments accepted" \
+    "$((NOLD / 2 + NNEW))" "$n"
+stmts >/dev/null
+flush
+assert_eq "shared: one INSERT ... ON CONFLICT for every key" "INSERT" \
+    "$(stmts)"
+assert_eq "shared: held keys have the hand edits and the increments" 0 \
+    "$(pg_sql "select count(*) from tally_counters where key like 'k%'
+	and substr(key, 2)::int >= $NDEL and value <> 2 +
+	1000 * (substr(key, 2)::int % 7 + 1) +
+	case when substr(key, 2)::int % 6 = 0 then 100000 else 0 end +
+	case when substr(key, 2)::int % 2 = 0 then 3 else 0 end")"
+assert_eq "shared: new keys inserted" "$NNEW 7 7" \
+    "$(pg_sql "select count(*) || ' ' || min(value) || ' ' || max(value)
+	from tally_counters where key like 'm%'")"
+same_totals "shared"
 
 tallyd_stop
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
