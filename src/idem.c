@@ -22,7 +22,9 @@
  * resident.  The claimant binds the body while the slot is CLAIMED, which
  * only it reads, so the binding is published with the slot; a claimant
  * that dies between counting a body out and binding it loses that body
- * until the region is rebuilt.
+ * (and a slot never bound before, its slot) until the region is rebuilt.
+ * The sweep and the release of a dead owner's claims walk the bodies
+ * handed out, not the index, which would make the whole index resident.
  *
  * The state word: bits 0-2 the state, bits 3-31 a generation bumped by
  * every change of the word, bits 32-63 the owner's pid while the slot is
@@ -246,7 +248,7 @@ slot_bind(struct idem_table *t, uint64_t i)
 	b = __atomic_fetch_add(&t->nbodies, 1, __ATOMIC_RELAXED);
 	if (b >= t->nslots)
 		return 0;
-	/* The sweep reads it without a claim: see idem_sweep. */
+	/* Walks read it without a claim: see body_slot. */
 	__atomic_store_n(&body_at(t, b)->slot, i, __ATOMIC_RELAXED);
 	__atomic_store_n(&x->body, b + 1, __ATOMIC_RELEASE);
 	return 1;
@@ -665,45 +667,70 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 }
 
 /*
- * Only a slot with a body can be DONE, and bodies are handed out in order:
- * walking them reads the pages in use and no others.  A walk of every
- * slot would read the whole index, and so make all of it resident (the
- * shared region's pages are allocated on first touch, reads included),
- * tens of megabytes on a node that never saw an Idempotency-Key.
+ * The slot body b is bound to, IDEM_NONE when b was counted out but its
+ * claimant died before binding it.  Walks over the bodies handed out read
+ * the pages in use and no others.  A walk of every slot would read the
+ * whole index, and so make all of it resident (the shared region's pages
+ * are allocated on first touch, reads included): tens of megabytes on a
+ * node that never saw an Idempotency-Key.
  */
+static uint64_t
+body_slot(struct idem_table *t, uint64_t b)
+{
+	uint64_t i = __atomic_load_n(&body_at(t, b)->slot, __ATOMIC_RELAXED);
+
+	if (i >= t->nslots || __atomic_load_n(&index_at(t, i)->body,
+	    __ATOMIC_ACQUIRE) != b + 1)
+		return IDEM_NONE;
+	return i;
+}
+
+static uint64_t
+bodies_out(struct idem_table *t)
+{
+	uint64_t nb = __atomic_load_n(&t->nbodies, __ATOMIC_ACQUIRE);
+
+	return nb > t->nslots ? t->nslots : nb;
+}
+
+/* Only a slot with a body can be DONE. */
 uint64_t
 idem_sweep(struct idem_table *t, uint64_t now_us)
 {
-	uint64_t n = 0, nb = __atomic_load_n(&t->nbodies, __ATOMIC_ACQUIRE);
+	uint64_t n = 0, nb = bodies_out(t);
 
-	if (nb > t->nslots)
-		nb = t->nslots;
 	for (uint64_t b = 0; b < nb; b++) {
-		struct idem_entry *e = body_at(t, b);
-		uint64_t i = __atomic_load_n(&e->slot, __ATOMIC_RELAXED), w;
+		uint64_t i = body_slot(t, b), w;
 
-		/* Counted out, but its claimant died before binding it. */
-		if (i >= t->nslots || __atomic_load_n(&index_at(t, i)->body,
-		    __ATOMIC_ACQUIRE) != b + 1)
+		if (i == IDEM_NONE)
 			continue;
 		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
 		/* A stale expiry is harmless: the CAS fails if w moved. */
-		if (W_STATE(w) == ST_DONE && __atomic_load_n(&e->expires_us,
-		    __ATOMIC_RELAXED) <= now_us && slot_bury(t, i, w))
+		if (W_STATE(w) == ST_DONE && __atomic_load_n(
+		    &body_at(t, b)->expires_us, __ATOMIC_RELAXED) <= now_us &&
+		    slot_bury(t, i, w))
 			n++;
 	}
 	return n;
 }
 
+/*
+ * A claim has a body from the moment it leaves CLAIMED, so only a slot
+ * claimed for the first time by an owner that died before binding it is
+ * missed: one slot, and its unit of the count, lost until the region is
+ * rebuilt, as for the body itself.
+ */
 uint64_t
 idem_release_owner(struct idem_table *t, pid_t pid)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, nb = bodies_out(t);
 
-	for (uint64_t i = 0; i < t->nslots; i++) {
-		uint64_t w = __atomic_load_n(&index_at(t, i)->word,
-		    __ATOMIC_ACQUIRE);
+	for (uint64_t b = 0; b < nb; b++) {
+		uint64_t i = body_slot(t, b), w;
 
+		if (i == IDEM_NONE)
+			continue;
+		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
 		/* Others may still remove its TENTATIVE slots: re-read. */
 		while ((W_STATE(w) == ST_CLAIMED ||
 		    W_STATE(w) == ST_TENTATIVE ||

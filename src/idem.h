@@ -73,8 +73,8 @@ uint64_t idem_now_us(void);
 uint64_t idem_sweep(struct idem_table *t, uint64_t now_us);
 /*
  * Master, after reaping a worker and before forking its successor: drop
- * every claim the dead process still held, so that its keys can be used
- * again.  Returns how many.
+ * the claims the dead process still held, so that its keys can be used
+ * again (all but one it died taking, see idem.c).  Returns how many.
  */
 uint64_t idem_release_owner(struct idem_table *t, pid_t pid);
 

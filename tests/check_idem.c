@@ -421,6 +421,41 @@ START_TEST(test_sweep_reads_slots_in_use)
 }
 END_TEST
 
+/*
+ * The master releases a dead worker's claims: that too must read the
+ * slots in use, not make the whole index resident after every crash.
+ */
+START_TEST(test_release_reads_slots_in_use)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 2000000, 256);
+	struct idem_entry *e;
+	size_t before;
+	char ik[32];
+	int st;
+	int64_t tot;
+
+	for (int i = 0; i < 100; i++) {
+		snprintf(ik, sizeof(ik), "rel-%d", i);
+		ck_assert_int_eq(begin(t, ik, "k", 1, 1, i < 60 ? 1111 : 2222,
+		    &e, &st, &tot), IDEM_NEW);
+		if (i % 10 == 0)
+			idem_complete(t, e, 202, 1, FAR);
+	}
+	before = resident_pages(&m);
+	ck_assert_uint_lt(before, 400);
+	/* Six of its sixty were completed: they are nobody's now. */
+	ck_assert_uint_eq(idem_release_owner(t, 1111), 54);
+	ck_assert_uint_eq(idem_release_owner(t, 1111), 0);
+	ck_assert_uint_le(resident_pages(&m), before);
+	ck_assert_uint_eq(idem_count(t), 46);
+	ck_assert_int_eq(try(t, "rel-1", "k", 1, 1), IDEM_NEW);
+	ck_assert_int_eq(try(t, "rel-61", "k", 1, 1), IDEM_INFLIGHT);
+	expect_replay(t, "rel-10", "k", 1, 1, 1);
+	table_free(&m);
+}
+END_TEST
+
 START_TEST(test_expired_slots_reused_when_full)
 {
 	struct mapping m;
@@ -870,6 +905,7 @@ idem_suite(void)
 	tcase_add_test(tc, test_expiry);
 	tcase_add_test(tc, test_sweep);
 	tcase_add_test(tc, test_release_owner);
+	tcase_add_test(tc, test_release_reads_slots_in_use);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("capacity");
