@@ -93,6 +93,7 @@ struct cfkey {
 	size_t		 len;		/* buffer size, for strings */
 	uint64_t	 min, max;
 	const char	*expect;	/* set by hand, or made from min/max */
+	int		 reload;	/* a reload applies it (master_reload) */
 };
 
 static int	parse_listen(struct cfparse *, const struct cfkey *, const char *,
@@ -136,79 +137,89 @@ static int	parse_statsd(struct cfparse *, const struct cfkey *,
 static int	parse_prefix(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
 
+/* What makes a change of the key take effect (tallyd.conf(5) says it too). */
+#define RESTART		0
+#define RELOAD		1
+
 #define F(field)	offsetof(struct config, field), \
 			sizeof(((struct config *)0)->field)
 
 static const struct cfkey cfkeys[] = {
-	{ "server", "listen", parse_listen, F(listen), 0, 0, NULL },
+	{ "server", "listen", parse_listen, F(listen), 0, 0, NULL, RESTART },
 	{ "server", "workers", parse_workers, F(workers), 1,
-	    CONFIG_MAX_WORKERS, NULL },
+	    CONFIG_MAX_WORKERS, NULL, RESTART },
 	{ "server", "node", parse_name, F(node), 1, 127,
-	    "expected 1..127 characters of A-Z a-z 0-9 . _ -" },
-	{ "server", "state_dir", parse_path, F(state_dir), 0, 0, NULL },
-	{ "server", "pid_file", parse_path, F(pid_file), 0, 0, NULL },
+	    "expected 1..127 characters of A-Z a-z 0-9 . _ -", RESTART },
+	{ "server", "state_dir", parse_path, F(state_dir), 0, 0, NULL,
+	    RESTART },
+	{ "server", "pid_file", parse_path, F(pid_file), 0, 0, NULL,
+	    RESTART },
 	{ "server", "control_socket", parse_path, F(control_socket), 0,
-	    sizeof(((struct sockaddr_un *)0)->sun_path) - 1, NULL },
-	{ "server", "max_body", parse_size_t_key, F(max_body), 64, MIB, NULL },
+	    sizeof(((struct sockaddr_un *)0)->sun_path) - 1, NULL, RESTART },
+	{ "server", "max_body", parse_size_t_key, F(max_body), 64, MIB, NULL,
+	    RESTART },
 	{ "server", "request_timeout", parse_duration_key,
-	    F(request_timeout_us), 100 * US_MS, US_H, NULL },
+	    F(request_timeout_us), 100 * US_MS, US_H, NULL, RESTART },
 	{ "server", "idle_timeout", parse_duration_key, F(idle_timeout_us),
-	    100 * US_MS, US_H, NULL },
+	    100 * US_MS, US_H, NULL, RESTART },
 	{ "server", "max_connections", parse_count, F(max_connections), 1,
-	    1000000, NULL },
+	    1000000, NULL, RESTART },
 	{ "server", "http2", parse_bool_key, F(http2), 0, 0,
-	    "expected on or off" },
-	{ "server", "user", parse_account, F(user), 0, 0, NULL },
-	{ "server", "group", parse_account, F(group), 0, 0, NULL },
+	    "expected on or off", RESTART },
+	{ "server", "user", parse_account, F(user), 0, 0, NULL, RESTART },
+	{ "server", "group", parse_account, F(group), 0, 0, NULL, RESTART },
 	{ "server", "log_level", parse_log_level, F(log_level), 0, 0,
-	    "expected error, warning, info or debug" },
+	    "expected error, warning, info or debug", RELOAD },
 	{ "server", "syslog_facility", parse_facility, F(syslog_facility), 0, 0,
-	    "expected daemon or local0..local7" },
+	    "expected daemon or local0..local7", RESTART },
 
-	{ "journal", "dir", parse_path, F(journal_dir), 0, 0, NULL },
+	{ "journal", "dir", parse_path, F(journal_dir), 0, 0, NULL, RESTART },
 	{ "journal", "segment_size", parse_size_key, F(segment_size), MIB, GIB,
-	    NULL },
+	    NULL, RESTART },
 	{ "journal", "max_size", parse_size_key, F(max_size), 2 * MIB,
-	    1024 * GIB, NULL },
+	    1024 * GIB, NULL, RESTART },
 	{ "journal", "sync", parse_sync, F(sync), 0, 0,
-	    "expected group or interval" },
+	    "expected group or interval", RESTART },
 	{ "journal", "commit_delay", parse_duration_key, F(commit_delay_us), 0,
-	    US_S, NULL },
+	    US_S, NULL, RESTART },
 	{ "journal", "sync_interval", parse_duration_key, F(sync_interval_us),
-	    US_MS, US_H, NULL },
+	    US_MS, US_H, NULL, RESTART },
 
-	{ "postgres", "dsn", parse_string, F(dsn), 0, 0, NULL },
+	{ "postgres", "dsn", parse_string, F(dsn), 0, 0, NULL, RESTART },
 	{ "postgres", "schema", parse_ident, F(schema), 0, 0,
 	    "expected an identifier: a letter or _, then up to 62 letters, "
-	    "digits or _" },
+	    "digits or _", RESTART },
 	{ "postgres", "flush_interval", parse_duration_key,
-	    F(flush_interval_us), US_MS, US_H, NULL },
+	    F(flush_interval_us), US_MS, US_H, NULL, RELOAD },
 
 	{ "counters", "max_keys", parse_count, F(max_keys), 1, 1000000000,
-	    NULL },
+	    NULL, RESTART },
 	{ "counters", "max_key_bytes", parse_count_size_t, F(max_key_bytes), 1,
-	    4096, NULL },
+	    4096, NULL, RESTART },
 
 	{ "idempotency", "ttl", parse_duration_key, F(idem_ttl_us), US_S,
-	    365 * US_D, NULL },
+	    365 * US_D, NULL, RESTART },
 	{ "idempotency", "max_keys", parse_count, F(idem_max_keys), 1,
-	    1000000000, NULL },
+	    1000000000, NULL, RESTART },
 
 	{ "ratelimit", "rate", parse_rate, F(rate), 0, 1000000000,
-	    "expected a number from 0 to 1000000000" },
-	{ "ratelimit", "burst", parse_count, F(burst), 0, 1000000000, NULL },
+	    "expected a number from 0 to 1000000000", RELOAD },
+	{ "ratelimit", "burst", parse_count, F(burst), 0, 1000000000, NULL,
+	    RELOAD },
 	{ "ratelimit", "max_clients", parse_count, F(rl_max_clients), 1,
-	    10000000, NULL },
+	    10000000, NULL, RESTART },
 	{ "ratelimit", "trusted_proxies", parse_proxies, F(proxies), 0, 0,
-	    NULL },
+	    NULL, RELOAD },
 
 	{ "metrics", "statsd", parse_statsd, F(statsd), 0, 0,
-	    "expected host:port, or nothing to turn it off" },
+	    "expected host:port, or nothing to turn it off", RELOAD },
 	{ "metrics", "prefix", parse_prefix, F(metrics_prefix), 0, 0,
-	    "expected up to 63 characters of A-Z a-z 0-9 . _ -" },
+	    "expected up to 63 characters of A-Z a-z 0-9 . _ -", RELOAD },
 };
 
 #undef F
+#undef RESTART
+#undef RELOAD
 
 static const char *const cfsections[] = {
 	"server", "journal", "postgres", "counters", "idempotency",
@@ -413,7 +424,9 @@ copy_string(const struct cfkey *k, struct config *cf, const char *v)
 {
 	if (strlen(v) >= k->len)
 		return -1;
-	memcpy(FIELD(cf, k, char), v, strlen(v) + 1);
+	/* Whole fields, so that config_restart_keys can compare bytes. */
+	memset(FIELD(cf, k, char), 0, k->len);
+	memcpy(FIELD(cf, k, char), v, strlen(v));
 	return 0;
 }
 
@@ -515,7 +528,7 @@ static int
 parse_listen(struct cfparse *st, const struct cfkey *k, const char *v,
     const char **why)
 {
-	char list[CONFIG_MAX_LISTEN][128];
+	char list[CONFIG_MAX_LISTEN][128] = { { 0 } };
 	char *copy, *tok, *save = NULL;
 	int n = 0, rc = 0;
 
@@ -1336,4 +1349,24 @@ config_load(struct config *cf, const char *path, char *const *overrides,
 		errs_add(&st, "journal.dir", "server.state_dir is too long to "
 		    "hold journal/");
 	return st.nerrs == 0 ? 0 : -1;
+}
+
+int
+config_restart_keys(const struct config *a, const struct config *b,
+    void (*fn)(void *, const char *), void *arg)
+{
+	char name[64];
+	int n = 0;
+
+	for (size_t i = 0; i < NELEM(cfkeys); i++) {
+		const struct cfkey *k = &cfkeys[i];
+
+		if (k->reload || memcmp((const char *)a + k->off,
+		    (const char *)b + k->off, k->len) == 0)
+			continue;
+		snprintf(name, sizeof(name), "%s.%s", k->section, k->name);
+		fn(arg, name);
+		n++;
+	}
+	return n;
 }

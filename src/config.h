@@ -97,6 +97,12 @@ void	config_defaults(struct config *cf);
 int	config_load(struct config *cf, const char *path,
 	    char *const *overrides, int noverrides, struct config_errors *errs);
 void	config_errors_free(struct config_errors *errs);
+/*
+ * Call fn with the name ("server.workers") of each key that differs
+ * between a and b and that only a restart applies; returns how many.
+ */
+int	config_restart_keys(const struct config *a, const struct config *b,
+	    void (*fn)(void *, const char *), void *arg);
 
 /* Value parsers, exported for the tests and for -o. Return 0 on success. */
 int	config_parse_size(const char *s, uint64_t *out);	/* 4K, 64M, 4G */

@@ -514,6 +514,14 @@ master_publish(const struct config *cf)
 	__atomic_add_fetch(&h->reload_gen, 1, __ATOMIC_RELEASE);
 }
 
+static void
+master_restart_key(void *arg, const char *key)
+{
+	(void)arg;
+	log_warnx("reload: %s changed; it takes effect only at the next "
+	    "restart", key);
+}
+
 /*
  * SIGHUP: re-read the file.  A file with errors changes nothing; keys
  * that need a restart are named, so the operator knows.
@@ -524,7 +532,6 @@ master_reload(void)
 	static struct config next;
 	struct config_errors errs = { NULL, 0 };
 	const struct config *cur = M.cf;
-	int restart;
 
 	log_reopen();
 	if (config_load(&next, M.path, M.overrides, M.noverrides, &errs)) {
@@ -536,24 +543,7 @@ master_reload(void)
 		return -1;
 	}
 	config_errors_free(&errs);
-#define CHANGED(f) (cur->f != next.f)
-#define CHANGED_S(f) (strcmp(cur->f, next.f) != 0)
-	restart = CHANGED(nlisten) || CHANGED(workers) || CHANGED_S(node) ||
-	    CHANGED_S(state_dir) || CHANGED_S(journal_dir) || CHANGED_S(user) ||
-	    CHANGED_S(group) || CHANGED(segment_size) || CHANGED(max_size) ||
-	    CHANGED(sync) || CHANGED(commit_delay_us) ||
-	    CHANGED(sync_interval_us) || CHANGED_S(dsn) || CHANGED_S(schema) ||
-	    CHANGED(max_keys) || CHANGED(max_key_bytes) ||
-	    CHANGED(idem_ttl_us) || CHANGED(idem_max_keys) ||
-	    CHANGED(max_body) || CHANGED_S(pid_file) ||
-	    CHANGED_S(control_socket) || CHANGED(rl_max_clients);
-	for (int i = 0; i < cur->nlisten && !restart; i++)
-		restart = strcmp(cur->listen[i], next.listen[i]) != 0;
-	if (restart)
-		log_warnx("reload: some changed keys take effect only at the "
-		    "next restart (see tallyd.conf(5))");
-#undef CHANGED
-#undef CHANGED_S
+	config_restart_keys(cur, &next, master_restart_key, NULL);
 	M.cf->flush_interval_us = next.flush_interval_us;
 	memcpy(M.cf->log_level, next.log_level, sizeof(M.cf->log_level));
 	M.cf->rate = next.rate;

@@ -972,6 +972,55 @@ START_TEST(derived_reload_starts_fresh)
 }
 END_TEST
 
+/* config_restart_keys' callback: the names, blank-separated. */
+static void
+restart_key_cb(void *arg, const char *key)
+{
+	char *out = arg;
+
+	if (out[0] != '\0')
+		strcat(out, " ");
+	strcat(out, key);
+}
+
+/*
+ * A reload names every changed key it does not apply, and only those:
+ * the keys tallyd.conf(5) marks "Reload." are not named.  The same
+ * values set by other routes (a longer value first, fewer addresses)
+ * are no change.
+ */
+START_TEST(reload_names_restart_keys)
+{
+	static struct config before;
+	char names[1024] = "";
+
+	ck_assert_int_eq(load("[server]\nlisten = 127.0.0.1:1, 127.0.0.1:2\n"
+	    "node = n\n[postgres]\ndsn = host=/tmp\n", NULL), 0);
+	before = cf;
+	ck_assert_int_eq(load("[server]\nlisten = 127.0.0.1:3\n"
+	    "listen = 127.0.0.1:1 127.0.0.1:2\nnode = a-longer-name\n"
+	    "node = n\n[postgres]\ndsn = host=/tmp/longer\n"
+	    "dsn = host=/tmp\nflush_interval = 5s\n[server]\n"
+	    "log_level = debug\n[ratelimit]\nrate = 5\nburst = 9\n"
+	    "trusted_proxies = 10.0.0.0/8\n[metrics]\nstatsd = 127.0.0.1:9\n"
+	    "prefix = p\n", NULL), 0);
+	ck_assert_int_eq(config_restart_keys(&before, &cf, restart_key_cb,
+	    names), 0);
+	ck_assert_str_eq(names, "");
+
+	ck_assert_int_eq(load("[server]\nlisten = 127.0.0.1:1\nnode = n\n"
+	    "http2 = off\nmax_connections = 7\nrequest_timeout = 2s\n"
+	    "idle_timeout = 3s\nsyslog_facility = local3\n"
+	    "[postgres]\ndsn = host=/tmp\n[journal]\nsync = interval\n"
+	    "[counters]\nmax_keys = 5\n", NULL), 0);
+	ck_assert_int_eq(config_restart_keys(&before, &cf, restart_key_cb,
+	    names), 8);
+	ck_assert_str_eq(names, "server.listen server.request_timeout "
+	    "server.idle_timeout server.max_connections server.http2 "
+	    "server.syslog_facility journal.sync counters.max_keys");
+}
+END_TEST
+
 static Suite *
 config_suite(void)
 {
@@ -1025,6 +1074,7 @@ config_suite(void)
 	tcase_add_test(tc, derived_journal_dir_too_long);
 	tcase_add_test(tc, derived_node_and_workers);
 	tcase_add_test(tc, derived_reload_starts_fresh);
+	tcase_add_test(tc, reload_names_restart_keys);
 	suite_add_tcase(s, tc);
 	return s;
 }
