@@ -1339,6 +1339,17 @@ config_load(struct config *cf, const char *path, char *const *overrides,
 		    fmt_size(cf->max_size, a, sizeof(a)),
 		    fmt_size(cf->segment_size, b, sizeof(b)));
 
+	/*
+	 * Frames sit on an 8-byte grid from each segment's start, and
+	 * recovery looks for them on the grid of LSNs: segments must start
+	 * on it too.
+	 */
+	if (cf->segment_size % (4 * KIB) != 0)
+		errs_add(&st, st.where_segment[0] ? st.where_segment :
+		    path ? path : "defaults",
+		    "journal.segment_size (%s) must be a multiple of 4K",
+		    fmt_size(cf->segment_size, a, sizeof(a)));
+
 	if (st.workers_auto)
 		cf->workers = default_workers();
 	if (!st.have_node && default_node(cf) == -1)

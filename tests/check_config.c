@@ -845,6 +845,14 @@ START_TEST(errors_journal_sizes)
 	ck_assert_str_eq(errs.msgs[0], "-o journal.max_size=127M: "
 	    "journal.max_size (127M) must be at least twice "
 	    "journal.segment_size (64M)");
+
+	/* Segments start on the grid recovery searches for frames. */
+	ck_assert_int_eq(load("[journal]\nsegment_size = 1048577\n", NULL),
+	    -1);
+	ck_assert_int_eq(errs.n, 1);
+	assert_err(0, "FILE:2: journal.segment_size (1048577) must be a "
+	    "multiple of 4K");
+	ck_assert_int_eq(load("[journal]\nsegment_size = 1052K\n", NULL), 0);
 }
 END_TEST
 
