@@ -26,6 +26,7 @@ main(int argc, char *argv[])
 	static struct config cf;
 	struct config_errors errs = { NULL, 0 };
 	const char *path = SYSCONFDIR "/tallyd.conf";
+	char *abs;
 	char **overrides;
 	int ch, foreground = 0, test = 0, nover = 0;
 
@@ -66,5 +67,9 @@ main(int argc, char *argv[])
 		free(overrides);
 		return 0;
 	}
+	/* A daemon works from /: its reloads must find the file from there. */
+	if (path != NULL && path[0] != '/' && (abs = realpath(path, NULL)) !=
+	    NULL)
+		path = abs;
 	return master_main(&cf, path, overrides, nover, foreground);
 }
