@@ -90,7 +90,7 @@ struct cfkey {
 	const char	*name;
 	cfparser	 parse;
 	size_t		 off;		/* offset in struct config */
-	size_t		 len;		/* buffer size, for strings */
+	size_t		 len;		/* the field's size (strings: buffer) */
 	uint64_t	 min, max;
 	const char	*expect;	/* set by hand, or made from min/max */
 	int		 reload;	/* a reload applies it (master_reload) */
