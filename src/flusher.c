@@ -147,6 +147,12 @@ struct flusher {
 	uint8_t			*raw;
 	char			 epoch_hex[33];
 	int			 connected;
+	/*
+	 * This node's checkpoint row as PostgreSQL holds it for this epoch,
+	 * as last read or written: a batch goes in only on top of it.
+	 */
+	int			 pg_cp_known;
+	uint64_t		 pg_cp_lsn;
 	int			 outage_logged;
 	char			 last_err[600];	/* last error logged */
 	uint64_t		 bad_lsn;	/* flushing stops here */
@@ -694,7 +700,9 @@ flusher_reconcile(struct flusher *fl)
 		flusher_pg_failed(fl, "reading the checkpoint");
 		return -1;
 	}
-	if (rc == 0 || strcmp(epoch, fl->epoch_hex) != 0)
+	fl->pg_cp_known = rc == 1 && strcmp(epoch, fl->epoch_hex) == 0;
+	fl->pg_cp_lsn = pgl;
+	if (!fl->pg_cp_known)
 		return 0;	/* nothing flushed from this journal yet */
 	cur = shm_load(&h->checkpoint_lsn);
 	durable = shm_load(&h->durable_lsn);
@@ -1348,9 +1356,29 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		pg_rollback(&fl->pg);
 		return -1;
 	}
-	if (pg_checkpoint_put(&fl->pg, fl->epoch_hex, upto) == -1) {
+	switch (pg_checkpoint_put(&fl->pg, fl->epoch_hex, upto,
+	    fl->pg_cp_known ? &fl->pg_cp_lsn : NULL)) {
+	case -1:
 		flusher_pg_failed(fl, "writing the checkpoint");
 		pg_rollback(&fl->pg);
+		return -1;
+	case 0:
+		/*
+		 * A transaction of ours whose COMMIT went unanswered was
+		 * still open when we reconnected, and has committed since:
+		 * this batch would count twice.  The next connection reads
+		 * the checkpoint again and skips what is in.
+		 */
+		log_warnx("PostgreSQL's checkpoint for node '%s' moved under "
+		    "the batch of journal LSN %llu..%llu (an earlier COMMIT "
+		    "whose answer was lost landed late?): rolling back and "
+		    "reconnecting", fl->cf->node,
+		    (unsigned long long)b->from, (unsigned long long)upto);
+		pg_rollback(&fl->pg);
+		pg_close(&fl->pg);
+		shm_count(&h->stats.pg_errors, 1);
+		fl->connected = 0;
+		h->pg_up = 0;
 		return -1;
 	}
 	if (pg_commit(&fl->pg) == -1) {
@@ -1394,6 +1422,8 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	flusher_log_parked(fl);
 	shm_count(&h->stats.rejected, b->nrej);
 	fl->isolate = 0;
+	fl->pg_cp_known = 1;
+	fl->pg_cp_lsn = upto;
 	shm_store(&h->checkpoint_lsn, upto);
 	/* Past a frame once unreadable (a mapping that failed): clear. */
 	if (shm_load(&h->corrupt_lsn) != 0 && upto > shm_load(

@@ -569,17 +569,35 @@ pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn)
 }
 
 int
-pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn)
+pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn,
+    const uint64_t *expect)
 {
-	char sql[512], num[24];
-	const char *params[3] = { pg->node, epoch_hex, num };
+	char sql[512], num[24], was[24];
+	const char *params[4] = { pg->node, epoch_hex, num, NULL };
+	PGresult *res;
+	int written;
 
 	snprintf(num, sizeof(num), "%" PRIu64, lsn);
+	if (expect) {
+		snprintf(was, sizeof(was), "%" PRIu64, *expect);
+		params[3] = was;
+	}
+	/*
+	 * The row is locked from here to COMMIT, and READ COMMITTED checks
+	 * the WHERE against its newest version: a transaction that wrote
+	 * it meanwhile, and committed, leaves nothing to update.
+	 */
 	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_checkpoints AS c "
 	    "(node, epoch, lsn, updated_at) VALUES ($1, $2, $3, now()) "
 	    "ON CONFLICT (node) DO UPDATE SET epoch = EXCLUDED.epoch, "
-	    "lsn = EXCLUDED.lsn, updated_at = now()", pg->schema);
-	return pg_command(pg, sql, 3, params);
+	    "lsn = EXCLUDED.lsn, updated_at = now() "
+	    "WHERE c.epoch <> EXCLUDED.epoch OR c.lsn = $4::bigint",
+	    pg->schema);
+	if ((res = pg_exec(pg, sql, 4, params)) == NULL)
+		return -1;
+	written = strcmp(PQcmdTuples(res), "1") == 0;
+	PQclear(res);
+	return written;
 }
 
 /*

@@ -84,8 +84,13 @@ void	pg_free(struct pg *pg);
 int	pg_ensure_schema(struct pg *pg);
 /* This node's checkpoint row: 1 found, 0 none, -1 error. */
 int	pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn);
-/* Within a transaction: write this node's checkpoint row. */
-int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn);
+/*
+ * Within a transaction: write this node's checkpoint row, if it still
+ * holds *expect for this epoch (NULL: if it holds another epoch, or is
+ * missing).  1 written, 0 the row moved, -1 error.
+ */
+int	pg_checkpoint_put(struct pg *pg, const char *epoch_hex, uint64_t lsn,
+	    const uint64_t *expect);
 /*
  * What changes whenever another node flushes: sig, at most len bytes.
  * *shared is set when another node flushed within the last two hours
