@@ -87,6 +87,9 @@ struct fl_keyed {
 	int64_t		value;
 	uint64_t	time_us;
 	uint64_t	lsn;		/* of its frame */
+	uint32_t	use;		/* of its Idempotency-Key here, from 0 */
+	uint32_t	first;		/* that key's first record here */
+	uint32_t	cur;		/* on a first: the record being claimed */
 	int		applied;
 	int		rejected;
 };
@@ -931,18 +934,43 @@ batch_keyed_first(const struct fl_batch *b, const char *ik, size_t ik_len)
 	return b->kindex[batch_keyed_slot(b, ik, ik_len)];
 }
 
-/* The first keyed record with this Idempotency-Key not yet claimed. */
+/*
+ * Number each keyed record's use of its Idempotency-Key in the batch, in
+ * journal order.  Returns how many uses the most used key has.
+ */
+static uint32_t
+batch_number_uses(struct fl_batch *b)
+{
+	uint32_t most = 0, use;
+
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+
+		if (batch_keyed_first(b, b->arena + k->ik_off, k->ik_len) !=
+		    i + 1)
+			continue;
+		use = 0;
+		for (uint32_t j = i + 1; j != 0; j = b->knext[j - 1]) {
+			b->keyed[j - 1].use = use++;
+			b->keyed[j - 1].first = i;
+		}
+		if (use > most)
+			most = use;
+	}
+	return most;
+}
+
+/* The record of this Idempotency-Key being claimed, unless settled. */
 static struct fl_keyed *
 flusher_keyed_find(struct fl_batch *b, const char *ik, size_t ik_len)
 {
-	for (uint32_t i = batch_keyed_first(b, ik, ik_len); i != 0;
-	    i = b->knext[i - 1]) {
-		struct fl_keyed *k = &b->keyed[i - 1];
+	uint32_t f = batch_keyed_first(b, ik, ik_len);
+	struct fl_keyed *k;
 
-		if (!k->applied && !k->rejected)
-			return k;
-	}
-	return NULL;
+	if (f == 0)
+		return NULL;
+	k = &b->keyed[b->keyed[f - 1].cur];
+	return k->applied || k->rejected ? NULL : k;
 }
 
 static void
@@ -1032,35 +1060,20 @@ flusher_claim_each(struct flusher *fl, size_t n)
 	return 0;
 }
 
-/*
- * Within the transaction: claim the batch's Idempotency-Keys in
- * PostgreSQL; the deltas of the keys it returns join their sums.  A key
- * used twice within one batch counts once (a retry that outlived the
- * worker's memory of it).
- */
+/* Claim the batch's records that are their key's use number 'use'. */
 static int
-flusher_claim(struct flusher *fl)
+flusher_claim_round(struct flusher *fl, uint32_t use)
 {
 	struct fl_batch *b = &fl->b;
 	size_t n = 0;
 
-	if (b->nkeyed == 0)
-		return 0;
-	if (batch_index_keyed(b) == -1) {
-		/* The caller logs it, as it logs PostgreSQL's errors. */
-		snprintf(fl->pg.err, sizeof(fl->pg.err), "out of memory "
-		    "for %zu Idempotency-Keys", b->nkeyed);
-		fl->pg.sqlstate[0] = '\0';
-		return -1;
-	}
 	for (size_t i = 0; i < b->nkeyed; i++) {
 		struct fl_keyed *k = &b->keyed[i];
-		const char *ik = b->arena + k->ik_off;
 
-		/* Only the first use of a key in the batch is claimed. */
-		if (batch_keyed_first(b, ik, k->ik_len) != i + 1)
+		if (k->use != use)
 			continue;
-		b->idem[n].ik = ik;
+		b->keyed[k->first].cur = i;
+		b->idem[n].ik = b->arena + k->ik_off;
 		b->idem[n].ik_len = k->ik_len;
 		b->idem[n].key = b->arena + b->ents[k->ent].off;
 		b->idem[n].key_len = b->ents[k->ent].len;
@@ -1082,6 +1095,39 @@ flusher_claim(struct flusher *fl)
 		return -1;
 	/* The failed statement's callbacks never ran: nothing to undo. */
 	return flusher_claim_each(fl, n);
+}
+
+/*
+ * Within the transaction: claim the batch's Idempotency-Keys in
+ * PostgreSQL; the deltas of the keys it returns join their sums.  A key
+ * used more than once in the batch is claimed use by use, in journal
+ * order, as PostgreSQL would see them batch by batch: one statement per
+ * round, since ON CONFLICT changes a row once per statement.  A use ttl
+ * after the one PostgreSQL holds then counts again, as it did on the
+ * node; a nearer one (a retry that outlived the node's memory of the
+ * key) counts once.  The node answers a use within ttl from its memory,
+ * so a key seldom has a second use in one batch.
+ */
+static int
+flusher_claim(struct flusher *fl)
+{
+	struct fl_batch *b = &fl->b;
+	uint32_t uses;
+
+	if (b->nkeyed == 0)
+		return 0;
+	if (batch_index_keyed(b) == -1) {
+		/* The caller logs it, as it logs PostgreSQL's errors. */
+		snprintf(fl->pg.err, sizeof(fl->pg.err), "out of memory "
+		    "for %zu Idempotency-Keys", b->nkeyed);
+		fl->pg.sqlstate[0] = '\0';
+		return -1;
+	}
+	uses = batch_number_uses(b);
+	for (uint32_t use = 0; use < uses; use++)
+		if (flusher_claim_round(fl, use) == -1)
+			return -1;
+	return 0;
 }
 
 /*

@@ -559,6 +559,25 @@ assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 phase "expiry in PostgreSQL, at the line"
 tallyd_start -o postgres.flush_interval=60s
 flush
+
+# --- a key used again once it expired, both uses in one batch: PostgreSQL
+# counts both, as the node did.
+fresh "one batch: first use" exb1 exb 5 5
+for i in $(seq 300); do
+	st=$(ipost exb1 exb 5)
+	[ "$st" = 202 ] && [ -z "$(replayed)" ] && break
+	sleep 0.1
+done
+assert_eq "one batch: the use after expiry applied" \
+    '{"key":"exb","value":10}' "$(last_body)"
+assert_eq "one batch: not a replay" "" "$(replayed)"
+assert_eq "one batch: nothing flushed between the uses" none "$(pg_value exb)"
+flush
+assert_eq "one batch: PostgreSQL counts both uses" 10 "$(pg_value exb)"
+t=$(tallyctl journal dump | awk -F'\t' '$5 == "\"exb1\"" { t = $4 } END { print t }')
+assert_eq "one batch: PostgreSQL holds the second use ($t)" t \
+    "$(pg_sql "select created_at = '$t'::timestamptz from tally_idempotency where idem_key = 'exb1'")"
+
 # edge IK D EXPECTED_PG_VALUE EXPECTED_OWNER: PostgreSQL holds a use of
 # IK made ttl + D µs before this node's.
 edge() {
