@@ -214,10 +214,42 @@ recovery_replay(struct rec_state *rs)
 	p = h->checkpoint_lsn;
 	for (;;) {
 		p = journal_lsn_normalize(h->seg_size, p);
-		if (p >= seg_last(rs) || (f = journal_at(&rs->j, p, 0)) == NULL)
+		if (p >= seg_last(rs))
 			break;
-		st = journal_frame_check(f, h->seg_size - p % h->seg_size, p,
-		    h->epoch, &fi);
+		if ((f = journal_at(&rs->j, p, 0)) == NULL) {
+			int e = errno;
+			char name[32];
+
+			journal_seg_name(name, sizeof(name),
+			    journal_seg_base(h->seg_size, p));
+			/*
+			 * Segments are made whole before they are linked in:
+			 * one that is there but will not map is damage (or a
+			 * resource limit), not the journal's end, and cutting
+			 * here would drop what it and later segments hold.
+			 */
+			if (e != ENOENT) {
+				errno = e;
+				log_warn("cannot map journal segment %s/%s "
+				    "(LSN %llu); refusing to start rather than "
+				    "cut the journal there",
+				    rs->cf->journal_dir, name,
+				    (unsigned long long)p);
+				return 1;
+			}
+			/*
+			 * Missing: its first writer died before creating it,
+			 * while later writers went on.  Nothing in it was
+			 * published; padded over below, like a lost frame.
+			 */
+			log_warnx("journal segment %s/%s (LSN %llu) is "
+			    "missing, though later segments exist",
+			    rs->cf->journal_dir, name, (unsigned long long)p);
+			fi.why = "missing segment";
+			st = FRAME_EMPTY;
+		} else
+			st = journal_frame_check(f, h->seg_size -
+			    p % h->seg_size, p, h->epoch, &fi);
 		if (st == FRAME_OK) {
 			if ((rc = recovery_apply(rs, f, &fi)) == -2)
 				return 1;

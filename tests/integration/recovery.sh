@@ -1,0 +1,103 @@
+#!/bin/bash
+# Recovery from journal segments a crash or a disk left odd.  A segment
+# missing among later ones (its first writer died before making it) held
+# nothing published: recovery pads over it and keeps what the later
+# segments hold.  A segment that is there but cannot be mapped (here: cut
+# short) is damage: tallyd refuses to start and removes nothing, and
+# starts once the segment is whole again.
+. "$(dirname "$0")/lib.sh"
+need psql h2load
+
+pg_start
+tallyd_conf
+JDIR=$T/state/journal
+SEGSIZE=$((1024 * 1024))
+# A 240-byte key: lz4 finds little to squeeze in a frame of one record.
+LONGKEY=$(head -c 600 /dev/urandom | tr -dc 'a-zA-Z0-9' | head -c 240)
+
+# fill KEY N: N increments of KEY by 1, one request per journal frame;
+# prints how many were acknowledged.
+fill() {
+	printf '{"key":"%s","value":1}' "$1" >"$T/fill.body"
+	h2load -n "$2" -c 1 -t 1 -m 1 -d "$T/fill.body" \
+	    -H 'Content-Type: application/json' "$BASE/increment" \
+	    >"$T/fill.out" 2>&1
+	awk '/^status codes:/ { print $3 + 0 }' "$T/fill.out"
+}
+
+segments() { ls "$JDIR" | grep '\.seg$' | sort; }
+
+# records_outside KEY SEGMENT: the sum of KEY's journal records in frames
+# from the checkpoint on, outside SEGMENT (from a dump in $T/dump).
+records_outside() {
+	local base=$((16#${2%.seg}))
+	awk -F'\t' -v k="\"$1\"" -v b="$base" -v s="$SEGSIZE" -v ck="$CK" \
+	    '$2 == k && $1 >= ck && ($1 < b || $1 >= b + s) { n += $3 }
+	    END { print n + 0 }' "$T/dump"
+}
+
+# A journal of three segments or more that PostgreSQL has not seen, left
+# by kill -9: the flush interval outlasts the test.
+# crash_with_segments LABEL KEY: sets ACKED.
+crash_with_segments() {
+	tallyd_start -o postgres.flush_interval=1h
+	flush
+	ACKED=$(fill "$2" 9000)
+	assert_match "$1: three segments or more" '^([3-9]|[1-9][0-9])$' \
+	    "$(segments | wc -l)"
+	tallyd_kill9_all
+	CK=$(pg_sql "select lsn from tally_checkpoints")
+	CK=${CK:-0}
+}
+
+# try_start: run tallyd in the foreground as its own run; sets ST.
+try_start() {
+	TALLYD_RUN=$((TALLYD_RUN + 1))
+	TALLYD_LOG=$T/tallyd.$TALLYD_RUN.log
+	ST=0
+	timeout 60 "$TALLYD" -f -c "$CONF" </dev/null >"$TALLYD_LOG" 2>&1 ||
+	    ST=$?
+}
+
+# --- a segment cut short in the middle
+K1=short-$LONGKEY
+crash_with_segments "short segment" "$K1"
+mid=$(segments | sed -n 2p)
+last=$(segments | tail -n 1)
+cp "$JDIR/$mid" "$T/mid.seg"
+truncate -s 4096 "$JDIR/$mid"
+try_start
+assert_between "short segment: tallyd refuses to start (exit $ST)" 1 123 "$ST"
+assert_match "short segment: the log names it" \
+    "cannot map journal segment $JDIR/$mid" "$(cat "$TALLYD_LOG")"
+[ -e "$JDIR/$last" ] && ok "short segment: the later segment is left alone" ||
+    notok "short segment: the later segment $last was removed"
+cp "$T/mid.seg" "$JDIR/$mid"
+tallyd_start
+pg_wait_value "$K1" "$ACKED" 60
+tallyd_stop TERM
+assert_eq "short segment, then whole again: SIGTERM exit status" 0 \
+    "$TALLYD_STATUS"
+
+# --- a segment missing in the middle
+K2=missing-$LONGKEY
+crash_with_segments "missing segment" "$K2"
+mid=$(segments | sed -n 2p)
+tallyctl journal dump "$JDIR" >"$T/dump" 2>/dev/null
+want=$(records_outside "$K2" "$mid")
+assert_between "missing segment: later segments hold increments" 1 \
+    999999 "$(awk -F'\t' -v b=$((16#${mid%.seg} + SEGSIZE)) -v k="\"$K2\"" \
+    '$2 == k && $1 >= b { n++ } END { print n + 0 }' "$T/dump")"
+rm "$JDIR/$mid"
+tallyd_start
+assert_match "missing segment: recovery says so" \
+    "journal segment $JDIR/$mid .* is missing" "$(cat "$TALLYD_LOG")"
+assert_match "missing segment: and pads over it" "padded unfinished frame" \
+    "$(cat "$TALLYD_LOG")"
+pg_wait_value "$K2" "$want" 60
+tallyd_stop TERM
+assert_eq "missing segment: SIGTERM exit status" 0 "$TALLYD_STATUS"
+st=0
+tallyctl journal verify "$JDIR" >"$T/verify" 2>&1 || st=$?
+assert_eq "missing segment: journal verify after recovery" 0 "$st"
+[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
