@@ -235,7 +235,7 @@ recovery_replay(struct rec_state *rs)
 				    "cut the journal there",
 				    rs->cf->journal_dir, name,
 				    (unsigned long long)p);
-				return 1;
+				return e == EINVAL ? 2 : 1;	/* cut short */
 			}
 			/*
 			 * Missing: its first writer died before creating it,
