@@ -60,6 +60,9 @@ usage(FILE *f)
 	    "  -j, --json  print the daemon's answers as JSON\n"
 	    "  -h, --help  this text\n"
 	    "\n"
+	    "Options may also follow the command; a KEY that begins with '-'\n"
+	    "follows \"--\".\n"
+	    "\n"
 	    "exit status: 0 success, 1 failure, 2 usage\n", SYSCONFDIR);
 }
 
@@ -361,29 +364,34 @@ ctl_print(int type, const char *json)
 	yajl_tree_free(v);
 }
 
+/* The daemon command in argv: its type and argument.  -1: a usage error. */
 static int
-ctl_command(const char *sock, int json, int argc, char **argv)
+ctl_parse(int argc, char **argv, int fast, const char **arg)
+{
+	*arg = NULL;
+	if (argc == 1 && strcmp(argv[0], "stop") == 0)
+		return fast ? CTL_STOP_FAST : CTL_STOP;
+	if (fast)
+		return -1;
+	if (argc == 1 && strcmp(argv[0], "status") == 0)
+		return CTL_STATUS;
+	if (argc == 1 && strcmp(argv[0], "flush") == 0)
+		return CTL_FLUSH;
+	if (argc == 1 && strcmp(argv[0], "reload") == 0)
+		return CTL_RELOAD;
+	if (argc == 2 && strcmp(argv[0], "get") == 0 && argv[1][0]) {
+		*arg = argv[1];
+		return CTL_GET;
+	}
+	return -1;
+}
+
+static int
+ctl_command(const char *sock, int json, int type, const char *arg)
 {
 	static char out[CONTROL_MAX_PAYLOAD + 1];
-	const char *arg = NULL;
-	int type, st;
+	int st;
 
-	if (strcmp(argv[0], "status") == 0 && argc == 1)
-		type = CTL_STATUS;
-	else if (strcmp(argv[0], "flush") == 0 && argc == 1)
-		type = CTL_FLUSH;
-	else if (strcmp(argv[0], "reload") == 0 && argc == 1)
-		type = CTL_RELOAD;
-	else if (strcmp(argv[0], "get") == 0 && argc == 2 && argv[1][0]) {
-		type = CTL_GET;
-		arg = argv[1];
-	} else if (strcmp(argv[0], "stop") == 0 && argc == 1)
-		type = CTL_STOP;
-	else if (strcmp(argv[0], "stop") == 0 && argc == 2 &&
-	    strcmp(argv[1], "--fast") == 0)
-		type = CTL_STOP_FAST;
-	else
-		return -1;
 	st = ctl_call(sock, type, arg, arg ? strlen(arg) : 0, out,
 	    sizeof(out));
 	if (st == -1)
@@ -395,20 +403,36 @@ ctl_command(const char *sock, int json, int argc, char **argv)
 	return st == CTL_OK ? 0 : 1;
 }
 
+/* Load the configuration file; its errors on stderr. */
+static int
+ctl_config(struct config *cf, const char *conf)
+{
+	struct config_errors errs = { NULL, 0 };
+
+	if (config_load(cf, conf, NULL, 0, &errs) == 0)
+		return 0;
+	for (int i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.msgs[i]);
+	config_errors_free(&errs);
+	return -1;
+}
+
 int
 main(int argc, char *argv[])
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "json", no_argument, NULL, 'j' },
+		{ "fast", no_argument, NULL, 'F' },
 		{ NULL, 0, NULL, 0 }
 	};
 	static struct config cf;
-	struct config_errors errs = { NULL, 0 };
 	const char *conf = SYSCONFDIR "/tallyd.conf", *dir, *sock = NULL;
-	int ch, json = 0, rc;
+	const char *arg;
+	int ch, json = 0, fast = 0, type;
 
-	while ((ch = getopt_long(argc, argv, "+c:hjs:", longopts, NULL)) != -1) {
+	/* Options may follow the command too ("status --json"). */
+	while ((ch = getopt_long(argc, argv, "c:hjs:", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			conf = optarg;
@@ -418,6 +442,9 @@ main(int argc, char *argv[])
 			break;
 		case 'j':
 			json = 1;
+			break;
+		case 'F':
+			fast = 1;
 			break;
 		case 'h':
 			usage(stdout);
@@ -429,35 +456,26 @@ main(int argc, char *argv[])
 	}
 	argc -= optind;
 	argv += optind;
-	if (argc >= 2 && strcmp(argv[0], "journal") == 0 &&
-	    (strcmp(argv[1], "verify") == 0 || strcmp(argv[1], "dump") == 0) &&
-	    argc <= 3) {
+	if (argc >= 2 && argc <= 3 && !fast &&
+	    strcmp(argv[0], "journal") == 0 &&
+	    (strcmp(argv[1], "verify") == 0 || strcmp(argv[1], "dump") == 0)) {
 		if (argc == 3)
 			dir = argv[2];
-		else {
-			if (config_load(&cf, conf, NULL, 0, &errs) != 0) {
-				for (int i = 0; i < errs.n; i++)
-					fprintf(stderr, "%s\n", errs.msgs[i]);
-				config_errors_free(&errs);
-				return 1;
-			}
+		else if (ctl_config(&cf, conf) == -1)
+			return 1;
+		else
 			dir = cf.journal_dir;
-		}
 		return journal_cmd(argv[1], dir);
 	}
-	if (argc >= 1 && strcmp(argv[0], "journal") != 0) {
-		if (sock == NULL) {
-			if (config_load(&cf, conf, NULL, 0, &errs) != 0) {
-				for (int i = 0; i < errs.n; i++)
-					fprintf(stderr, "%s\n", errs.msgs[i]);
-				config_errors_free(&errs);
-				return 1;
-			}
-			sock = cf.control_socket;
-		}
-		if ((rc = ctl_command(sock, json, argc, argv)) != -1)
-			return rc;
+	/* A usage error is one whatever the configuration file holds. */
+	if (argc == 0 || (type = ctl_parse(argc, argv, fast, &arg)) == -1) {
+		usage(stderr);
+		return EXIT_USAGE;
 	}
-	usage(stderr);
-	return EXIT_USAGE;
+	if (sock == NULL) {
+		if (ctl_config(&cf, conf) == -1)
+			return 1;
+		sock = cf.control_socket;
+	}
+	return ctl_command(sock, json, type, arg);
 }

@@ -38,6 +38,16 @@ assert_eq "get --json k" '{"key":"k","value":5,' \
     "$(tallyctl --json get k | cut -c1-21)"
 tallyctl get never-seen >/dev/null 2>&1
 assert_eq "get of a key not held: exit 1" 1 "$?"
+# Options after the command, and a key that looks like one after "--".
+assert_match "status --json, the option after the command" \
+    '"durable_lsn":[0-9]+' "$(tallyctl status --json)"
+assert_eq "POST -k" 202 "$(post -k 7)"
+assert_eq "get --json -- -k" '{"key":"-k","value":7,' \
+    "$(tallyctl get --json -- -k | cut -c1-22)"
+tallyctl get -k >/dev/null 2>&1
+assert_eq "get -k, without --: a usage error" 2 "$?"
+tallyctl status --fast >/dev/null 2>&1
+assert_eq "--fast with another command than stop: a usage error" 2 "$?"
 
 # A long flush interval: only the explicit flush moves data now.
 sed -i 's/^flush_interval = .*/flush_interval = 1h/' "$CONF"
@@ -112,6 +122,10 @@ for c in status flush reload stop "get k"; do
 done
 tallyctl frobnicate >/dev/null 2>&1
 assert_eq "unknown command exits 2" 2 "$?"
+"$TALLYCTL" -c "$T/no-such.conf" frobnicate >/dev/null 2>&1
+assert_eq "unknown command exits 2, whatever the configuration file" 2 "$?"
+"$TALLYCTL" -c "$T/no-such.conf" status >/dev/null 2>&1
+assert_eq "a configuration file that is not there: exit 1" 1 "$?"
 tallyctl stop --later >/dev/null 2>&1
 assert_eq "bad argument exits 2" 2 "$?"
 help=$("$TALLYCTL" --help); st=$?
