@@ -2,9 +2,14 @@
  * tallyd: parse the command line and the configuration, then hand over to
  * the master.  Everything else lives in the library.
  */
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include <libpq-fe.h>
 
 #include "config.h"
 #include "master.h"
@@ -18,6 +23,46 @@ usage(void)
 {
 	fprintf(stderr, "usage: tallyd [-ft] [-c file] [-o section.key=value]...\n");
 	exit(1);
+}
+
+/*
+ * What the configuration names outside itself: the accounts exist and the
+ * connection string parses.  Checked by -t too, and before a start, so
+ * that a typo fails at once rather than in a child or in every retry.
+ */
+static int
+check_names(const struct config *cf, const char *path)
+{
+	PQconninfoOption *opts;
+	const char *f = path ? path : "defaults";
+	char *err = NULL;
+	size_t n;
+	int bad = 0;
+
+	if (cf->user[0] && getpwnam(cf->user) == NULL) {
+		fprintf(stderr, "%s: server.user: no such user '%s'\n", f,
+		    cf->user);
+		bad = 1;
+	}
+	if (cf->group[0] && cf->user[0] == '\0') {
+		fprintf(stderr, "%s: server.group needs server.user: tallyd "
+		    "changes its group only as it changes its user\n", f);
+		bad = 1;
+	} else if (cf->group[0] && getgrnam(cf->group) == NULL) {
+		fprintf(stderr, "%s: server.group: no such group '%s'\n", f,
+		    cf->group);
+		bad = 1;
+	}
+	if ((opts = PQconninfoParse(cf->dsn, &err)) == NULL) {
+		/* libpq's message ends in a newline. */
+		n = err ? strcspn(err, "\n") : 0;
+		fprintf(stderr, "%s: postgres.dsn: %.*s\n", f, (int)n,
+		    err ? err : "out of memory");
+		PQfreemem(err);
+		bad = 1;
+	} else
+		PQconninfoFree(opts);
+	return bad ? -1 : 0;
 }
 
 int
@@ -59,6 +104,13 @@ main(int argc, char *argv[])
 			fprintf(stderr, "tallyd: bad configuration, not "
 			    "starting\n");
 		config_errors_free(&errs);
+		free(overrides);
+		return test ? 1 : 2;
+	}
+	if (check_names(&cf, path) == -1) {
+		if (!test)
+			fprintf(stderr, "tallyd: bad configuration, not "
+			    "starting\n");
 		free(overrides);
 		return test ? 1 : 2;
 	}

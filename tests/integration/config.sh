@@ -100,6 +100,31 @@ for bad in "server.max_body=4X" "server.max_body=-4K" \
 	assert_match "-o $bad: the error names the override" "-o $bad" "$(out)"
 done
 
+# --- what the file names outside itself
+NOUSER=tallyd-no-such-user-$$
+assert_eq "-o server.user=$NOUSER: exit 1" 1 \
+    "$(check_conf "$GOOD" -o server.user=$NOUSER)"
+assert_match "... naming the user" "server.user: no such user '$NOUSER'" "$(out)"
+assert_eq "-o server.group, no such group: exit 1" 1 \
+    "$(check_conf "$GOOD" -o server.user=root -o server.group=$NOUSER)"
+assert_match "... naming the group" "server.group: no such group '$NOUSER'" \
+    "$(out)"
+assert_eq "server.group without server.user: exit 1" 1 \
+    "$(check_conf "$GOOD" -o server.group=root)"
+assert_match "... saying it needs server.user" "server.group needs server.user" \
+    "$(out)"
+assert_eq "server.user and server.group that exist: exit 0" 0 \
+    "$(check_conf "$GOOD" -o server.user=root -o server.group=root)"
+assert_eq "a postgres.dsn that does not parse: exit 1" 1 \
+    "$(check_conf "$GOOD" -o "postgres.dsn=host=/tmp port")"
+assert_match "... with libpq's reason" 'postgres.dsn: missing "=" after "port"' \
+    "$(out)"
+st=0
+timeout 20 "$TALLYD" -f -c "$GOOD" -o "postgres.dsn=host=/tmp port" \
+    >"$OUT" 2>&1 </dev/null || st=$?
+assert_eq "tallyd -f with a DSN that does not parse exits 2" 2 "$st"
+assert_match "... saying why" 'postgres.dsn: missing "="' "$(out)"
+
 assert_eq "missing file: exit 1" 1 "$(check_conf "$T/nosuch.conf")"
 assert_match "missing file: named" "$T/nosuch.conf" "$(out)"
 
