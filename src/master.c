@@ -212,13 +212,18 @@ master_pid_file(void)
 	if ((fd = open(M.cf->pid_file, O_WRONLY | O_CREAT | O_TRUNC |
 	    O_CLOEXEC, 0644)) == -1 || fchmod(fd, 0644) == -1 ||
 	    (f = fdopen(fd, "w")) == NULL) {
-		if (fd != -1)
-			close(fd);
-		log_warn("cannot write pid file %s", M.cf->pid_file);
-		return;
+		/* An init script could neither stop nor watch us. */
+		fatal(PROC_EXIT_FATAL, "cannot write pid file %s",
+		    M.cf->pid_file);
 	}
-	fprintf(f, "%d\n", (int)getpid());
-	fclose(f);
+	if (fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) == EOF) {
+		int e = errno;
+
+		unlink(M.cf->pid_file);
+		errno = e;
+		fatal(PROC_EXIT_FATAL, "cannot write pid file %s",
+		    M.cf->pid_file);
+	}
 	M.pid_file_written = 1;
 }
 

@@ -99,3 +99,14 @@ initd status
 assert_eq "init status after stop: 3" 3 "$?"
 assert_eq "pid file removed" no "$([ -e "$T/tallyd.pid" ] && echo yes || echo no)"
 assert_eq "the graceful stop flushed to PostgreSQL" 4 "$(pg_value k)"
+
+# A daemon whose pid file cannot be written is one an init script could
+# not stop: the start fails.
+: >"$T/notadir"
+"$TALLYD" -c "$CONF" -o server.pid_file="$T/notadir/tallyd.pid" \
+    >"$T/nopid.log" 2>&1
+st=$?
+[ "$st" = 0 ] && tallyctl stop >/dev/null 2>&1
+assert_between "a pid file that cannot be written: the start fails" 1 123 "$st"
+port_free "$TPORT" && ok "... and nothing listens" ||
+    notok "something listens on $TPORT after the failed start"
