@@ -22,7 +22,7 @@ BUILD_PACKAGES=(build-essential autoconf automake libtool pkg-config
 	zlib1g-dev libssl-dev check)
 RUN_PACKAGES=(postgresql curl util-linux)
 TEST_PACKAGES=(nghttp2-client iproute2 procps mandoc prometheus
-	python3-prometheus-client python3 valgrind)
+	python3-prometheus-client python3 valgrind gdb)
 
 say() { printf 'dev.sh: %s\n' "$*" >&2; }
 

@@ -388,7 +388,7 @@ journal_lsn_normalize(uint64_t seg_size, uint64_t lsn)
 
 uint64_t
 journal_reserve(uint64_t *insert, uint64_t seg_size, uint32_t len,
-    uint64_t *pad_lsn, uint32_t *pad_len)
+    uint64_t *pad_lsn, uint32_t *pad_len, uint64_t intent[2])
 {
 	uint64_t pos, start, seg_end, next;
 
@@ -405,6 +405,11 @@ journal_reserve(uint64_t *insert, uint64_t seg_size, uint32_t len,
 				*pad_len = seg_end - pos;
 		}
 		next = start + len;
+		/* Ordered before the exchange by its release. */
+		if (intent) {
+			__atomic_store_n(&intent[1], next, __ATOMIC_RELAXED);
+			__atomic_store_n(&intent[0], pos, __ATOMIC_RELAXED);
+		}
 		if (__atomic_compare_exchange_n(insert, &pos, next, 0,
 		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
 			return start;

@@ -145,10 +145,13 @@ uint64_t journal_lsn_normalize(uint64_t seg_size, uint64_t lsn);
  * segment, *pad_lsn and *pad_len describe the tail of the segment that the
  * caller must cover with a padding frame (pad_len 0: nothing to pad, the
  * tail is shorter than a frame header).  The caller's reservation thus
- * spans [*pad_lsn, frame LSN + len).
+ * spans [*pad_lsn, frame LSN + len).  Unless NULL, intent[0] and intent[1]
+ * hold that span before each try, and after the one that wins: whoever
+ * finds a dead caller's hole can tell the range may be its, though the
+ * caller died before it could say so.
  */
 uint64_t journal_reserve(uint64_t *insert, uint64_t seg_size, uint32_t len,
-	    uint64_t *pad_lsn, uint32_t *pad_len);
+	    uint64_t *pad_lsn, uint32_t *pad_len, uint64_t intent[2]);
 
 /* --- segment files --- */
 /* 0 on success.  Does not create or read anything yet. */

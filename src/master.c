@@ -276,6 +276,7 @@ child_start(struct child *c)
 		struct shm_slot *s = &M.shm.hdr->slots[c->slot];
 
 		s->res_start = s->res_end = 0;
+		s->res_try[0] = s->res_try[1] = 0;
 	}
 	pid = proc_fork(c->role, c->slot, &M.env);
 	if (pid == -1) {
@@ -344,10 +345,19 @@ master_reaped(struct child *c, int status)
 		/* Its half-written frame, if any, is the syncer's to pad. */
 		if (s->res_start != 0 && h->orphan_start[c->slot] == 0) {
 			h->orphan_end[c->slot] = s->res_end;
+			h->orphan_unsure[c->slot] = 0;
 			shm_store(&h->orphan_start[c->slot], s->res_start);
+			syncer_kick(h->syncer_efd);
+		} else if (s->res_try[0] != 0 &&
+		    h->orphan_start[c->slot] == 0) {
+			/* It died inside journal_reserve, or just after. */
+			h->orphan_end[c->slot] = s->res_try[1];
+			h->orphan_unsure[c->slot] = 1;
+			shm_store(&h->orphan_start[c->slot], s->res_try[0]);
 			syncer_kick(h->syncer_efd);
 		}
 		s->res_start = s->res_end = 0;
+		s->res_try[0] = s->res_try[1] = 0;
 		s->pid = 0;
 		/* Its keyed requests in flight may be retried now. */
 		idem_release_owner(M.shm.idem, c->pid);

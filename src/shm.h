@@ -27,6 +27,12 @@ struct shm_slot {
 	uint64_t	res_start;	/* reservation being written, 0: none */
 	uint64_t	res_end;
 	/*
+	 * The range being reserved, noted before each try and cleared once
+	 * res_start holds it: a worker that dies with this set and res_start
+	 * not may have won the range (journal_reserve).
+	 */
+	uint64_t	res_try[2];
+	/*
 	 * sync = group: the durable position this worker sleeps until, 0
 	 * when it waits for nothing; whoever moves durable_lsn past it
 	 * writes its eventfd.
@@ -78,6 +84,8 @@ struct shm_hdr {
 	 */
 	uint64_t	orphan_start[CONFIG_MAX_WORKERS];
 	uint64_t	orphan_end[CONFIG_MAX_WORKERS];
+	/* The range was only being tried for (res_try): it may be another's. */
+	int		orphan_unsure[CONFIG_MAX_WORKERS];
 	int		sync_failed;	/* an fdatasync failed: never ack again */
 	/*
 	 * Settings SIGHUP may change: the master writes them, then bumps

@@ -73,6 +73,32 @@ now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/*
+ * A worker died while it tried for the range from s (orphan i), before it
+ * noted whether it won: it did if the hole at p is where that range starts
+ * and nobody else may own it.  A living winner notes s before its try and
+ * keeps it noted until its frame is published; the frame is looked at
+ * again after the notes, so that one published meanwhile is seen.
+ */
+static int
+syncer_orphan_won(struct journal *j, struct shm_hdr *h, int i, uint64_t s,
+    uint64_t p)
+{
+	const uint64_t *f;
+
+	if (p != journal_lsn_normalize(j->seg_size, s))
+		return 0;
+	for (int k = 0; k < CONFIG_MAX_WORKERS; k++) {
+		if (k != i && shm_load(&h->orphan_start[k]) == s)
+			return 0;	/* two dead triers: whose end? */
+		if (shm_load(&h->slots[k].res_start) == s ||
+		    shm_load(&h->slots[k].res_try[0]) == s)
+			return 0;
+	}
+	f = (const uint64_t *)(const void *)journal_at(j, p, 0);
+	return f != NULL && __atomic_load_n(f, __ATOMIC_ACQUIRE) == 0;
+}
+
 /* If a dead worker's reservation holds up position p, pad it out. */
 static int
 syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
@@ -89,6 +115,8 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 			continue;
 		}
 		if (p < journal_lsn_normalize(j->seg_size, s))
+			continue;
+		if (h->orphan_unsure[i] && !syncer_orphan_won(j, h, i, s, p))
 			continue;
 		if (journal_pad(j, p, e) == -1) {
 			log_warn("cannot pad dead worker's journal "

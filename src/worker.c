@@ -497,9 +497,10 @@ worker_write(struct batch *b)
 		return;
 	}
 	lsn = journal_reserve(&W.h->insert_lsn, W.h->seg_size, len, &pad_lsn,
-	    &pad_len);
+	    &pad_len, W.slot->res_try);
 	W.slot->res_end = lsn + len;
 	__atomic_store_n(&W.slot->res_start, pad_lsn, __ATOMIC_RELEASE);
+	__atomic_store_n(&W.slot->res_try[0], 0, __ATOMIC_RELEASE);
 	journal_frame_relocate(W.frame, lsn);
 	if (pad_len)
 		journal_frame_build_padding(pad, pad_lsn, pad_len, W.h->epoch);
@@ -517,6 +518,7 @@ worker_write(struct batch *b)
 		/* Leave the range to the syncer, as if we had died. */
 		if (W.h->orphan_start[W.slotno] == 0) {
 			W.h->orphan_end[W.slotno] = lsn + len;
+			W.h->orphan_unsure[W.slotno] = 0;
 			shm_store(&W.h->orphan_start[W.slotno], pad_lsn);
 		}
 		__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);

@@ -677,13 +677,16 @@ END_TEST
 START_TEST(test_reserve_sequence)
 {
 	const uint64_t S = SEG;
-	uint64_t insert = S + JOURNAL_SEG_HDR, lsn, pad_lsn, prev;
+	uint64_t insert = S + JOURNAL_SEG_HDR, lsn, pad_lsn, prev, intent[2];
 	uint32_t pad_len;
 
 	/* Contiguous and aligned. */
 	prev = insert;
 	for (uint32_t len = 40; len <= 4000; len += 8) {
-		lsn = journal_reserve(&insert, S, len, &pad_lsn, &pad_len);
+		lsn = journal_reserve(&insert, S, len, &pad_lsn, &pad_len,
+		    intent);
+		ck_assert_uint_eq(intent[0], lsn);
+		ck_assert_uint_eq(intent[1], lsn + len);
 		ck_assert_uint_eq(lsn, prev);
 		ck_assert_uint_eq(lsn % JOURNAL_ALIGN, 0);
 		ck_assert_uint_eq(pad_len, 0);
@@ -692,9 +695,14 @@ START_TEST(test_reserve_sequence)
 		prev = insert;
 	}
 
-	/* Does not fit: the tail is padded, the frame moves on. */
+	/*
+	 * Does not fit: the tail is padded, the frame moves on.  The span
+	 * noted for whoever finds the caller dead is the whole of it.
+	 */
 	insert = 2 * S - 1000;
-	lsn = journal_reserve(&insert, S, 2000, &pad_lsn, &pad_len);
+	lsn = journal_reserve(&insert, S, 2000, &pad_lsn, &pad_len, intent);
+	ck_assert_uint_eq(intent[0], pad_lsn);
+	ck_assert_uint_eq(intent[1], lsn + 2000);
 	ck_assert_uint_eq(lsn, 2 * S + JOURNAL_SEG_HDR);
 	ck_assert_uint_eq(pad_lsn, 2 * S - 1000);
 	ck_assert_uint_eq(pad_len, 1000);
@@ -702,21 +710,21 @@ START_TEST(test_reserve_sequence)
 
 	/* A tail of exactly one frame header is padded. */
 	insert = 2 * S - JOURNAL_FRAME_HDR;
-	lsn = journal_reserve(&insert, S, 48, &pad_lsn, &pad_len);
+	lsn = journal_reserve(&insert, S, 48, &pad_lsn, &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 2 * S + JOURNAL_SEG_HDR);
 	ck_assert_uint_eq(pad_lsn, 2 * S - JOURNAL_FRAME_HDR);
 	ck_assert_uint_eq(pad_len, JOURNAL_FRAME_HDR);
 	/* But the header itself fits there. */
 	insert = 2 * S - JOURNAL_FRAME_HDR;
 	lsn = journal_reserve(&insert, S, JOURNAL_FRAME_HDR, &pad_lsn,
-	    &pad_len);
+	    &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 2 * S - JOURNAL_FRAME_HDR);
 	ck_assert_uint_eq(pad_len, 0);
 	ck_assert_uint_eq(insert, 2 * S);
 
 	/* A tail shorter than a frame header: nothing to pad. */
 	insert = 2 * S - 32;
-	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len);
+	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 2 * S + JOURNAL_SEG_HDR);
 	ck_assert_uint_eq(pad_lsn, 2 * S - 32);
 	ck_assert_uint_eq(pad_len, 0);
@@ -724,11 +732,11 @@ START_TEST(test_reserve_sequence)
 
 	/* An exact fit, then the next one starts the next segment. */
 	insert = 3 * S - 64;
-	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len);
+	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 3 * S - 64);
 	ck_assert_uint_eq(pad_len, 0);
 	ck_assert_uint_eq(insert, 3 * S);
-	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len);
+	lsn = journal_reserve(&insert, S, 64, &pad_lsn, &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 3 * S + JOURNAL_SEG_HDR);
 	ck_assert_uint_eq(pad_len, 0);
 	ck_assert_uint_eq(pad_lsn, 3 * S);
@@ -736,7 +744,7 @@ START_TEST(test_reserve_sequence)
 	/* A frame filling a whole segment. */
 	insert = 5 * S + JOURNAL_SEG_HDR;
 	lsn = journal_reserve(&insert, S, S - JOURNAL_SEG_HDR, &pad_lsn,
-	    &pad_len);
+	    &pad_len, NULL);
 	ck_assert_uint_eq(lsn, 5 * S + JOURNAL_SEG_HDR);
 	ck_assert_uint_eq(insert, 6 * S);
 }
@@ -789,7 +797,7 @@ START_TEST(test_reserve_concurrent)
 
 				x->len = 40 + 8 * (rnd(&s) % 500);
 				x->lsn = journal_reserve(insert, RES_SEG,
-				    x->len, &x->pad_lsn, &x->pad_len);
+				    x->len, &x->pad_lsn, &x->pad_len, NULL);
 			}
 			_exit(0);
 		}

@@ -1,0 +1,67 @@
+#!/bin/bash
+# A worker killed after it won its journal reservation and before it noted
+# the range in its slot: nothing will ever write that range, and every
+# frame after it waits on it.  The syncer must pad it, from the range the
+# worker noted before it tried, so that the journal does not stall (the
+# increments after it acknowledged, and in PostgreSQL once).  gdb stops
+# the worker as journal_reserve returns; the kill is a real SIGKILL.
+. "$(dirname "$0")/lib.sh"
+need psql gdb
+
+pg_start
+tallyd_conf
+sed -i 's/^workers = .*/workers = 1/' "$CONF"
+tallyd_start
+
+assert_eq "an increment before" 202 "$(post a 1)"
+w=$(tallyctl status | sed -n 's/.*worker *pid \([0-9]*\).*/\1/p' | head -n 1)
+assert_match "the worker's pid" '^[0-9]+$' "$w"
+
+gdb -q -nx -batch -p "$w" -ex 'break journal_reserve' -ex continue \
+    -ex finish -ex kill >"$T/gdb.out" 2>&1 </dev/null &
+GDB=$!
+BGPIDS+=("$GDB")
+for i in $(seq 200); do
+	grep -q '^Breakpoint 1 at' "$T/gdb.out" && break
+	sleep 0.1
+done
+grep -q '^Breakpoint 1 at' "$T/gdb.out" || { cat "$T/gdb.out"; die "gdb did not attach"; }
+# The worker writes this one's frame, and dies as it has its range.
+curl -s -m 20 -o /dev/null -H 'Content-Type: application/json' \
+    --data-binary '{"key":"a","value":2}' "$BASE/increment" &
+BGPIDS+=($!)
+for i in $(seq 200); do
+	pid_alive "$GDB" || break
+	sleep 0.1
+done
+g=$(tr '\n' ' ' <"$T/gdb.out")
+assert_match "gdb stopped the worker as journal_reserve returned its LSN" \
+    'in worker_write .*Value returned is [$][0-9]+ = [0-9]+' "$g"
+[[ "$g" == *"Value returned"* ]] || sed 's/^/#   gdb: /' "$T/gdb.out"
+for i in $(seq 100); do
+	grep -q "worker (pid $w) killed by signal 9" "$TALLYD_LOG" && break
+	sleep 0.1
+done
+assert_match "the worker died of SIGKILL" "worker \\(pid $w\\) killed by signal 9" \
+    "$(cat "$TALLYD_LOG")"
+
+# Its range is a hole: the next worker's frames come after it.
+assert_eq "an increment after: acknowledged" 202 "$(post a 4)"
+assert_match "the syncer padded the range the dead worker won" \
+    'padded journal range [0-9]+\.\.[0-9]+ left unwritten by a worker' \
+    "$(cat "$TALLYD_LOG")"
+pg_wait_value a 5
+assert_eq "GET a: the increments acknowledged, once" '{"a":5}' "$(get a)"
+
+assert_eq "no other process died" "$w" \
+    "$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG" |
+    sed -n 's/.*(pid \([0-9]*\)).*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')"
+kill -TERM "$TALLYD_PID"
+wait_gone 30 "$TALLYD_PID" || die "tallyd did not stop within 30 s of SIGTERM"
+wait "$TALLYD_PID"
+assert_eq "SIGTERM: exit status" 0 "$?"
+TALLYD_PID=
+st=0
+tallyctl journal verify >"$T/verify" 2>&1 || st=$?
+assert_eq "journal verify" 0 "$st"
+[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
