@@ -31,7 +31,7 @@ usage(void)
  * that a typo fails at once rather than in a child or in every retry.
  */
 static int
-check_names(const struct config *cf, const char *path)
+tallyd_check_names(const struct config *cf, const char *path)
 {
 	PQconninfoOption *opts;
 	const char *f = path ? path : "defaults";
@@ -107,7 +107,7 @@ main(int argc, char *argv[])
 		free(overrides);
 		return test ? 1 : 2;
 	}
-	if (check_names(&cf, path) == -1) {
+	if (tallyd_check_names(&cf, path) == -1) {
 		if (!test)
 			fprintf(stderr, "tallyd: bad configuration, not "
 			    "starting\n");
