@@ -342,18 +342,21 @@ master_reaped(struct child *c, int status)
 	if (c->role == PROC_WORKER) {
 		struct shm_slot *s = &h->slots[c->slot];
 
-		/* Its half-written frame, if any, is the syncer's to pad. */
-		if (s->res_start != 0 && h->orphan_start[c->slot] == 0) {
-			h->orphan_end[c->slot] = s->res_end;
-			h->orphan_unsure[c->slot] = 0;
-			shm_store(&h->orphan_start[c->slot], s->res_start);
-			syncer_kick(h->syncer_efd);
-		} else if (s->res_try[0] != 0 &&
-		    h->orphan_start[c->slot] == 0) {
-			/* It died inside journal_reserve, or just after. */
-			h->orphan_end[c->slot] = s->res_try[1];
-			h->orphan_unsure[c->slot] = 1;
-			shm_store(&h->orphan_start[c->slot], s->res_try[0]);
+		/*
+		 * Its half-written frame, if any, is the syncer's to pad;
+		 * so is the range it was reserving, should it have won it.
+		 */
+		if (s->res_start != 0 || s->res_try[0] != 0) {
+			int unsure = s->res_start == 0;
+
+			if (shm_orphan_add(h, c->slot, unsure ? s->res_try[0] :
+			    s->res_start, unsure ? s->res_try[1] : s->res_end,
+			    unsure) == -1)
+				log_warnx("no room to hand the syncer journal "
+				    "LSN %llu left by worker %d: the journal "
+				    "waits there until a restart", (unsigned
+				    long long)(unsure ? s->res_try[0] :
+				    s->res_start), (int)c->pid);
 			syncer_kick(h->syncer_efd);
 		}
 		s->res_start = s->res_end = 0;

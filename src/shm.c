@@ -75,6 +75,29 @@ shm_create(struct shm *s, const struct config *cf)
 	return 0;
 }
 
+int
+shm_orphan_add(struct shm_hdr *h, int prefer, uint64_t start, uint64_t end,
+    int unsure)
+{
+	/*
+	 * Claimed with an exchange: the master (for a dead worker) and a
+	 * living worker (for its own failed write) may add at once.
+	 */
+	for (int n = 0; n < CONFIG_MAX_WORKERS; n++) {
+		int i = (prefer + n) % CONFIG_MAX_WORKERS;
+		uint64_t zero = 0;
+
+		if (!__atomic_compare_exchange_n(&h->orphan_start[i], &zero,
+		    SHM_ORPHAN_BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+			continue;
+		h->orphan_end[i] = end;
+		h->orphan_unsure[i] = unsure;
+		shm_store(&h->orphan_start[i], start);
+		return 0;
+	}
+	return -1;
+}
+
 void
 shm_destroy(struct shm *s)
 {

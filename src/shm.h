@@ -79,8 +79,10 @@ struct shm_hdr {
 	struct shm_slot	slots[CONFIG_MAX_WORKERS];
 	/*
 	 * Reservations of workers that died before publishing them, copied
-	 * here by the master when it reaps the worker; the syncer covers
-	 * them with padding so the journal does not stall.  0: none.
+	 * here by the master when it reaps the worker (shm_orphan_add: the
+	 * worker's own entry first, any free one else); the syncer covers
+	 * them with padding so the journal does not stall, and frees the
+	 * entry.  0: free.
 	 */
 	uint64_t	orphan_start[CONFIG_MAX_WORKERS];
 	uint64_t	orphan_end[CONFIG_MAX_WORKERS];
@@ -119,6 +121,16 @@ struct shm {
 /* Map and initialise the region for cf.  -1 with errno on failure. */
 int	shm_create(struct shm *s, const struct config *cf);
 void	shm_destroy(struct shm *s);
+
+/* An orphan entry being filled in: the syncer leaves it alone. */
+#define SHM_ORPHAN_BUSY	UINT64_MAX
+/*
+ * Hand the syncer a dead writer's range [start, end), unsure when the
+ * writer only tried for it.  Entry 'prefer' first, else any free one.
+ * -1: every entry is taken.
+ */
+int	shm_orphan_add(struct shm_hdr *h, int prefer, uint64_t start,
+	    uint64_t end, int unsure);
 
 /* Relaxed-enough helpers for the shared positions. */
 static inline uint64_t

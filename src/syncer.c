@@ -89,8 +89,11 @@ syncer_orphan_won(struct journal *j, struct shm_hdr *h, int i, uint64_t s,
 	if (p != journal_lsn_normalize(j->seg_size, s))
 		return 0;
 	for (int k = 0; k < CONFIG_MAX_WORKERS; k++) {
-		if (k != i && shm_load(&h->orphan_start[k]) == s)
-			return 0;	/* two dead triers: whose end? */
+		uint64_t o = shm_load(&h->orphan_start[k]);
+
+		/* Two dead triers (or one being added): whose end? */
+		if (k != i && (o == s || o == SHM_ORPHAN_BUSY))
+			return 0;
 		if (shm_load(&h->slots[k].res_start) == s ||
 		    shm_load(&h->slots[k].res_try[0]) == s)
 			return 0;
@@ -107,7 +110,7 @@ syncer_fill_orphan(struct journal *j, struct shm_hdr *h, uint64_t p)
 		uint64_t s = shm_load(&h->orphan_start[i]);
 		uint64_t e = shm_load(&h->orphan_end[i]);
 
-		if (s == 0)
+		if (s == 0 || s == SHM_ORPHAN_BUSY)
 			continue;
 		if (e <= p) {
 			/* Its owner got further than we feared: nothing to do. */

@@ -516,11 +516,7 @@ worker_write(struct batch *b)
 		    W.j.dir, (unsigned long long)lsn);
 		W.h->journal_errno = e ? e : EIO;
 		/* Leave the range to the syncer, as if we had died. */
-		if (W.h->orphan_start[W.slotno] == 0) {
-			W.h->orphan_end[W.slotno] = lsn + len;
-			W.h->orphan_unsure[W.slotno] = 0;
-			shm_store(&W.h->orphan_start[W.slotno], pad_lsn);
-		}
+		(void)shm_orphan_add(W.h, W.slotno, pad_lsn, lsn + len, 0);
 		__atomic_store_n(&W.slot->res_start, 0, __ATOMIC_RELEASE);
 		batch_refuse(b, "journal unavailable", 1);
 		batch_free(b);
