@@ -27,6 +27,7 @@
 #include <ini.h>
 
 #include "config.h"
+#include "request.h"
 
 #ifndef LOCALSTATEDIR
 #define LOCALSTATEDIR	"/var"
@@ -195,7 +196,7 @@ static const struct cfkey cfkeys[] = {
 	{ "counters", "max_keys", parse_count, F(max_keys), 1, 1000000000,
 	    NULL, RESTART },
 	{ "counters", "max_key_bytes", parse_count_size_t, F(max_key_bytes), 1,
-	    4096, NULL, RESTART },
+	    REQUEST_MAX_KEY_BYTES, NULL, RESTART },
 
 	{ "idempotency", "ttl", parse_duration_key, F(idem_ttl_us), US_S,
 	    365 * US_D, NULL, RESTART },

@@ -12,7 +12,13 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define REQUEST_MAX_KEY_BYTES	4096	/* hard ceiling for max_key_bytes */
+/*
+ * The ceiling of max_key_bytes: every key must fit in PostgreSQL's B-tree
+ * index on tally_counters.key, which takes at most 2704 bytes a row with
+ * its 8 kB pages; a longer key would be acknowledged and then refused by
+ * every flush, holding up all others.
+ */
+#define REQUEST_MAX_KEY_BYTES	2048
 #define REQUEST_MAX_IDEM_BYTES	255
 
 struct increment_req {

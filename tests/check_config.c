@@ -258,7 +258,7 @@ START_TEST(values_every_key)
 	    "flush_interval = 2m\n"
 	    "[counters]\n"
 	    "max_keys = 5\n"
-	    "max_key_bytes = 4096\n"
+	    "max_key_bytes = 2048\n"
 	    "[idempotency]\n"
 	    "ttl = 1h\n"
 	    "max_keys = 7\n"
@@ -293,7 +293,7 @@ START_TEST(values_every_key)
 	ck_assert_str_eq(cf.schema, "_tally2");
 	ck_assert_uint_eq(cf.flush_interval_us, UINT64_C(120000000));
 	ck_assert_uint_eq(cf.max_keys, 5);
-	ck_assert_uint_eq(cf.max_key_bytes, 4096);
+	ck_assert_uint_eq(cf.max_key_bytes, 2048);
 	ck_assert_uint_eq(cf.idem_ttl_us, UINT64_C(3600000000));
 	ck_assert_uint_eq(cf.idem_max_keys, 7);
 	ck_assert(cf.rate == 2.5);
@@ -553,9 +553,9 @@ START_TEST(values_bounds)
 		{ "[counters]\nmax_keys = 1K", "bad value '1K' for "
 		    "counters.max_keys: expected an integer from 1 to "
 		    "1000000000" },
-		{ "[counters]\nmax_key_bytes = 4097", "bad value '4097' for "
+		{ "[counters]\nmax_key_bytes = 2049", "bad value '2049' for "
 		    "counters.max_key_bytes: expected an integer from 1 to "
-		    "4096" },
+		    "2048" },
 		{ "[idempotency]\nttl = 0", "bad value '0' for "
 		    "idempotency.ttl: expected a duration from 1s to 365d "
 		    "(us, ms, s, m, h, d)" },

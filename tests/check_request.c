@@ -159,7 +159,7 @@ START_TEST(test_valid_key_outgrows_arena)
 		n += snprintf(body + n, sizeof(body) - n, "\\u00e9");
 	n += snprintf(body + n, sizeof(body) - n, "\",\"value\":1}");
 	refuse_n(body, (size_t)n, REQUEST_MAX_KEY_BYTES, "key longer than "
-	    "4096 bytes");
+	    "2048 bytes");
 }
 END_TEST
 
