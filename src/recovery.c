@@ -31,13 +31,32 @@
 #include "log.h"
 #include "recovery.h"
 
+/*
+ * Records decoded but not yet added, with their frame's position: they
+ * are added in journal order a batch at a time, so that the cache misses
+ * of keys to come (index word, then entry) overlap this key's work.
+ */
+#define REC_BATCH	256	/* records staged at most */
+#define REC_ARENA	(2 * JOURNAL_MAX_RAW)	/* their decoded frames */
+#define REC_AHEAD	8	/* keys between the entry's prefetch and use */
+
+struct rec_staged {
+	struct journal_record	 r;
+	uint64_t		 hash;
+	uint64_t		 lsn;		/* its frame's */
+	uint64_t		 frame_end;
+};
+
 struct rec_state {
 	const struct config	*cf;
 	struct shm		*shm;
 	struct journal		 j;
 	uint64_t		*bases;
 	int			 nseg;
-	uint8_t			*raw;
+	uint8_t			*raw;		/* REC_ARENA bytes */
+	size_t			 raw_used;
+	struct rec_staged	 staged[REC_BATCH];
+	int			 nstaged;
 	uint64_t		 frames, records;
 	uint64_t		 now_us;
 	int			 idem_full_logged;
@@ -49,52 +68,106 @@ seg_last(const struct rec_state *rs)
 	return rs->bases[rs->nseg - 1] + rs->j.seg_size;
 }
 
-/* Add every record of a frame to the shared table. */
+/* Add the staged records to the shared table, in journal order. */
 static int
-recovery_apply(struct rec_state *rs, const uint8_t *f,
-    const struct frame_info *fi)
+recovery_add_staged(struct rec_state *rs)
 {
-	struct journal_record r;
-	const uint8_t *p, *end;
+	struct counters *c = rs->shm->counters;
 	struct counter_entry *e;
+	int n = rs->nstaged;
 
-	if (journal_frame_decode(f, fi, rs->raw) == -1)
-		return -1;
-	p = rs->raw;
-	end = rs->raw + fi->raw_len;
-	while (journal_record_next(&p, end, &r) == 1) {
-		if ((e = counters_get(rs->shm->counters, r.key, r.key_len)) ==
-		    NULL) {
+	for (int i = 0; i < n; i++) {
+		struct rec_staged *s = &rs->staged[i];
+		const struct journal_record *r = &s->r;
+
+		/* Its index word was asked for when it was staged. */
+		if (i + REC_AHEAD < n)
+			counters_prefetch_hash(c,
+			    rs->staged[i + REC_AHEAD].hash, 1);
+		if ((e = counters_get(c, r->key, r->key_len)) == NULL) {
 			log_warnx("counter table full (max_keys %llu) "
 			    "at LSN %llu; raise counters.max_keys",
 			    (unsigned long long)rs->cf->max_keys,
-			    (unsigned long long)fi->lsn);
-			return -2;
+			    (unsigned long long)s->lsn);
+			return -1;
 		}
 		if (e->committed_known && e->unflushed == 0)
-			counters_forget_committed(rs->shm->counters, e);
-		counters_add(rs->shm->counters, e, r.value, fi->lsn + fi->len);
+			counters_forget_committed(c, e);
+		counters_add(c, e, r->value, s->frame_end);
 		rs->records++;
-		if (r.idem && r.time_us + rs->cf->idem_ttl_us > rs->now_us) {
+		if (r->idem && r->time_us + rs->cf->idem_ttl_us > rs->now_us) {
 			int overflow;
 
 			/*
 			 * The kept response cannot be rebuilt exactly: a
 			 * replay after a restart reports the total known now.
 			 */
-			if (idem_restore(rs->shm->idem, r.idem, r.idem_len,
-			    r.key, r.key_len, r.value, 202,
+			if (idem_restore(rs->shm->idem, r->idem, r->idem_len,
+			    r->key, r->key_len, r->value, 202,
 			    counters_total(e, &overflow),
-			    r.time_us + rs->cf->idem_ttl_us) == -1 &&
+			    r->time_us + rs->cf->idem_ttl_us) == -1 &&
 			    !rs->idem_full_logged) {
 				log_warnx("Idempotency-Key table full "
 				    "(idempotency.max_keys %llu) at LSN %llu; "
 				    "older keys are not restored",
 				    (unsigned long long)rs->cf->idem_max_keys,
-				    (unsigned long long)fi->lsn);
+				    (unsigned long long)s->lsn);
 				rs->idem_full_logged = 1;
 			}
 		}
+	}
+	rs->nstaged = 0;
+	rs->raw_used = 0;
+	return 0;
+}
+
+/*
+ * Decode a frame and stage its records; -1 when it does not decode, -2
+ * when the table is full.  Staged records are added before the arena or
+ * the batch runs out, and by recovery_add_staged() at the end.
+ */
+static int
+recovery_apply(struct rec_state *rs, const uint8_t *f,
+    const struct frame_info *fi)
+{
+	struct journal_record r;
+	const uint8_t *p, *end;
+	uint8_t *raw;
+
+	if (rs->raw_used + JOURNAL_MAX_RAW > REC_ARENA &&
+	    recovery_add_staged(rs) == -1)
+		return -2;
+	raw = rs->raw + rs->raw_used;
+	if (journal_frame_decode(f, fi, raw) == -1)
+		return -1;
+	rs->raw_used += fi->raw_len;
+	p = raw;
+	end = raw + fi->raw_len;
+	while (journal_record_next(&p, end, &r) == 1) {
+		struct rec_staged *s;
+
+		if (rs->nstaged == REC_BATCH) {
+			/* The rest of this frame moves to the arena's start. */
+			size_t off = (size_t)(raw - rs->raw);
+			size_t keep = rs->raw_used - off;
+
+			if (recovery_add_staged(rs) == -1)
+				return -2;
+			memmove(rs->raw, raw, keep);
+			p -= off;
+			end -= off;
+			r.key -= off;
+			if (r.idem)
+				r.idem -= off;
+			raw = rs->raw;
+			rs->raw_used = keep;
+		}
+		s = &rs->staged[rs->nstaged++];
+		s->r = r;
+		s->hash = counters_hash(r.key, r.key_len);
+		s->lsn = fi->lsn;
+		s->frame_end = fi->lsn + fi->len;
+		counters_prefetch_hash(rs->shm->counters, s->hash, 0);
 	}
 	rs->frames++;
 	return 0;
@@ -294,6 +367,8 @@ recovery_replay(struct rec_state *rs)
 		    (unsigned long long)p, (unsigned long long)found);
 		p = found;
 	}
+	if (recovery_add_staged(rs) == -1)
+		return 1;
 	if (recovery_cut(rs, p) == -1) {
 		log_warn("cannot cut the journal tail at LSN %llu",
 		    (unsigned long long)p);
@@ -357,7 +432,7 @@ recovery_run(const struct config *cf, struct shm *shm)
 		rc = 1;
 		goto done;
 	}
-	if ((rs.raw = malloc(JOURNAL_MAX_RAW)) == NULL) {
+	if ((rs.raw = malloc(REC_ARENA)) == NULL) {
 		rc = 1;
 		goto done;
 	}

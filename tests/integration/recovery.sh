@@ -4,7 +4,8 @@
 # nothing published: recovery pads over it and keeps what the later
 # segments hold.  A segment that is there but cannot be mapped (here: cut
 # short) is damage: tallyd refuses to start and removes nothing, and
-# starts once the segment is whole again.
+# starts once the segment is whole again.  And frames larger than
+# recovery's staging batch, with keys of the longest length allowed.
 . "$(dirname "$0")/lib.sh"
 need psql h2load
 
@@ -101,3 +102,55 @@ st=0
 tallyctl journal verify "$JDIR" >"$T/verify" 2>&1 || st=$?
 assert_eq "missing segment: journal verify after recovery" 0 "$st"
 [ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
+
+# --- large frames
+# Recovery stages decoded records and adds them to the table in batches:
+# a frame with more records than a batch holds is split across two, and
+# keys of max_key_bytes fill the staging arena before the batch does.
+# The node's total after kill -9 and a restart, before any flush, is
+# PostgreSQL's value plus what recovery added: both must be exact.
+KA=many-records
+KB=$(head -c 6000 /dev/urandom | tr -dc 'a-zA-Z0-9' | head -c 2048)
+tallyd_start -o server.workers=1 -o journal.commit_delay=50ms \
+    -o counters.max_key_bytes=2048 -o postgres.flush_interval=1h
+post "$KA" 5 >/dev/null
+post "$KB" 7 >/dev/null
+flush
+printf '{"key":"%s","value":1}' "$KA" >"$T/a.body"
+printf '{"key":"%s","value":1}' "$KB" >"$T/b.body"
+h2load -n 3000 -c 300 -t 1 -m 1 -d "$T/a.body" \
+    -H 'Content-Type: application/json' "$BASE/increment" >"$T/a.out" 2>&1 &
+hpid=$!
+h2load -n 600 -c 60 -t 1 -m 1 -d "$T/b.body" \
+    -H 'Content-Type: application/json' "$BASE/increment" >"$T/b.out" 2>&1
+wait "$hpid"
+A_ACK=$(awk '/^status codes:/ { print $3 + 0 }' "$T/a.out")
+B_ACK=$(awk '/^status codes:/ { print $3 + 0 }' "$T/b.out")
+assert_eq "large frames: every short-key request acknowledged" 3000 "$A_ACK"
+assert_eq "large frames: every long-key request acknowledged" 600 "$B_ACK"
+tallyd_kill9_all
+CK=$(pg_sql "select lsn from tally_checkpoints")
+tallyctl journal dump "$JDIR" >"$T/dump" 2>/dev/null
+assert_between "large frames: a frame holds more records than a batch" \
+    257 4096 "$(awk -F'\t' -v ck="$CK" '$1 >= ck { n[$1]++ }
+    END { m = 0; for (l in n) if (n[l] > m) m = n[l]; print m }' "$T/dump")"
+assert_eq "large frames: PostgreSQL has only the first increments" \
+    "5 7" "$(pg_value "$KA") $(pg_value "$KB")"
+tallyd_start -o server.workers=1 -o counters.max_key_bytes=2048 \
+    -o postgres.flush_interval=1h
+assert_eq "large frames: node total of the short key after recovery" \
+    $((5 + A_ACK)) "$(total "$KA")"
+assert_eq "large frames: node total of the long key after recovery" \
+    $((7 + B_ACK)) "$(total "$KB")"
+flush
+pg_wait_value "$KA" $((5 + A_ACK)) 60
+for i in $(seq 300); do
+	[ "$(pg_value "$KB")" = $((7 + B_ACK)) ] && break
+	sleep 0.2
+done
+assert_eq "large frames: PostgreSQL has the long key's total" \
+    $((7 + B_ACK)) "$(pg_value "$KB")"
+assert_eq "large frames: node totals once flushed" \
+    "$((5 + A_ACK)) $((7 + B_ACK))" "$(total "$KA") $(total "$KB")"
+tallyd_stop TERM
+assert_eq "large frames: SIGTERM exit status" 0 "$TALLYD_STATUS"
