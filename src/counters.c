@@ -74,8 +74,11 @@
  * Slots never return to EMPTY, so a probe run never loses a key it
  * passed; EVICTED slots are reused by inserts.
  */
+#include <sys/mman.h>
+
 #include <sched.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "counters.h"
 
@@ -179,6 +182,26 @@ entry_at_const(const struct counters *c, uint64_t i)
 {
 	return (const struct counter_entry *)(const void *)(c->slots +
 	    c->entries_off + i * c->stride);
+}
+
+void
+counters_populate(struct counters *c, uint64_t *done, uint64_t more)
+{
+	uint64_t want = c->nentries + more, page = (uint64_t)sysconf(_SC_PAGESIZE);
+	uintptr_t from, to;
+
+	if (want <= *done)
+		return;
+	if (want < *done + 1024)
+		want = *done + 1024;
+	if (want > c->nslots)
+		want = c->nslots;
+	from = (uintptr_t)entry_at_const(c, *done) & ~(uintptr_t)(page - 1);
+	to = ((uintptr_t)entry_at_const(c, want) + page - 1) &
+	    ~(uintptr_t)(page - 1);
+	/* A hint: without it, each page faults in on its first touch. */
+	(void)madvise((void *)from, to - from, MADV_POPULATE_WRITE);
+	*done = want;
 }
 
 void

@@ -142,6 +142,13 @@ void	counters_prefetch(const struct counters *c, const char *key,
 void	counters_prefetch_hash(const struct counters *c, uint64_t hash,
 	    int step);
 
+/*
+ * A lone process about to insert up to 'more' keys: map the entries they
+ * may take in one call rather than a page fault each.  *done (0 at first)
+ * is how far this process has mapped.
+ */
+void	counters_populate(struct counters *c, uint64_t *done, uint64_t more);
+
 /* --- a worker's increments --- */
 
 enum counters_rc {

@@ -57,6 +57,7 @@ struct rec_state {
 	size_t			 raw_used;
 	struct rec_staged	 staged[REC_BATCH];
 	int			 nstaged;
+	uint64_t		 populated;	/* counters_populate() */
 	uint64_t		 frames, records;
 	uint64_t		 now_us;
 	int			 idem_full_logged;
@@ -76,6 +77,7 @@ recovery_add_staged(struct rec_state *rs)
 	struct counter_entry *e;
 	int n = rs->nstaged;
 
+	counters_populate(c, &rs->populated, (uint64_t)n);
 	for (int i = 0; i < n; i++) {
 		struct rec_staged *s = &rs->staged[i];
 		const struct journal_record *r = &s->r;
