@@ -148,6 +148,7 @@ static struct worker {
 	struct req_ctx		 cur;	/* the request being answered */
 	struct req_ctx		 outer;	/* the one cur interrupted */
 	uint64_t		 now;	/* answer time of a batch, or 0 */
+	pid_t			 pid;	/* glibc asks the kernel each time */
 } W;
 
 static volatile sig_atomic_t worker_stop;	/* 1 graceful, 2 fast */
@@ -645,7 +646,7 @@ idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
 	if (ik_len == 0)
 		return 0;
 	switch (idem_begin(W.shm->idem, ik, ik_len, in->key, in->key_len,
-	    in->value, idem_now_us(), getpid(), ie, &status, &total)) {
+	    in->value, idem_now_us(), W.pid, ie, &status, &total)) {
 	case IDEM_NEW:
 		return 0;
 	case IDEM_REPLAY:
@@ -1171,6 +1172,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	W.shm = shm;
 	W.h = shm->hdr;
 	W.slotno = slot;
+	W.pid = getpid();
 	W.slot = &shm->hdr->slots[slot];
 	W.mslot = &shm->hdr->metrics.slots[slot];
 	W.own = shm->owners[slot];
