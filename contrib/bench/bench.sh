@@ -1156,24 +1156,25 @@ kv() { awk -F= -v n="$2" '$1 == n { print $2; exit }' "$1"; }
 # figure means its part, system or workload did not run.
 no_target() { printf '| %s | - | - | not measured |\n' "$1"; }
 
-# ratio_target TARGET SYSTEM BASE WORKLOAD FACTOR: SYSTEM's requests/s at
-# least FACTOR times BASE's.  Against h2o-null, also the bound that
-# PostgreSQL's share of the CPUs sets: requests/s can be at most the CPUs
-# over the CPU a request takes, and were the server and the load
-# generator no dearer than with h2o-null, a request would still take
-# PostgreSQL's microseconds on top of h2o-null's total.
+# ratio_target TARGET SYSTEM BASE WORKLOAD FACTOR [PART CONNS]: SYSTEM's
+# requests/s at least FACTOR times BASE's, in the compare part at CONNS
+# connections unless PART and CONNS say otherwise.  Against h2o-null,
+# also the bound that PostgreSQL's share of the CPUs sets: requests/s can
+# be at most the CPUs over the CPU a request takes, and were the server
+# and the load generator no dearer than with h2o-null, a request would
+# still take PostgreSQL's microseconds on top of h2o-null's total.
 ratio_target() {
-	local x y b=-
-	x=$(med_of compare "$2" "$4" "$CONNS" "$WORKERS" 6)
-	y=$(med_of compare "$3" "$4" "$CONNS" "$WORKERS" 6)
+	local x y b=- part=${6:-compare} c=${7:-$CONNS}
+	x=$(med_of "$part" "$2" "$4" "$c" "$WORKERS" 6)
+	y=$(med_of "$part" "$3" "$4" "$c" "$WORKERS" 6)
 	if [ -z "$x" ] || [ -z "$y" ]; then
 		no_target "$1"
 		return
 	fi
 	if [ "$3" = h2o-null ]; then
-		b=$(awk -v ns="$(med_of compare h2o-null "$4" "$CONNS" "$WORKERS" 14)" \
-		    -v ng="$(med_of compare h2o-null "$4" "$CONNS" "$WORKERS" 16)" \
-		    -v p="$(med_of compare "$2" "$4" "$CONNS" "$WORKERS" 15)" \
+		b=$(awk -v ns="$(med_of "$part" h2o-null "$4" "$c" "$WORKERS" 14)" \
+		    -v ng="$(med_of "$part" h2o-null "$4" "$c" "$WORKERS" 16)" \
+		    -v p="$(med_of "$part" "$2" "$4" "$c" "$WORKERS" 15)" \
 		    -v y="$y" -v c="$(nproc)" 'BEGIN { t = ns + ng + p
 			if (t > 0 && y > 0 && p != "")
 				printf "%.2f", c * 1e6 / t / y
@@ -1215,12 +1216,13 @@ rate_target() {
 }
 
 targets() {
-	local w bk=$OUT/backlog.txt mem=$OUT/memory.txt x
+	local w c bk=$OUT/backlog.txt mem=$OUT/memory.txt x
 	echo
 	echo "## Targets"
 	echo
 	echo "Request figures: the medians of the compare part below ($CONNS"
-	echo "connections, $WORKERS workers); fsync p99: tallyd-group's, from its"
+	echo "connections, $WORKERS workers), and of the conns part (random keys)"
+	echo "at its other counts from 64 to 256; fsync p99: tallyd-group's, from its"
 	echo "fsync histogram (see \"Journal and fsync\"). Drain and recovery: the"
 	echo "backlog part; memory: the memory part. \"not measured\": the part, a"
 	echo "system or the workload did not run. \"PostgreSQL's bound\": the"
@@ -1246,6 +1248,19 @@ targets() {
 	for w in random hot; do
 		ratio_target "tallyd-group, $w: requests/s >= redis-always" \
 		    tallyd-group redis-always "$w" 1
+	done
+	# The targets hold from 64 to 256 connections: the conns part's
+	# other counts in that range (random keys).
+	for c in $CONN_SWEEP; do
+		[ "$c" -ge 64 ] && [ "$c" -le 256 ] && [ "$c" != "$CONNS" ] ||
+		    continue
+		in_list conns "$PARTS" || continue
+		ratio_target "\`sync = group\`, random, $c connections: requests/s >= 0.80 x h2o-null" \
+		    tallyd-group h2o-null random 0.80 conns "$c"
+		ratio_target "\`sync = interval\`, random, $c connections: requests/s >= 0.90 x h2o-null" \
+		    tallyd-interval h2o-null random 0.90 conns "$c"
+		ratio_target "tallyd-group, random, $c connections: requests/s >= redis-always" \
+		    tallyd-group redis-always random 1 conns "$c"
 	done
 	rate_target "drain: keys/s flushed >= 100000" \
 	    "$(kv "$bk" drain_rows)" "$(kv "$bk" drain_from_connect_s)" \
@@ -1545,27 +1560,40 @@ if in_list conns "$PARTS" || in_list workers "$PARTS"; then
 	} >"$tmp/workers.dat"
 	ns=$(set -- $SCALE_SYSTEMS; echo $#)
 	nw=$(set -- $WORKER_SYSTEMS; echo $#)
-	gnuplot >"$tmp/gnuplot.log" 2>&1 <<-EOF || { cat "$tmp/gnuplot.log" >&2; die "gnuplot failed"; }
-	set terminal pngcairo size 1400,600 font ",10"
-	set output "$OUT/scaling.png"
-	set datafile missing "-"
-	set key outside right top vertical
-	set grid
-	set multiplot layout 1,2 title "tallyd benchmark ($commit, $started): random keys"
-	set title "requests/s against connections ($WORKERS workers)"
-	set logscale x 2
-	set xlabel "connections"
-	set yrange [0:*]
-	plot for [i=2:$((ns + 1))] "$tmp/conns.dat" using 1:i with linespoints lw 2 title columnheader(i)
-	unset logscale x
-	unset xlabel
-	set title "requests/s against workers ($CONNS connections)"
-	set style data histograms
-	set style histogram cluster gap 1
-	set style fill solid 0.85 border -1
-	plot for [i=2:$((nw + 1))] "$tmp/workers.dat" using i:xtic(1) title columnheader(i)
-	unset multiplot
-	EOF
+	# A panel for each of the two parts that ran: gnuplot refuses an
+	# empty one.
+	np=0
+	in_list conns "$PARTS" && np=$((np + 1))
+	in_list workers "$PARTS" && np=$((np + 1))
+	{
+		cat <<-EOF
+		set terminal pngcairo size $((700 * np)),600 font ",10"
+		set output "$OUT/scaling.png"
+		set datafile missing "-"
+		set key outside right top vertical
+		set grid
+		set multiplot layout 1,$np title "tallyd benchmark ($commit, $started): random keys"
+		set yrange [0:*]
+		EOF
+		in_list conns "$PARTS" && cat <<-EOF
+		set title "requests/s against connections ($WORKERS workers)"
+		set logscale x 2
+		set xlabel "connections"
+		plot for [i=2:$((ns + 1))] "$tmp/conns.dat" using 1:i with linespoints lw 2 title columnheader(i)
+		unset logscale x
+		unset xlabel
+		EOF
+		in_list workers "$PARTS" && cat <<-EOF
+		set title "requests/s against workers ($CONNS connections)"
+		set style data histograms
+		set style histogram cluster gap 1
+		set style fill solid 0.85 border -1
+		plot for [i=2:$((nw + 1))] "$tmp/workers.dat" using i:xtic(1) title columnheader(i)
+		EOF
+		echo "unset multiplot"
+	} >"$tmp/scaling.gp"
+	gnuplot "$tmp/scaling.gp" >"$tmp/gnuplot.log" 2>&1 ||
+	    { cat "$tmp/gnuplot.log" >&2; die "gnuplot failed"; }
 fi
 
 cat "$OUT/results.md"
