@@ -1252,8 +1252,9 @@ targets() {
 	# The targets hold from 64 to 256 connections: the conns part's
 	# other counts in that range (random keys).
 	for c in $CONN_SWEEP; do
-		[ "$c" -ge 64 ] && [ "$c" -le 256 ] && [ "$c" != "$CONNS" ] ||
-		    continue
+		if [ "$c" -lt 64 ] || [ "$c" -gt 256 ] || [ "$c" = "$CONNS" ]; then
+			continue
+		fi
 		in_list conns "$PARTS" || continue
 		ratio_target "\`sync = group\`, random, $c connections: requests/s >= 0.80 x h2o-null" \
 		    tallyd-group h2o-null random 0.80 conns "$c"
