@@ -187,7 +187,8 @@ entry_at_const(const struct counters *c, uint64_t i)
 void
 counters_populate(struct counters *c, uint64_t *done, uint64_t more)
 {
-	uint64_t want = c->nentries + more, page = (uint64_t)sysconf(_SC_PAGESIZE);
+	uint64_t want = c->nentries + more;
+	uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
 	uintptr_t from, to;
 
 	if (want <= *done)
