@@ -50,6 +50,7 @@
 #include "master.h"
 #include "metrics.h"
 #include "proc.h"
+#include "proctitle.h"
 #include "shm.h"
 #include "statsd.h"
 #include "syncer.h"
@@ -904,6 +905,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		log_init(0, "tallyd", log_facility_parse(cf->syslog_facility));
 		master_lock_pid();
 	}
+	proctitle_set("master process %s", proctitle_cmdline());
 
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);

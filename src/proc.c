@@ -16,6 +16,7 @@
 #include "flusher.h"
 #include "log.h"
 #include "proc.h"
+#include "proctitle.h"
 #include "recovery.h"
 #include "syncer.h"
 #include "worker.h"
@@ -91,6 +92,10 @@ proc_fork(enum proc_role role, int slot, const struct proc_env *env)
 	if ((pid = fork()) != 0)
 		return pid;
 	log_set_role(proc_name(role));
+	if (role == PROC_WORKER)
+		proctitle_set("worker process %d", slot);
+	else
+		proctitle_set("%s process", proc_name(role));
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = SIG_DFL;
 	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)

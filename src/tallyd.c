@@ -13,6 +13,7 @@
 
 #include "config.h"
 #include "master.h"
+#include "proctitle.h"
 
 #ifndef SYSCONFDIR
 #define SYSCONFDIR "/etc"
@@ -75,6 +76,7 @@ main(int argc, char *argv[])
 	char **overrides;
 	int ch, foreground = 0, test = 0, nover = 0;
 
+	argv = proctitle_init(argc, argv);
 	if ((overrides = calloc(argc, sizeof(*overrides))) == NULL)
 		return 1;
 	while ((ch = getopt(argc, argv, "c:fho:t")) != -1) {

@@ -187,6 +187,13 @@ assert_eq "-o counters.max_key_bytes=8: a 9-byte key" 400 "$(post 123456789 1)"
 assert_eq "-o server.max_body=100: a 101-byte body" 413 \
     "$(post_body "{\"key\":\"k\",\"value\":1}$(printf ' %.0s' $(seq 80))")"
 assert_eq "-o server.max_body=100: a small body" 202 "$(post k 1)"
+# A reload reads the file again under the same overrides, which the
+# daemon keeps apart from the memory its process title is written over.
+marks=$(grep -c . "$TALLYD_LOG")
+assert_eq "reload under overrides: exit 0" 0 "$(tallyctl reload >/dev/null; echo $?)"
+assert_eq "... changes no restart key" "" \
+    "$(tail -n +$((marks + 1)) "$TALLYD_LOG" | grep 'takes effect only at the next restart')"
+assert_eq "... and the overrides still hold: a 9-byte key" 400 "$(post 123456789 1)"
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 BASE=$SAVED

@@ -32,6 +32,28 @@ assert_eq "status --json: exit 0" 0 "$st"
 assert_match "status --json: journal positions" '"durable_lsn":[0-9]+' "$out"
 assert_match "status --json: PostgreSQL" '"postgres":\{"up":true\}' "$out"
 
+# ps(1) tells the processes apart: each one's title names the role that
+# status gives its pid, the master's keeps the command line; the name
+# that pgrep and pidof match stays tallyd's.
+title() { tr '\0' ' ' <"/proc/$1/cmdline" | sed 's/ *$//'; }
+assert_eq "the master's title" \
+    "tallyd: master process $TALLYD -f -c $CONF" "$(title "$TALLYD_PID")"
+roles=$(printf '%s\n' "$out" | grep -o '"role":"[a-z]*","pid":[0-9]*' |
+    sed 's/"role":"\([a-z]*\)","pid":\([0-9]*\)/\1 \2/')
+assert_eq "status --json names four children" 4 "$(printf '%s\n' "$roles" |
+    grep -c .)"
+w=0
+while read -r role p; do
+	want="tallyd: $role process"
+	if [ "$role" = worker ]; then
+		want="$want $w"
+		w=$((w + 1))
+	fi
+	assert_eq "the $role's title (pid $p)" "$want" "$(title "$p")"
+	assert_eq "the $role's name stays tallyd's" "$(cat "/proc/$TALLYD_PID/comm")" \
+	    "$(cat "/proc/$p/comm")"
+done <<<"$roles"
+
 assert_eq "POST k" 202 "$(post k 5)"
 assert_eq "get k" "k 5" "$(tallyctl get k)"
 assert_eq "get --json k" '{"key":"k","value":5,' \
