@@ -30,6 +30,7 @@
 #include "idem.h"
 #include "log.h"
 #include "recovery.h"
+#include "request.h"
 
 /*
  * Records decoded but not yet added, with their frame's position: they
@@ -86,6 +87,25 @@ recovery_add_staged(struct rec_state *rs)
 		if (i + REC_AHEAD < n)
 			counters_prefetch_hash(c,
 			    rs->staged[i + REC_AHEAD].hash, 1);
+		if (r->key_len > rs->cf->max_key_bytes) {
+			/* A restart under a lower limit than it was written. */
+			if (r->key_len <= REQUEST_MAX_KEY_BYTES)
+				log_warnx("journal record at LSN %llu has a "
+				    "key of %u bytes, more than "
+				    "counters.max_key_bytes (%zu); set it to "
+				    "at least %u to replay the journal",
+				    (unsigned long long)s->lsn,
+				    (unsigned)r->key_len,
+				    rs->cf->max_key_bytes,
+				    (unsigned)r->key_len);
+			else
+				log_warnx("journal record at LSN %llu has a "
+				    "key of %u bytes, more than this version "
+				    "takes (%d)", (unsigned long long)s->lsn,
+				    (unsigned)r->key_len,
+				    REQUEST_MAX_KEY_BYTES);
+			return -1;
+		}
 		if ((e = counters_get(c, r->key, r->key_len)) == NULL) {
 			log_warnx("counter table full (max_keys %llu) "
 			    "at LSN %llu; raise counters.max_keys",
@@ -326,8 +346,9 @@ recovery_replay(struct rec_state *rs)
 			st = journal_frame_check(f, h->seg_size -
 			    p % h->seg_size, p, h->epoch, &fi);
 		if (st == FRAME_OK) {
+			/* A limit of the configuration: restarts fail alike. */
 			if ((rc = recovery_apply(rs, f, &fi)) == -2)
-				return 1;
+				return 2;
 			if (rc == -1) {
 				st = FRAME_BAD;
 				fi.why = "records do not decode";
@@ -370,7 +391,7 @@ recovery_replay(struct rec_state *rs)
 		p = found;
 	}
 	if (recovery_add_staged(rs) == -1)
-		return 1;
+		return 2;
 	if (recovery_cut(rs, p) == -1) {
 		log_warn("cannot cut the journal tail at LSN %llu",
 		    (unsigned long long)p);

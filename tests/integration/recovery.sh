@@ -154,3 +154,28 @@ assert_eq "large frames: node totals once flushed" \
     "$((5 + A_ACK)) $((7 + B_ACK))" "$(total "$KA") $(total "$KB")"
 tallyd_stop TERM
 assert_eq "large frames: SIGTERM exit status" 0 "$TALLYD_STATUS"
+
+# --- a restart under a lower counters.max_key_bytes
+# The journal holds a key longer than the new limit: recovery refuses to
+# start and says which setting and what length, rather than blaming
+# max_keys; the journal is left as it was, and the old limit replays it.
+KC=$(printf 'c%.0s' $(seq 100))
+tallyd_start -o postgres.flush_interval=1h
+assert_eq "lower key limit: a 100-byte key" 202 "$(post "$KC" 3)"
+tallyd_kill9_all
+st=0
+timeout 60 "$TALLYD" -f -c "$CONF" -o counters.max_key_bytes=64 \
+    >"$T/short.out" 2>&1 </dev/null || st=$?
+assert_eq "lower key limit: tallyd exits 2" 2 "$st"
+assert_match "lower key limit: the error names the record and the setting" \
+    'journal record at LSN [0-9]+ has a key of 100 bytes, more than counters\.max_key_bytes \(64\); set it to at least 100 to replay the journal' \
+    "$(cat "$T/short.out")"
+assert_eq "lower key limit: the error does not blame max_keys" 0 \
+    "$(grep -c 'table full' "$T/short.out")"
+tallyd_start -o postgres.flush_interval=1h
+assert_eq "lower key limit: the old limit replays the journal" 3 \
+    "$(total "$KC")"
+flush
+pg_wait_value "$KC" 3 60
+tallyd_stop TERM
+assert_eq "lower key limit: SIGTERM exit status" 0 "$TALLYD_STATUS"
