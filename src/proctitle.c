@@ -22,7 +22,8 @@ extern char **environ;
 static char	*title;		/* exec's argv memory, NULL: no titles */
 static size_t	 room;		/* its bytes, up to the environment's end */
 static char	*cmdline = "";
-static char   **args;		/* the copy main() goes on with */
+/* The copy main() goes on with; volatile, as it is only ever written. */
+static char  **volatile args;
 
 static void
 free_vec(char **v, int n)
