@@ -880,6 +880,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	struct pollfd pfd[2 + CONTROL_MAX_CLIENTS];
 	int slot[2 + CONTROL_MAX_CLIENTS];
 	int ready_fd = -1, sigfd, sig, n, npfd, timeout;
+	char thp[32];
 
 	M.cf = cf;
 	M.path = path;
@@ -952,6 +953,14 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	log_info("serving on %s%s with %d workers, journal %s, sync = %s",
 	    cf->listen[0], cf->nlisten > 1 ? " and more" : "", cf->workers,
 	    cf->journal_dir, cf->sync == SYNC_GROUP ? "group" : "interval");
+	if (shm_huge_pages(thp, sizeof(thp)))
+		log_info("shared memory: %zu MiB reserved, in 2 MiB pages as "
+		    "it is touched (%s: %s)", M.shm.size >> 20,
+		    SHM_THP_POLICY, thp);
+	else
+		log_info("shared memory: %zu MiB reserved, in 4 KiB pages "
+		    "(%s: %s; \"advise\" gives its tables 2 MiB pages)",
+		    M.shm.size >> 20, SHM_THP_POLICY, thp);
 	if (ready_fd != -1) {
 		(void)write(ready_fd, "", 1);
 		close(ready_fd);

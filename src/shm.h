@@ -19,6 +19,7 @@
 #include "ratelimit.h"
 
 #define SHM_MAGIC	0x54414c4c59534d31ULL	/* "TALLYSM1" */
+#define SHM_THP_POLICY	"/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 /* Per worker slot: its pid, its eventfd, its in-flight journal write. */
 struct shm_slot {
@@ -120,6 +121,7 @@ struct shm {
 
 /* Map and initialise the region for cf.  -1 with errno on failure. */
 int	shm_create(struct shm *s, const struct config *cf);
+int	shm_huge_pages(char *policy, size_t len);
 void	shm_destroy(struct shm *s);
 
 /* An orphan entry being filled in: the syncer leaves it alone. */

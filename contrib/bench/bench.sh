@@ -35,6 +35,9 @@
 #   WORKER_SYSTEMS="tallyd-group tallyd-interval h2o-null nginx"
 #   BACKLOG=500000*   BACKLOG_KEYS=100000*   increments and distinct keys
 #   OUT=./bench-results   PARTS="compare conns workers backlog memory"
+#   THP_SHMEM=advise  the kernel's huge page policy for shared memory
+#                     during the run (restored at exit), as tallyd(8)
+#                     advises; empty: leave the machine's as it is
 #   TALLYD, TALLYCTL, NULLSRV (the tree's src/ and contrib/bench/),
 #   PG_BINDIR (pg_config --bindir), INSTALL=1 (apt-get what is missing)
 #
@@ -72,6 +75,8 @@ INSTALL=${INSTALL:-1}
 # Enough Idempotency-Keys for a long idem run on a fast machine.
 IDEM_MAX_KEYS=${IDEM_MAX_KEYS:-2000000}
 FLUSH_INTERVAL=${FLUSH_INTERVAL:-1s}
+THP_SHMEM=${THP_SHMEM-advise}
+THP_FILE=/sys/kernel/mm/transparent_hugepage/shmem_enabled
 
 usage() {
 	sed -n '3,/^set -u$/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -196,6 +201,7 @@ pg_rate=
 gen_pid=
 pg_running=
 extra_pids=
+thp_saved=	# the huge page policy to put back at exit
 
 as_pg() {
 	if as_root; then
@@ -238,6 +244,7 @@ cleanup() {
 	done
 	pg_stop
 	[ -n "$policy_rc" ] && rm -f /usr/sbin/policy-rc.d
+	[ -n "$thp_saved" ] && echo "$thp_saved" >"$THP_FILE"
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -266,6 +273,19 @@ fi
 for b in "$TALLYD" "$TALLYCTL" "$NULLSRV"; do
 	[ -x "$b" ] || die "$b is not an executable (./configure && make first)"
 done
+# tallyd's tables in 2 MiB pages, as an operator following tallyd(8)
+# would have them; under "advise" only memory that asks gets them, and
+# no other system here asks.
+thp_policy() { sed -n 's/.*\[\([a-z_]*\)\].*/\1/p' "$THP_FILE" 2>/dev/null; }
+if [ -n "$THP_SHMEM" ] && [ "$(thp_policy)" != "$THP_SHMEM" ]; then
+	thp_old=$(thp_policy)
+	[ -n "$thp_old" ] || die "THP_SHMEM: $THP_FILE cannot be read"
+	echo "$THP_SHMEM" >"$THP_FILE" 2>/dev/null ||
+	    die "THP_SHMEM: cannot write '$THP_SHMEM' to $THP_FILE"
+	thp_saved=$thp_old
+	say "$THP_FILE: $THP_SHMEM (was $thp_old, restored at exit)"
+fi
+THP_USED=$(thp_policy)
 # tallyd's own check, so that a bad value stops the bench before any run.
 printf '[postgres]\nflush_interval = %s\n' "$FLUSH_INTERVAL" >"$tmp/check.conf"
 "$TALLYD" -t -c "$tmp/check.conf" >/dev/null || die "FLUSH_INTERVAL '$FLUSH_INTERVAL'"
@@ -1339,7 +1359,8 @@ report() {
 		echo "## Systems and workloads"
 		echo
 		echo "$CONNS connections, $WORKERS workers, $THREADS load generator thread(s);"
-		echo "tallyd's flush_interval $FLUSH_INTERVAL."
+		echo "tallyd's flush_interval $FLUSH_INTERVAL; huge pages for shared memory:"
+		echo "${THP_USED:-unknown} ($THP_FILE)."
 		echo
 		echo "| system | workload | requests/s | vs null | p50 | p99 | p50 vs null | p99 vs null | errors |"
 		echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
