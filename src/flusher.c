@@ -1612,6 +1612,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 	struct flusher fl;
 	struct sigaction sa;
 	uint64_t next_flush, interval, refresh;
+	int stop;
 
 	log_set_role("flusher");
 	memset(&sa, 0, sizeof(sa));
@@ -1659,6 +1660,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 		interval = shm_load(&fl.h->flush_interval_us);
 		next_flush = flusher_now_us() + (interval > FL_MIN_INTERVAL_US ?
 		    interval : FL_MIN_INTERVAL_US);
+		stop = flusher_stopping(&fl);
 		if (flusher_flush(&fl) == -1) {
 			if (flusher_stopping(&fl) == 2)
 				break;
@@ -1673,12 +1675,21 @@ flusher_main(const struct config *cf, struct shm *shm)
 			continue;
 		}
 		fl.backoff_ms = 0;
-		if (flusher_stopping(&fl) == 1) {
+		/*
+		 * The master signals the stop once the syncer is gone, so the
+		 * durable position a flush reads after the signal is the
+		 * journal's last.  One begun before it read an earlier one:
+		 * the frames acknowledged since must not wait for the next
+		 * start's replay.
+		 */
+		if (stop == 1) {
 			log_info("final flush done at LSN %llu",
 			    (unsigned long long)shm_load(
 			    &fl.h->checkpoint_lsn));
 			break;
 		}
+		if (flusher_stopping(&fl) != 0)
+			continue;
 		flusher_expire_keys(&fl);
 		if ((refresh = flusher_refresh_keys(&fl)) == 0 ||
 		    flusher_refresh(&fl, &fl.refresh_slot, refresh,
@@ -1688,7 +1699,9 @@ flusher_main(const struct config *cf, struct shm *shm)
 				flusher_wait(&fl, fl.retry_at_us);
 			continue;
 		}
-		flusher_wait(&fl, next_flush);
+		/* A stop signalled meanwhile is flushed for at once. */
+		if (flusher_stopping(&fl) == 0)
+			flusher_wait(&fl, next_flush);
 	}
 	flusher_teardown(&fl);
 	return 0;
