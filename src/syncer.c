@@ -314,7 +314,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 	struct sigaction sa;
 	struct pollfd pfd;
 	uint64_t last_sync = now_us(), buf, written;
-	int group = cf->sync == SYNC_GROUP;
+	int group = cf->sync == SYNC_GROUP, stop;
 
 	log_set_role("syncer");
 	memset(&sa, 0, sizeof(sa));
@@ -342,6 +342,12 @@ syncer_main(const struct config *cf, struct shm *shm)
 			break;
 		if (poll(&pfd, 1, syncer_stop ? 0 : timeout) > 0)
 			(void)read(h->syncer_efd, &buf, sizeof(buf));
+		/*
+		 * The master signals a graceful stop once the workers are
+		 * gone: only a scan begun after the signal has seen their last
+		 * frames, so only that pass may be the last.
+		 */
+		stop = syncer_stop;
 		written = syncer_scan(&j, h, shm_load(&h->written_lsn), 1);
 		if (written > shm_load(&h->written_lsn))
 			shm_advance(&h->written_lsn, written);
@@ -351,7 +357,7 @@ syncer_main(const struct config *cf, struct shm *shm)
 				syncer_wake_workers(h);
 			last_sync = now_us();
 		}
-		if (syncer_stop == 1)
+		if (stop == 1)
 			break;
 		proc_reloaded(h);
 		journal_forget(&j, shm_load(&h->start_lsn));

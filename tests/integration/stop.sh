@@ -1,16 +1,53 @@
 #!/bin/bash
 # A graceful stop leaves PostgreSQL holding every acknowledged increment,
-# with the checkpoint at the journal's end, even when the stop reaches the
-# flusher in the middle of a flush that began before the last increments
-# were acknowledged.  A second session holds a lock on the counters that
-# keeps that flush waiting until the stop has reached the flusher.
+# with the checkpoint at the journal's end, even when the stop reaches a
+# process in the middle of work that began before the last increments
+# were acknowledged:
+#  1. the flusher, in a flush that a second session's lock on the counters
+#     keeps waiting until the stop has reached it;
+#  2. the syncer (sync = interval), held by gdb in the fdatasync of a pass
+#     whose scan ended before the last frame was written.
 . "$(dirname "$0")/lib.sh"
-need psql
+need psql gdb
+
+# pids ROLE: the pids tallyctl status lists for ROLE.
+pids() {
+	tallyctl status | sed -n "s/^ *$1 *pid \([0-9]*\).*/\1/p"
+}
+
+# stopped NODE: tallyd has exited, cleanly, and PostgreSQL's checkpoint
+# for NODE and the flusher's last word are the journal's end.
+stopped() {
+	local st end
+	if wait_gone 30 "$TALLYD_PID"; then
+		wait "$TALLYD_PID" 2>/dev/null
+		TALLYD_STATUS=$?
+		TALLYD_PID=
+		assert_eq "$1: SIGTERM: exit status" 0 "$TALLYD_STATUS"
+		no_crashes
+	else
+		notok "$1: tallyd did not stop within 30 s of SIGTERM"
+		tallyd_kill9_all
+	fi
+	st=0
+	tallyctl journal verify "$T/state/journal" >"$T/verify" 2>&1 || st=$?
+	assert_eq "$1: journal verify after the stop" 0 "$st"
+	end=$(sed -n 's/.*LSN [0-9]* to \([0-9]*\)$/\1/p' "$T/verify")
+	assert_match "$1: journal verify gives the journal's end" '^[0-9]+$' \
+	    "$end"
+	assert_eq "$1: PostgreSQL's checkpoint is the journal's end" "$end" \
+	    "$(pg_sql "select lsn from tally_checkpoints where node = '$1'")"
+	assert_match "$1: the log's final flush is at the journal's end" \
+	    "final flush done at LSN $end\$" \
+	    "$(grep 'final flush done' "$TALLYD_LOG")"
+}
 
 pg_start
+
+# ================================================================ 1
+note "1: the stop reaches the flusher in the middle of a flush"
 tallyd_conf "[server]" "node = stop1"
 tallyd_start
-
 [ "$(post stop-a 1)" = 202 ] || notok "POST stop-a: $(last_status)"
 pg_wait_value stop-a 1
 
@@ -44,8 +81,7 @@ assert_eq "the flusher's next flush waits for the lock" 1 "$(lock_waiters)"
 # Acknowledged while that flush waits: beyond the durable position it read.
 [ "$(post stop-b 1)" = 202 ] || notok "POST stop-b: $(last_status)"
 
-status=$(tallyctl status)
-others=$(echo "$status" | sed -n 's/^ *\(worker\|syncer\) *pid \([0-9]*\).*/\2/p')
+others="$(pids worker) $(pids syncer)"
 assert_eq "tallyctl status lists two workers and the syncer" 3 \
     "$(echo $others | wc -w)"
 kill -TERM "$TALLYD_PID"
@@ -58,28 +94,55 @@ assert_eq "the flush still waits when the stop reaches the flusher" 1 \
 echo "commit;" >&7
 exec 7>&-
 wait "$LOCKER"
-
-if wait_gone 30 "$TALLYD_PID"; then
-	wait "$TALLYD_PID" 2>/dev/null
-	TALLYD_STATUS=$?
-	TALLYD_PID=
-	assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
-	no_crashes
-else
-	notok "tallyd did not stop within 30 s of SIGTERM"
-	tallyd_kill9_all
-fi
-
+stopped stop1
 assert_eq "PostgreSQL has stop-a's two increments" 2 "$(pg_value stop-a)"
 assert_eq "PostgreSQL has stop-b, acknowledged during the waiting flush" 1 \
     "$(pg_value stop-b)"
-st=0
-tallyctl journal verify "$T/state/journal" >"$T/verify" 2>&1 || st=$?
-assert_eq "journal verify after the stop" 0 "$st"
-end=$(sed -n 's/.*LSN [0-9]* to \([0-9]*\)$/\1/p' "$T/verify")
-assert_match "journal verify gives the journal's end" '^[0-9]+$' "$end"
-assert_eq "PostgreSQL's checkpoint is the journal's end" "$end" \
-    "$(pg_sql "select lsn from tally_checkpoints where node = 'stop1'")"
-assert_match "the log's final flush is at the journal's end" \
-    "final flush done at LSN $end\$" \
-    "$(grep 'final flush done' "$TALLYD_LOG")"
+
+# ================================================================ 2
+note "2: the stop reaches the syncer in the middle of a pass"
+rm -rf "$T/state"
+tallyd_conf "[server]" "node = stop2" "[journal]" "sync = interval" \
+    "sync_interval = 10ms"
+tallyd_start
+[ "$(post stop-c 1)" = 202 ] || notok "POST stop-c: $(last_status)"
+pg_wait_value stop-c 1
+syncer=$(pids syncer)
+workers=$(pids worker)
+assert_match "the syncer's pid" '^[0-9]+$' "$syncer"
+# gdb holds the syncer at its next journal_sync, which comes only with a
+# frame to sync, until told to let it go.
+gdb -q -nx -batch -p "$syncer" -ex 'break journal_sync' -ex continue \
+    -ex "shell for i in \$(seq 300); do [ -e '$T/go' ] && break; sleep 0.1; done" \
+    -ex detach >"$T/gdb.out" 2>&1 </dev/null &
+GDB=$!
+BGPIDS+=("$GDB")
+for i in $(seq 200); do
+	grep -q '^Breakpoint 1 at' "$T/gdb.out" && break
+	sleep 0.1
+done
+grep -q '^Breakpoint 1 at' "$T/gdb.out" ||
+    { cat "$T/gdb.out"; die "gdb did not attach"; }
+[ "$(post stop-c 1)" = 202 ] || notok "POST stop-c again: $(last_status)"
+for i in $(seq 100); do
+	grep -q '^Breakpoint 1, .*journal_sync' "$T/gdb.out" && break
+	sleep 0.1
+done
+assert_match "gdb holds the syncer in journal_sync" \
+    'Breakpoint 1, .*journal_sync' "$(cat "$T/gdb.out")"
+# Acknowledged (sync = interval) after the held pass's scan.
+[ "$(post stop-d 1)" = 202 ] || notok "POST stop-d: $(last_status)"
+kill -TERM "$TALLYD_PID"
+# shellcheck disable=SC2086
+wait_gone 10 $workers || notok "the workers did not stop"
+# The master signals the syncer as soon as it has reaped the workers; the
+# signal waits in the held syncer until gdb lets it go.
+sleep 0.5
+assert_eq "gdb still holds the syncer when the stop reaches it" 1 \
+    "$(grep -c '^Breakpoint 1, ' "$T/gdb.out")"
+touch "$T/go"
+wait "$GDB"
+stopped stop2
+assert_eq "PostgreSQL has stop-c's two increments" 2 "$(pg_value stop-c)"
+assert_eq "PostgreSQL has stop-d, written after the held pass's scan" 1 \
+    "$(pg_value stop-d)"
