@@ -572,12 +572,7 @@ fstop TERM
 NFAULTS=$((NFAULTS + 1))
 assert_eq "8: SIGTERM under load: exit status" 0 "$TALLYD_STATUS"
 load_stop
-st=0
-tallyctl journal verify "$JDIR" >"$T/v8" 2>&1 || st=$?
-assert_eq "8: journal verify after SIGTERM" 0 "$st"
-end=$(sed -n 's/.*LSN [0-9]* to \([0-9]*\)$/\1/p' "$T/v8")
-assert_eq "8: PostgreSQL's checkpoint is the end of the journal" "$end" \
-    "$(pg_sql "select lsn from tally_checkpoints where node = 'term8'")"
+checkpoint_at_journal_end 8 term8 "$JDIR"
 for i in "${!LKEYS[@]}"; do
 	k=${LKEYS[$i]}
 	a=$(acked "$k")

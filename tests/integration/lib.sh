@@ -432,6 +432,39 @@ tallyctl() { "$TALLYCTL" -c "$CONF" "$@"; }
 # flush: ask for a flush and wait for it (tallyctl flush waits).
 flush() { tallyctl flush >/dev/null || notok "tallyctl flush failed"; }
 
+# checkpoint_at_journal_end LABEL NODE [JDIR]: after a stop that flushed,
+# the journal verifies and PostgreSQL's checkpoint for NODE is its end,
+# which is left in JOURNAL_END.
+checkpoint_at_journal_end() {
+	local label=$1 node=$2 st=0
+	shift 2
+	tallyctl journal verify "$@" >"$T/verify.out" 2>&1 || st=$?
+	assert_eq "$label: journal verify after the stop" 0 "$st"
+	JOURNAL_END=$(sed -n 's/.*LSN [0-9]* to \([0-9]*\)$/\1/p' "$T/verify.out")
+	assert_match "$label: journal verify gives the journal's end" '^[0-9]+$' \
+	    "$JOURNAL_END"
+	assert_eq "$label: PostgreSQL's checkpoint is the end of the journal" \
+	    "$JOURNAL_END" \
+	    "$(pg_sql "select lsn from tally_checkpoints where node = '$node'")"
+}
+
+# gdb_attach PID OUT GDB_ARG...: gdb in batch mode on PID in the background
+# (its pid in GDB_PID, its output in OUT), returning once its first
+# breakpoint is set.
+gdb_attach() {
+	local pid=$1 out=$2 i
+	shift 2
+	gdb -q -nx -batch -p "$pid" "$@" >"$out" 2>&1 </dev/null &
+	GDB_PID=$!
+	BGPIDS+=("$GDB_PID")
+	for i in $(seq 200); do
+		grep -q '^Breakpoint 1 at' "$out" && return 0
+		sleep 0.1
+	done
+	cat "$out"
+	die "gdb did not attach to pid $pid"
+}
+
 journal_records() { tallyctl journal dump | wc -l; }
 
 # ---------------------------------------------------------------- HTTP

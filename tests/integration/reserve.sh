@@ -31,15 +31,9 @@ kill_in_reserve() {
 	done
 	assert_match "$1: the worker's pid" '^[0-9]+$' "$w"
 	out=$T/gdb.$w
-	gdb -q -nx -batch -p "$w" -ex 'break journal_reserve' -ex continue \
-	    -ex finish -ex kill >"$out" 2>&1 </dev/null &
-	g=$!
-	BGPIDS+=("$g")
-	for i in $(seq 200); do
-		grep -q '^Breakpoint 1 at' "$out" && break
-		sleep 0.1
-	done
-	grep -q '^Breakpoint 1 at' "$out" || { cat "$out"; die "gdb did not attach"; }
+	gdb_attach "$w" "$out" -ex 'break journal_reserve' -ex continue \
+	    -ex finish -ex kill
+	g=$GDB_PID
 	curl -s -m 20 -o /dev/null -H 'Content-Type: application/json' \
 	    --data-binary "{\"key\":\"a\",\"value\":$2}" "$BASE/increment" &
 	BGPIDS+=($!)

@@ -18,7 +18,6 @@ pids() {
 # stopped NODE: tallyd has exited, cleanly, and PostgreSQL's checkpoint
 # for NODE and the flusher's last word are the journal's end.
 stopped() {
-	local st end
 	if wait_gone 30 "$TALLYD_PID"; then
 		wait "$TALLYD_PID" 2>/dev/null
 		TALLYD_STATUS=$?
@@ -29,16 +28,9 @@ stopped() {
 		notok "$1: tallyd did not stop within 30 s of SIGTERM"
 		tallyd_kill9_all
 	fi
-	st=0
-	tallyctl journal verify "$T/state/journal" >"$T/verify" 2>&1 || st=$?
-	assert_eq "$1: journal verify after the stop" 0 "$st"
-	end=$(sed -n 's/.*LSN [0-9]* to \([0-9]*\)$/\1/p' "$T/verify")
-	assert_match "$1: journal verify gives the journal's end" '^[0-9]+$' \
-	    "$end"
-	assert_eq "$1: PostgreSQL's checkpoint is the journal's end" "$end" \
-	    "$(pg_sql "select lsn from tally_checkpoints where node = '$1'")"
+	checkpoint_at_journal_end "$1" "$1"
 	assert_match "$1: the log's final flush is at the journal's end" \
-	    "final flush done at LSN $end\$" \
+	    "final flush done at LSN $JOURNAL_END\$" \
 	    "$(grep 'final flush done' "$TALLYD_LOG")"
 }
 
@@ -112,17 +104,9 @@ workers=$(pids worker)
 assert_match "the syncer's pid" '^[0-9]+$' "$syncer"
 # gdb holds the syncer at its next journal_sync, which comes only with a
 # frame to sync, until told to let it go.
-gdb -q -nx -batch -p "$syncer" -ex 'break journal_sync' -ex continue \
+gdb_attach "$syncer" "$T/gdb.out" -ex 'break journal_sync' -ex continue \
     -ex "shell for i in \$(seq 300); do [ -e '$T/go' ] && break; sleep 0.1; done" \
-    -ex detach >"$T/gdb.out" 2>&1 </dev/null &
-GDB=$!
-BGPIDS+=("$GDB")
-for i in $(seq 200); do
-	grep -q '^Breakpoint 1 at' "$T/gdb.out" && break
-	sleep 0.1
-done
-grep -q '^Breakpoint 1 at' "$T/gdb.out" ||
-    { cat "$T/gdb.out"; die "gdb did not attach"; }
+    -ex detach
 [ "$(post stop-c 1)" = 202 ] || notok "POST stop-c again: $(last_status)"
 for i in $(seq 100); do
 	grep -q '^Breakpoint 1, .*journal_sync' "$T/gdb.out" && break
@@ -141,7 +125,7 @@ sleep 0.5
 assert_eq "gdb still holds the syncer when the stop reaches it" 1 \
     "$(grep -c '^Breakpoint 1, ' "$T/gdb.out")"
 touch "$T/go"
-wait "$GDB"
+wait "$GDB_PID"
 stopped stop2
 assert_eq "PostgreSQL has stop-c's two increments" 2 "$(pg_value stop-c)"
 assert_eq "PostgreSQL has stop-d, written after the held pass's scan" 1 \
