@@ -64,7 +64,7 @@
 #define FL_PRUNE_US		60000000 /* expired Idempotency-Keys, PostgreSQL */
 #define FL_PREFETCH		8	/* keys ahead a shared entry is asked for */
 
-/* 1: graceful stop (SIGTERM, SIGINT), 2: fast stop (SIGQUIT). */
+/* 1: graceful stop (SIGTERM), 2: fast stop (SIGQUIT). */
 static volatile sig_atomic_t flusher_signal;
 
 /* One key of the batch being built. */
@@ -1620,10 +1620,8 @@ flusher_main(const struct config *cf, struct shm *shm)
 	/* No SA_RESTART: a stop signal must cut a poll() short. */
 	sa.sa_handler = flusher_on_signal;
 	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGQUIT, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
-	sigaction(SIGHUP, &sa, NULL);
 	sigaction(SIGPIPE, &sa, NULL);
 
 	if (flusher_setup(&fl, cf, shm) == -1) {

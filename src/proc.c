@@ -100,6 +100,18 @@ proc_fork(enum proc_role role, int slot, const struct proc_env *env)
 	sa.sa_handler = SIG_DFL;
 	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
 		sigaction(sigs[i], &sa, NULL);
+	/*
+	 * ^C in a terminal and a hangup reach the whole process group, and
+	 * "pkill -HUP tallyd" every process: only the master acts on them,
+	 * stopping the children in order (workers, syncer, flusher) or
+	 * reloading.  A child that stopped on its own would leave the
+	 * workers' last frames unsynced and unflushed, or die of SIGHUP.
+	 */
+	sa.sa_handler = SIG_IGN;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	/* Before the parent-death signal: a change of uid clears it. */
+	proc_drop(env);
 	/* SIGQUIT is a fast stop: the journal makes it safe. */
 	if (prctl(PR_SET_PDEATHSIG, SIGQUIT) == -1)
 		log_warn("%s: prctl", __func__);
@@ -107,6 +119,5 @@ proc_fork(enum proc_role role, int slot, const struct proc_env *env)
 		_exit(PROC_EXIT_OK);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	proc_drop(env);
 	exit(proc_run(role, slot, env));
 }

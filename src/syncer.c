@@ -320,7 +320,6 @@ syncer_main(const struct config *cf, struct shm *shm)
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = syncer_signal;
 	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGQUIT, &sa, NULL);
 	if (journal_open(&j, cf->journal_dir, h->seg_size, h->epoch,
 	    cf->node) == -1)

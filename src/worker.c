@@ -1188,7 +1188,6 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = worker_signal;
 	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGQUIT, &sa, NULL);
 	sa.sa_handler = SIG_IGN;
 	sigaction(SIGPIPE, &sa, NULL);

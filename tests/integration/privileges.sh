@@ -30,3 +30,25 @@ done
 assert_eq "control socket is 0660" 660 "$(stat -c %a "$T/tallyd.sock")"
 tallyd_stop TERM
 assert_eq "SIGTERM: exit 0" 0 "$TALLYD_STATUS"
+
+# The children die with the master even though they changed uid, which
+# clears a parent-death signal set before it: no orphan keeps the port,
+# the lock and the journal from the next start.
+tallyd_start
+kids=$(descendants "$TALLYD_PID")
+kill -9 "$TALLYD_PID"
+wait "$TALLYD_PID" 2>/dev/null
+TALLYD_PID=
+# shellcheck disable=SC2086
+if wait_gone 10 $kids; then
+	ok "kill -9 of the master: its children exit too"
+else
+	notok "kill -9 of the master: children left: $kids"
+	# shellcheck disable=SC2086
+	kill -9 $kids 2>/dev/null
+fi
+tallyd_start
+assert_eq "a new start after the master's kill -9: POST" 202 "$(post k 1)"
+tallyd_stop TERM
+assert_eq "a new start after the master's kill -9: SIGTERM: exit 0" 0 \
+    "$TALLYD_STATUS"
