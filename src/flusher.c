@@ -167,6 +167,7 @@ struct flusher {
 	uint64_t		 retry_at_us;
 	uint64_t		 stop_deadline_us;
 	int			 ckp_warned;
+	int			 skip_warned;	/* flusher_reconcile cannot skip */
 	int			 keys_loaded;	/* from PostgreSQL, once */
 	uint64_t		 next_prune_us;
 	/* For the committed-value lookups: keys copied out of the table. */
@@ -690,12 +691,27 @@ flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
 	return 0;
 }
 
-/* Compare PostgreSQL's checkpoint for this node with ours. */
+/*
+ * Compare PostgreSQL's checkpoint for this node with ours.
+ *
+ * Until a flush of this run has written it, PostgreSQL's checkpoint can
+ * be past the end of the journal that recovery found: the state
+ * directory went back in time (a snapshot or a backup was restored), or
+ * the disk lost writes it had said were synced.  What we found at start
+ * is then in PostgreSQL already, but the frames journaled since reuse
+ * positions its checkpoint covers, and they are new: the checkpoint
+ * moves to the end found at start, never past it.  Measured against
+ * durable_lsn instead, the first case would flush the found frames
+ * twice, and the second (PostgreSQL back after frames were journaled)
+ * would skip new ones.  Once this run's flushes move it, PostgreSQL's
+ * checkpoint may be anywhere up to durable_lsn (a flusher died between
+ * its COMMIT and the local file).
+ */
 static int
 flusher_reconcile(struct flusher *fl)
 {
 	struct shm_hdr *h = fl->h;
-	uint64_t seg = h->seg_size, cur, durable, pgl;
+	uint64_t seg = h->seg_size, cur, end, pgl, to;
 	char epoch[33];
 	int rc;
 
@@ -707,11 +723,16 @@ flusher_reconcile(struct flusher *fl)
 	fl->pg_cp_lsn = pgl;
 	if (!fl->pg_cp_known)
 		return 0;	/* nothing flushed from this journal yet */
-	cur = shm_load(&h->checkpoint_lsn);
-	durable = shm_load(&h->durable_lsn);
-	if (journal_lsn_normalize(seg, pgl) == journal_lsn_normalize(seg, cur))
+	cur = journal_lsn_normalize(seg, shm_load(&h->checkpoint_lsn));
+	end = journal_lsn_normalize(seg, shm_load(
+	    __atomic_load_n(&h->pg_cp_current, __ATOMIC_RELAXED) ?
+	    &h->durable_lsn : &h->recovered_lsn));
+	to = journal_lsn_normalize(seg, pgl);
+	if (to <= end)
+		__atomic_store_n(&h->pg_cp_current, 1, __ATOMIC_RELAXED);
+	if (to == cur)
 		return 0;
-	if (pgl < cur) {
+	if (to < cur) {
 		log_warnx("PostgreSQL's checkpoint for node '%s' (LSN %llu) is "
 		    "behind the local one (LSN %llu): was PostgreSQL restored "
 		    "from a backup? Increments between the two are not "
@@ -720,26 +741,39 @@ flusher_reconcile(struct flusher *fl)
 		    (unsigned long long)cur);
 		return 0;
 	}
-	if (pgl > durable) {
+	if (to > end) {
 		log_warnx("PostgreSQL's checkpoint for node '%s' (LSN %llu) is "
-		    "past the end of the local journal (LSN %llu): the journal "
-		    "lost its tail; continuing from the local checkpoint "
-		    "(LSN %llu)", fl->cf->node, (unsigned long long)pgl,
-		    (unsigned long long)durable, (unsigned long long)cur);
-		return 0;
+		    "past the end of the journal (LSN %llu): "
+		    "the state directory went back in time (restored from a "
+		    "snapshot or a backup?) or the disk lost synced writes; "
+		    "PostgreSQL holds the journal up to LSN %llu, and what "
+		    "was journaled since the start is flushed from there",
+		    fl->cf->node, (unsigned long long)pgl,
+		    (unsigned long long)end, (unsigned long long)end);
+		to = end;
+		if (to == cur)
+			return 0;
 	}
-	if (flusher_skip_flushed(fl, cur, pgl) == -1) {
-		log_warnx("cannot read journal LSN %llu..%llu to match "
-		    "PostgreSQL's checkpoint; continuing from the local "
-		    "checkpoint", (unsigned long long)cur,
-		    (unsigned long long)pgl);
-		return 0;
+	if (flusher_skip_flushed(fl, cur, to) == -1) {
+		/*
+		 * Flushing from the local checkpoint would apply what
+		 * PostgreSQL holds again: wait, the journal keeps it all.
+		 */
+		if (!fl->skip_warned)
+			log_warnx("cannot read journal LSN %llu..%llu, which "
+			    "PostgreSQL already holds, to take it out of the "
+			    "table; not flushing until it can be read "
+			    "(tallyctl journal verify shows where)",
+			    (unsigned long long)cur, (unsigned long long)to);
+		fl->skip_warned = 1;
+		return -1;
 	}
+	fl->skip_warned = 0;
 	log_info("PostgreSQL already holds journal LSN %llu..%llu; "
 	    "checkpoint moved to %llu", (unsigned long long)cur,
-	    (unsigned long long)pgl, (unsigned long long)pgl);
-	shm_store(&h->checkpoint_lsn, pgl);
-	flusher_write_checkpoint(fl, pgl);
+	    (unsigned long long)to, (unsigned long long)to);
+	shm_store(&h->checkpoint_lsn, to);
+	flusher_write_checkpoint(fl, to);
 	return 0;
 }
 
@@ -1470,6 +1504,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	fl->isolate = 0;
 	fl->pg_cp_known = 1;
 	fl->pg_cp_lsn = upto;
+	__atomic_store_n(&fl->h->pg_cp_current, 1, __ATOMIC_RELAXED);
 	shm_store(&h->checkpoint_lsn, upto);
 	/* Past a frame once unreadable (a mapping that failed): clear. */
 	if (shm_load(&h->corrupt_lsn) != 0 && upto > shm_load(

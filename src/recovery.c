@@ -279,6 +279,7 @@ recovery_create(struct rec_state *rs)
 	    hex);
 	h->start_lsn = h->checkpoint_lsn = start;
 	h->insert_lsn = h->written_lsn = h->durable_lsn = start;
+	h->recovered_lsn = start;
 	return 0;
 }
 
@@ -406,6 +407,7 @@ recovery_replay(struct rec_state *rs)
 		p = h->checkpoint_lsn;
 	}
 	h->insert_lsn = h->written_lsn = h->durable_lsn = p;
+	h->recovered_lsn = p;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	log_info("replayed %llu records in %llu frames from LSN "
 	    "%llu to %llu in %.3f s; %llu keys held",

@@ -65,6 +65,8 @@ struct shm_hdr {
 	uint64_t	written_lsn;	/* end of the contiguous complete frames */
 	uint64_t	durable_lsn;	/* fdatasync'ed up to here */
 	uint64_t	checkpoint_lsn;	/* PostgreSQL holds everything below */
+	uint64_t	recovered_lsn;	/* the journal's end found at start */
+	int		pg_cp_current;	/* PostgreSQL's checkpoint is of this run */
 	uint64_t	start_lsn;	/* oldest byte still in the journal */
 	uint64_t	seg_size;
 	uint8_t		epoch[JOURNAL_EPOCH_LEN];

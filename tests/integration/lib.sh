@@ -429,6 +429,12 @@ tallyd_kill9_all() {
 
 tallyctl() { "$TALLYCTL" -c "$CONF" "$@"; }
 
+# role_pids ROLE: the pids tallyctl status lists for ROLE (worker, syncer,
+# flusher).
+role_pids() {
+	tallyctl status | sed -n "s/^ *$1 *pid \([0-9]*\).*/\1/p"
+}
+
 # flush: ask for a flush and wait for it (tallyctl flush waits).
 flush() { tallyctl flush >/dev/null || notok "tallyctl flush failed"; }
 

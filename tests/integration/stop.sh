@@ -13,11 +13,6 @@
 . "$(dirname "$0")/lib.sh"
 need psql gdb
 
-# pids ROLE: the pids tallyctl status lists for ROLE.
-pids() {
-	tallyctl status | sed -n "s/^ *$1 *pid \([0-9]*\).*/\1/p"
-}
-
 # stopped NODE: tallyd has exited, cleanly, and PostgreSQL's checkpoint
 # for NODE and the flusher's last word are the journal's end.
 stopped() {
@@ -76,7 +71,7 @@ assert_eq "the flusher's next flush waits for the lock" 1 "$(lock_waiters)"
 # Acknowledged while that flush waits: beyond the durable position it read.
 [ "$(post stop-b 1)" = 202 ] || notok "POST stop-b: $(last_status)"
 
-others="$(pids worker) $(pids syncer)"
+others="$(role_pids worker) $(role_pids syncer)"
 assert_eq "tallyctl status lists two workers and the syncer" 3 \
     "$(echo $others | wc -w)"
 kill -TERM "$TALLYD_PID"
@@ -102,8 +97,8 @@ tallyd_conf "[server]" "node = stop2" "[journal]" "sync = interval" \
 tallyd_start
 [ "$(post stop-c 1)" = 202 ] || notok "POST stop-c: $(last_status)"
 pg_wait_value stop-c 1
-syncer=$(pids syncer)
-workers=$(pids worker)
+syncer=$(role_pids syncer)
+workers=$(role_pids worker)
 assert_match "the syncer's pid" '^[0-9]+$' "$syncer"
 # gdb holds the syncer at its next journal_sync, which comes only with a
 # frame to sync, until told to let it go.
