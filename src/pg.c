@@ -375,11 +375,19 @@ pg_command(struct pg *pg, const char *sql, int nparams,
 	return 0;
 }
 
+/*
+ * Deferred constraints and constraint triggers (a user's, on our tables)
+ * would check at COMMIT, past the savepoints that find and park the
+ * record PostgreSQL refuses: the same batch would fail its COMMIT for
+ * ever.  Checked at each statement, they fail where a record can be
+ * parked.
+ */
 int
 pg_begin(struct pg *pg)
 {
-	return pg_command(pg, "BEGIN; SET LOCAL enable_hashjoin = off; "
-	    "SET LOCAL enable_mergejoin = off", -1, NULL);
+	return pg_command(pg, "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; "
+	    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+	    -1, NULL);
 }
 
 int

@@ -144,6 +144,30 @@ wait_total p-a "$BIG"
 tallyd_stop
 assert_eq "5: SIGTERM: exit status" 0 "$TALLYD_STATUS"
 
+# ================================================================ 5b
+note "5b: a deferred constraint trigger that refuses a key"
+pg_sql "CREATE FUNCTION p_refuse() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+	IF NEW.key = 'p-deferred' THEN
+		RAISE EXCEPTION 'key p-deferred refused' USING ERRCODE = 'check_violation';
+	END IF;
+	RETURN NULL;
+END \$\$;
+CREATE CONSTRAINT TRIGGER p_refuse AFTER INSERT OR UPDATE ON tally_counters
+DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION p_refuse();" >/dev/null
+tallyd_start
+assert_eq "5b: p-deferred" 202 "$(post p-deferred 3)"
+assert_eq "5b: p-d" 202 "$(post p-d 4)"
+flush
+pg_wait_value p-d 4 10
+assert_eq "5b: p-deferred not applied" none "$(pg_value p-deferred)"
+assert_eq "5b: p-deferred parked with SQLSTATE 23514" "p-deferred|3|23514" \
+    "$(pg_sql "select key, value, sqlstate from tally_rejected where key = 'p-deferred'")"
+assert_eq "5b: no COMMIT failed" 0 "$(grep -c 'COMMIT failed' "$TALLYD_LOG")"
+tallyd_stop
+assert_eq "5b: SIGTERM: exit status" 0 "$TALLYD_STATUS"
+pg_sql "DROP TRIGGER p_refuse ON tally_counters; DROP FUNCTION p_refuse()" >/dev/null
+
 # ================================================================ 6
 note "6: a frame damaged on disk while tallyd runs"
 tallyd_start
