@@ -92,6 +92,7 @@ struct fl_keyed {
 	uint32_t	cur;		/* on a first: the record being claimed */
 	int		applied;
 	int		rejected;
+	int		mismatch;	/* PostgreSQL holds its key for another */
 };
 
 /* A record of one key, as the per-record path sends it. */
@@ -107,7 +108,7 @@ struct fl_rej {
 	int64_t		value;
 	uint64_t	lsn;
 	long		keyed;		/* its fl_keyed, or -1 */
-	char		sqlstate[6];
+	char		sqlstate[6];	/* "": set aside by tallyd itself */
 	char		reason[512];
 };
 
@@ -335,6 +336,7 @@ batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r
 	k->lsn = lsn;
 	k->applied = 0;
 	k->rejected = 0;
+	k->mismatch = 0;
 	e->dropped = wrap_add(e->dropped, r->value);
 	return 0;
 }
@@ -815,6 +817,8 @@ flusher_load_keys(struct flusher *fl)
 		return -1;
 	}
 	fl->keys_loaded = 1;
+	/* Workers take keyed requests from here on (handle_post). */
+	__atomic_store_n(&fl->h->keys_loaded, 1, __ATOMIC_RELEASE);
 	return 0;
 }
 
@@ -1024,10 +1028,10 @@ flusher_claimed_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 	e->dropped = wrap_add(e->dropped, -(uint64_t)k->value);
 }
 
-/* Note a record PostgreSQL refused; pg->err says why. */
+/* Note a record to park, with why (sqlstate "" when not PostgreSQL's). */
 static int
-flusher_reject(struct flusher *fl, size_t ent, int64_t value, uint64_t lsn,
-    long keyed)
+flusher_reject_as(struct flusher *fl, size_t ent, int64_t value,
+    uint64_t lsn, long keyed, const char *sqlstate, const char *why)
 {
 	struct fl_batch *b = &fl->b;
 	struct fl_rej *r;
@@ -1052,10 +1056,19 @@ flusher_reject(struct flusher *fl, size_t ent, int64_t value, uint64_t lsn,
 	r->value = value;
 	r->lsn = lsn;
 	r->keyed = keyed;
-	memcpy(r->sqlstate, fl->pg.sqlstate, sizeof(r->sqlstate));
-	snprintf(r->reason, sizeof(r->reason), "%s", fl->pg.err);
+	snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", sqlstate);
+	snprintf(r->reason, sizeof(r->reason), "%s", why);
 	b->ents[ent].rejected = wrap_add(b->ents[ent].rejected, value);
 	return 0;
+}
+
+/* Note a record PostgreSQL refused; pg->err says why. */
+static int
+flusher_reject(struct flusher *fl, size_t ent, int64_t value, uint64_t lsn,
+    long keyed)
+{
+	return flusher_reject_as(fl, ent, value, lsn, keyed, fl->pg.sqlstate,
+	    fl->pg.err);
 }
 
 /*
@@ -1131,6 +1144,61 @@ flusher_claim_round(struct flusher *fl, uint32_t use)
 	return flusher_claim_each(fl, n);
 }
 
+static void
+flusher_mismatch_cb(void *arg, const char *ik, size_t ik_len, const char *key,
+    size_t key_len, int64_t value, uint64_t time_us)
+{
+	struct fl_keyed *k;
+
+	if ((k = flusher_keyed_find(arg, ik, ik_len)) != NULL)
+		k->mismatch = 1;
+}
+
+/*
+ * After round 'use': a record whose claim did not take is a replay of
+ * the use PostgreSQL holds only if its request is the same.  Another
+ * request with the key (sent to another node, or to this one once it had
+ * forgotten the key) was answered 202 and must not vanish: it is parked.
+ */
+static int
+flusher_claim_conflicts(struct flusher *fl, uint32_t use)
+{
+	struct fl_batch *b = &fl->b;
+	size_t n = 0;
+
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+
+		if (k->use != use || k->applied || k->rejected)
+			continue;
+		b->idem[n].ik = b->arena + k->ik_off;
+		b->idem[n].ik_len = k->ik_len;
+		b->idem[n].key = b->arena + b->ents[k->ent].off;
+		b->idem[n].key_len = b->ents[k->ent].len;
+		b->idem[n].value = k->value;
+		b->idem[n].time_us = k->time_us;
+		n++;
+	}
+	if (pg_idem_mismatched(&fl->pg, b->idem, n, flusher_mismatch_cb,
+	    b) == -1)
+		return -1;
+	for (size_t i = 0; i < b->nkeyed; i++) {
+		struct fl_keyed *k = &b->keyed[i];
+
+		if (k->use != use || !k->mismatch)
+			continue;
+		if (flusher_reject_as(fl, k->ent, k->value, k->lsn, (long)i,
+		    "", "Idempotency-Key already used for another request") ==
+		    -1)
+			return -1;
+		/* Its delta leaves 'dropped' for 'rejected'. */
+		k->rejected = 1;
+		b->ents[k->ent].dropped = wrap_add(b->ents[k->ent].dropped,
+		    -(uint64_t)k->value);
+	}
+	return 0;
+}
+
 /*
  * Within the transaction: claim the batch's Idempotency-Keys in
  * PostgreSQL; the deltas of the keys it returns join their sums.  A key
@@ -1159,7 +1227,8 @@ flusher_claim(struct flusher *fl)
 	}
 	uses = batch_number_uses(b);
 	for (uint32_t use = 0; use < uses; use++)
-		if (flusher_claim_round(fl, use) == -1)
+		if (flusher_claim_round(fl, use) == -1 ||
+		    flusher_claim_conflicts(fl, use) == -1)
 			return -1;
 	return 0;
 }
@@ -1372,11 +1441,18 @@ flusher_log_parked(struct flusher *fl)
 			snprintf(ik, sizeof(ik), ", Idempotency-Key %.*s",
 			    (int)b->keyed[r->keyed].ik_len,
 			    b->arena + b->keyed[r->keyed].ik_off);
-		log_warnx("parked increment of key '%s' by %lld (node %s, "
-		    "journal LSN %llu%s) in tally_rejected: PostgreSQL refused "
-		    "it: %s (SQLSTATE %s)", key, (long long)r->value,
-		    fl->cf->node, (unsigned long long)r->lsn, ik, r->reason,
-		    r->sqlstate);
+		if (r->sqlstate[0] == '\0')
+			log_warnx("parked increment of key '%s' by %lld (node "
+			    "%s, journal LSN %llu%s) in tally_rejected: %s",
+			    key, (long long)r->value, fl->cf->node,
+			    (unsigned long long)r->lsn, ik, r->reason);
+		else
+			log_warnx("parked increment of key '%s' by %lld (node "
+			    "%s, journal LSN %llu%s) in tally_rejected: "
+			    "PostgreSQL refused it: %s (SQLSTATE %s)", key,
+			    (long long)r->value, fl->cf->node,
+			    (unsigned long long)r->lsn, ik, r->reason,
+			    r->sqlstate);
 	}
 }
 

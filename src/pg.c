@@ -1031,23 +1031,15 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n, int shared,
 }
 
 /*
- * The fingerprint of a keyed request is exact, not a hash: "value:key".
- * It is what pg_idem_load hands back to rebuild the shared table.  An
- * earlier use exactly ttl older is expired, as in the shared table (a
- * node takes a key again once now >= its use + ttl): were PostgreSQL
- * stricter, a new use the node answered could be dropped as a replay.
+ * The Idempotency-Keys, counter keys, values and times of v[0..n) as four
+ * array literals at pg->buf; at[] gets where the last three begin.
  */
-int
-pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
-    uint64_t ttl_us, pg_idem_fn fn, void *arg)
+static int
+pg_idem_arrays(struct pg *pg, const struct pg_idem *v, size_t n,
+    size_t at[3])
 {
-	const char *params[6];
-	char sql[1024], ttl[32];
-	size_t need = 16, o = 0, at[3];
-	PGresult *res;
+	size_t need = 16, o = 0;
 
-	if (n == 0)
-		return 0;
 	for (size_t i = 0; i < n; i++)
 		need += 2 * (v[i].ik_len + v[i].key_len) + 8 + 2 * 21 + 8;
 	if (pg_reserve(pg, need) == -1)
@@ -1075,6 +1067,29 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 		pg_put_num(pg, &o, v[i].time_us, 0, i == 0);
 	pg->buf[o++] = '}';
 	pg->buf[o++] = '\0';
+	return 0;
+}
+
+/*
+ * The fingerprint of a keyed request is exact, not a hash: "value:key".
+ * It is what pg_idem_load hands back to rebuild the shared table.  An
+ * earlier use exactly ttl older is expired, as in the shared table (a
+ * node takes a key again once now >= its use + ttl): were PostgreSQL
+ * stricter, a new use the node answered could be dropped as a replay.
+ */
+int
+pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
+    uint64_t ttl_us, pg_idem_fn fn, void *arg)
+{
+	const char *params[6];
+	char sql[1024], ttl[32];
+	size_t at[3];
+	PGresult *res;
+
+	if (n == 0)
+		return 0;
+	if (pg_idem_arrays(pg, v, n, at) == -1)
+		return -1;
 	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
 	params[0] = pg->buf;
 	params[1] = pg->buf + at[0];
@@ -1094,6 +1109,40 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
 	    "RETURNING idem_key", pg->schema);
 	if ((res = pg_exec(pg, sql, 6, params)) == NULL)
+		return -1;
+	for (int r = 0; r < PQntuples(res); r++)
+		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
+		    0, 0);
+	PQclear(res);
+	return 0;
+}
+
+/*
+ * Run after pg_idem_claim on the records it did not claim, in the same
+ * transaction: their rows are live, and locked by that statement even
+ * where it left them unchanged, so this statement sees what it saw.
+ */
+int
+pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
+    pg_idem_fn fn, void *arg)
+{
+	const char *params[3];
+	char sql[1024];
+	size_t at[3];
+	PGresult *res;
+
+	if (n == 0)
+		return 0;
+	if (pg_idem_arrays(pg, v, n, at) == -1)
+		return -1;
+	params[0] = pg->buf;
+	params[1] = pg->buf + at[0];
+	params[2] = pg->buf + at[1];
+	snprintf(sql, sizeof(sql), "SELECT u.i FROM unnest($1::text[], "
+	    "$2::text[], $3::bigint[]) AS u(i, k, v) "
+	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
+	    "WHERE t.fingerprint <> (u.v::text || ':' || u.k)", pg->schema);
+	if ((res = pg_exec(pg, sql, 3, params)) == NULL)
 		return -1;
 	for (int r = 0; r < PQntuples(res); r++)
 		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,

@@ -133,6 +133,13 @@ int	pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n, int shared,
  */
 int	pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    uint64_t ttl_us, pg_idem_fn fn, void *arg);
+/*
+ * Within the same transaction, for records pg_idem_claim did not claim:
+ * fn is called for each whose key PostgreSQL holds with another
+ * fingerprint, i.e. a use for a different request, not a replay.
+ */
+int	pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
+	    pg_idem_fn fn, void *arg);
 /* This node's keys used within ttl_us, newest first, at most limit. */
 int	pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit,
 	    pg_idem_fn fn, void *arg);

@@ -73,6 +73,13 @@ struct shm_hdr {
 	int		journal_errno;	/* sticky I/O error: refuse increments */
 	int		pg_up;		/* flusher's last word on PostgreSQL */
 	int		flusher_tried;	/* its first connection attempt ended */
+	/*
+	 * The flusher has taken back this node's Idempotency-Keys from
+	 * PostgreSQL (flusher_load_keys); until then a worker cannot tell
+	 * a key's reuse from its first use.  Never cleared: a respawned
+	 * flusher finds them in the shared table still.
+	 */
+	int		keys_loaded;
 	uint64_t	flush_seq;	/* bumped to ask the flusher to run now */
 	uint64_t	flush_done;	/* flush_seq value last served */
 	int		syncer_efd;	/* eventfd: a frame was published */

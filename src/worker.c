@@ -701,6 +701,14 @@ handle_post(h2o_req_t *req)
 		return respond_retry(req, "journal unavailable");
 	if (backlog_full())
 		return respond_retry(req, "journal full: PostgreSQL is behind");
+	/*
+	 * Before the flusher has read this node's earlier keys back from
+	 * PostgreSQL, a key's reuse for another request would look new and
+	 * be acknowledged, then dropped at flush.  Unkeyed requests go on.
+	 */
+	if (ik_len && !__atomic_load_n(&W.h->keys_loaded, __ATOMIC_ACQUIRE))
+		return respond_retry(req, "Idempotency-Keys not loaded from "
+		    "PostgreSQL yet");
 	/* Settled first: a refusal must not leave a key behind. */
 	if (idem_settle(req, &in, ik, ik_len, &ie))
 		return 0;

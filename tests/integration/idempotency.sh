@@ -2,9 +2,11 @@
 # The Idempotency-Key header: its syntax, replays of the kept answer, 422
 # for a key reused for another request, 409 while the first use is in
 # flight, retry storms across workers, kill -9 before and after the flush
-# and in the middle of keyed load, two nodes on one PostgreSQL, expiry and
-# a full key table.  Whatever the retries, PostgreSQL counts each keyed
-# increment once.
+# and in the middle of keyed load, two nodes on one PostgreSQL, expiry, a
+# full key table, keyed requests refused until the keys are read back from
+# PostgreSQL, and a key reused for another request on a node that did not
+# know it, parked at flush.  Whatever the retries, PostgreSQL counts each
+# keyed increment once, and no acknowledged increment vanishes unseen.
 . "$(dirname "$0")/lib.sh"
 need h2load psql xargs
 
@@ -620,4 +622,94 @@ assert_eq "full: the refused request's counter key was never incremented (404)" 
 pg_wait_value full 13
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# ================================================================ keys not loaded
+# The keys this node flushed are no longer in its journal after a restart;
+# until the flusher has read them back from PostgreSQL, a reuse for another
+# request would look new, so every keyed request waits (503).
+phase "PostgreSQL down at start"
+node_conf nkl
+use_node nkl
+tallyd_start
+fresh "before the restart: first use" kl1 kl 5 5
+pg_wait_value kl 5
+pg_wait_idem kl1 1
+tallyd_stop TERM
+pg_stop
+tallyd_start
+RECS=$(journal_records)
+assert_eq "keys not loaded: a key flushed before, another request: 503" 503 \
+    "$(ipost kl1 kl 9)"
+json_error "keys not loaded"
+assert_match "keys not loaded: the error says why" \
+    '"error":"Idempotency-Keys not loaded from PostgreSQL yet"' "$(last_body)"
+assert_match "keys not loaded: Retry-After" '^[0-9]+$' "$(last_header Retry-After)"
+assert_eq "keys not loaded: a new key: 503" 503 "$(ipost kl2 kl 1)"
+assert_eq "keys not loaded: an unkeyed request still 202" 202 "$(post kl 2)"
+assert_eq "keys not loaded: only the unkeyed request journaled" \
+    $((RECS + 1)) "$(journal_records)"
+pg_start
+# The flusher says PostgreSQL is up once it has read the keys back.
+assert_eq "PostgreSQL back: /readyz" 200 "$(wait_status /readyz 200)"
+assert_eq "keys loaded: the other request: 422" 422 "$(ipost kl1 kl 9)"
+assert_eq "keys loaded: the same request: status" 202 "$(ipost kl1 kl 5)"
+assert_eq "keys loaded: the same request: replayed" true "$(replayed)"
+assert_eq "keys loaded: a new key: applied" 202 "$(ipost kl2 kl 1)"
+assert_eq "keys loaded: a new key: not a replay" "" "$(replayed)"
+pg_wait_value kl 8
+pg_wait_idem kl2 1
+assert_eq "keys loaded: nothing parked" 0 \
+    "$(pg_sql "select count(*) from tally_rejected where idem_key like 'kl%'")"
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# ================================================================ reuse elsewhere
+# A key used on one node and reused on another, which cannot know it at
+# request time: a retry of the same request is counted once; another
+# request was answered 202, so at flush it is parked in tally_rejected,
+# never silently dropped.
+phase "a key reused for another request on another node"
+node_conf nx
+node_conf ny
+use_node nx
+tallyd_start
+use_node ny
+tallyd_start
+use_node nx
+fresh "node X: first use" xy1 xy 5 5
+fresh "node X: another key" xy2 xy 3 8
+pg_wait_value xy 8
+pg_wait_idem xy1 1
+pg_wait_idem xy2 1
+use_node ny
+assert_eq "node Y: key of X, another request (Y cannot know)" 202 \
+    "$(ipost xy1 xy 7)"
+assert_eq "node Y: key of X, the same request (a retry)" 202 \
+    "$(ipost xy2 xy 3)"
+flush
+rej() {
+	pg_sql "select node || ' ' || key || ' ' || value || ' ' || reason
+	    from tally_rejected where idem_key = '$1'"
+}
+assert_eq "node Y: the other request is parked" \
+    "ny xy 7 Idempotency-Key already used for another request" "$(rej xy1)"
+assert_eq "node Y: the retry is not parked" "" "$(rej xy2)"
+assert_eq "node Y: PostgreSQL counts neither" 8 "$(pg_value xy)"
+assert_eq "node Y: the key's first use stays recorded" "nx 5:xy" \
+    "$(pg_sql "select node || ' ' || fingerprint from tally_idempotency where idem_key = 'xy1'")"
+assert_eq "node Y: the parking is logged once" 1 \
+    "$(grep -c 'Idempotency-Key xy1) in tally_rejected: Idempotency-Key already used for another request' "$TALLYD_LOG")"
+http GET /metrics >/dev/null
+assert_match "node Y: /metrics counts the parking" \
+    '^tallyd_rejected_records_total 1$' \
+    "$(grep '^tallyd_rejected_records_total ' "$T/last.body")"
+wait_total xy 8 "node Y: the parked increment leaves its total"
+tallyd_stop TERM
+assert_eq "node Y: SIGTERM exit status" 0 "$TALLYD_STATUS"
+use_node nx
+tallyd_stop TERM
+assert_eq "node X: SIGTERM exit status" 0 "$TALLYD_STATUS"
+assert_eq "after both stopped: one row parked" 1 \
+    "$(pg_sql "select count(*) from tally_rejected where idem_key like 'xy%'")"
+assert_eq "after both stopped: PostgreSQL unchanged" 8 "$(pg_value xy)"
 phase "done"
