@@ -372,9 +372,16 @@ master_reaped(struct child *c, int status)
 		 * are settled by the next worker in its slot.
 		 */
 		counters_owner_repair(M.shm.counters, M.shm.owners[c->slot]);
-	} else if (c->role == PROC_FLUSHER)
+	} else if (c->role == PROC_FLUSHER) {
+		/*
+		 * Keys it was taking back from PostgreSQL; the next flusher
+		 * takes them again.  Left in flight, each would answer 409
+		 * until a restart.
+		 */
+		idem_release_owner(M.shm.idem, c->pid);
 		counters_owner_repair(M.shm.counters,
 		    M.shm.owners[SHM_FLUSHER]);
+	}
 	c->pid = 0;
 	if (stopping)
 		return;

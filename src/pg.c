@@ -1190,6 +1190,14 @@ pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
 	return 0;
 }
 
+/*
+ * Rows are kept for twice the ttl, not once: another node may flush a
+ * retry it answered within the ttl of this row's use only later (its
+ * flush_interval, or PostgreSQL out of its reach for a while), and
+ * without the row its claim would take the key as new and count the
+ * retry a second time.  Its claim compares created_at itself, so a row
+ * kept longer changes no answer.
+ */
 int64_t
 pg_idem_prune(struct pg *pg, uint64_t ttl_us)
 {
@@ -1200,7 +1208,7 @@ pg_idem_prune(struct pg *pg, uint64_t ttl_us)
 
 	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
 	snprintf(sql, sizeof(sql), "DELETE FROM %s.tally_idempotency WHERE "
-	    "created_at < now() - $1::bigint * interval '1 microsecond'",
+	    "created_at < now() - 2 * $1::bigint * interval '1 microsecond'",
 	    pg->schema);
 	if ((res = pg_exec(pg, sql, 1, params)) == NULL)
 		return -1;

@@ -8,7 +8,7 @@
 # know it, parked at flush.  Whatever the retries, PostgreSQL counts each
 # keyed increment once, and no acknowledged increment vanishes unseen.
 . "$(dirname "$0")/lib.sh"
-need h2load psql xargs
+need h2load psql xargs gdb
 
 # ---------------------------------------------------------------- nodes
 
@@ -349,6 +349,36 @@ assert_eq "after kill -9: replays journal nothing" "$RECS" "$(journal_records)"
 sleep 0.5
 assert_eq "after kill -9: PostgreSQL unchanged" 9 "$(pg_value kaf)"
 pg_wait_idem after1 1
+
+# --- the flusher dies while it takes the keys back from PostgreSQL: the
+# next one takes them again, and none is left in flight (409 for good).
+phase "the flusher killed while it takes the keys back"
+tallyd_stop TERM
+pg_stop
+tallyd_start
+flusher=$(role_pids flusher)
+gdb_attach "$flusher" "$T/gdb-load.out" -ex 'break idem_complete' \
+    -ex continue -ex 'shell sleep 600'
+pg_start
+for i in $(seq 300); do
+	grep -q '^Breakpoint 1, ' "$T/gdb-load.out" && break
+	sleep 0.1
+done
+assert_match "gdb holds the flusher as it takes a key back" \
+    'Breakpoint 1, .*idem_complete' "$(cat "$T/gdb-load.out")"
+kill -9 "$flusher" "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID")
+# Loaded newest first: the key it held is the newest.
+read -r ik fp <<<"$(pg_sql "select idem_key || ' ' || fingerprint
+    from tally_idempotency where node = 'main' order by created_at desc
+    limit 1")"
+wait_status /readyz 200 >/dev/null
+assert_eq "the key the dead flusher held: a retry is answered" 202 \
+    "$(ipost "$ik" "${fp#*:}" "${fp%%:*}")"
+assert_eq "the key the dead flusher held: as a replay" true "$(replayed)"
+# The log names the flusher this test killed: the next sections start a
+# log of their own.
+tallyd_kill9_all
+tallyd_start
 
 # --- kill -9 in the middle of keyed load; unanswered requests are retried
 # with their key after the restart.
@@ -712,4 +742,19 @@ assert_eq "node X: SIGTERM exit status" 0 "$TALLYD_STATUS"
 assert_eq "after both stopped: one row parked" 1 \
     "$(pg_sql "select count(*) from tally_rejected where idem_key like 'xy%'")"
 assert_eq "after both stopped: PostgreSQL unchanged" 8 "$(pg_value xy)"
+# --- PostgreSQL's rows go twice the ttl after their use, not once: a
+# node whose flush of a retry comes late (flush_interval, PostgreSQL out
+# of its reach) must still find the first use, or count the retry again.
+phase "pruning"
+node_conf nprune "[idempotency]" "ttl = 60s"
+use_node nprune
+pg_sql "insert into tally_idempotency (idem_key, fingerprint, node, created_at)
+    values ('prune-live', '1:k', 'elsewhere', now() - interval '90 s'),
+    ('prune-old', '1:k', 'elsewhere', now() - interval '121 s')" >/dev/null
+tallyd_start
+# The flusher prunes once it is connected, then every minute.
+pg_wait_idem prune-old 0
+assert_eq "pruning: a use 1.5 ttl old is kept" 1 "$(pg_idem_count prune-live)"
+tallyd_stop TERM
+assert_eq "pruning: SIGTERM exit status" 0 "$TALLYD_STATUS"
 phase "done"
