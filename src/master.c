@@ -88,6 +88,7 @@ static struct master {
 	enum master_state	 state;
 	uint64_t		 phase_ms;
 	int			 lock_fd;
+	int			 journal_lock_fd;
 	int			 exit_code;
 	int			 pid_file_written;
 	const char		*path;
@@ -154,53 +155,87 @@ master_bind_one(const char *spec)
 /*
  * One tallyd per state directory: an flock on state_dir/tallyd.lock,
  * held by the master and inherited by its children, so a restart is
- * refused while even an orphaned child still runs.
+ * refused while even an orphaned child still runs.  journal.dir may lie
+ * elsewhere, and two instances writing one journal would overwrite each
+ * other's acknowledged frames: it is locked the same way.
  */
 static void master_lock_pid(void);
+
+/* Make a directory only we read, as recovery does, or find it so. */
+static void
+master_lock_dir(const char *dir, const char *what)
+{
+	struct stat st;
+
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST)
+		fatal(PROC_EXIT_FATAL, "cannot create %s %s", what, dir);
+	if (stat(dir, &st) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot stat %s %s", what, dir);
+	if (!S_ISDIR(st.st_mode))
+		fatalx(PROC_EXIT_FATAL, "%s %s: Not a directory", what, dir);
+	/* The journal holds every client's data: no one else reads it. */
+	if (st.st_mode & 077) {
+		log_info("%s %s was mode %03o; making it 0700", what, dir,
+		    (unsigned)(st.st_mode & 0777));
+		if (chmod(dir, 0700) == -1)
+			log_warn("cannot chmod 0700 %s", dir);
+	}
+}
+
+/* The lock file in dir, taken; refused when another tallyd holds it. */
+static int
+master_lock_file(const char *dir, const char *what)
+{
+	char path[1100], buf[32];
+	int fd, n;
+
+	snprintf(path, sizeof(path), "%s/tallyd.lock", dir);
+	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot open lock file %s", path);
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		n = pread(fd, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		fatalx(PROC_EXIT_FATAL, "another tallyd (pid %s) is running on "
+		    "%s %s", buf[0] ? buf : "?", what, dir);
+	}
+	return fd;
+}
 
 static void
 master_lock(void)
 {
-	char path[1100], buf[32];
-	struct stat st;
-	int n;
+	struct stat st, jst;
 
-	if (mkdir(M.cf->state_dir, 0700) == -1 && errno != EEXIST)
-		fatal(PROC_EXIT_FATAL, "cannot create state directory %s",
-		    M.cf->state_dir);
-	if (stat(M.cf->state_dir, &st) == 0 && !S_ISDIR(st.st_mode))
-		fatalx(PROC_EXIT_FATAL, "state directory %s: Not a directory",
-		    M.cf->state_dir);
-	/* The journal holds every client's data: no one else reads it. */
-	if (stat(M.cf->state_dir, &st) == 0 && (st.st_mode & 077)) {
-		log_info("state directory %s was mode %03o; making it 0700",
-		    M.cf->state_dir, (unsigned)(st.st_mode & 0777));
-		if (chmod(M.cf->state_dir, 0700) == -1)
-			log_warn("cannot chmod 0700 %s", M.cf->state_dir);
-	}
-	snprintf(path, sizeof(path), "%s/tallyd.lock", M.cf->state_dir);
-	if ((M.lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
-		fatal(PROC_EXIT_FATAL, "cannot open lock file %s", path);
-	if (flock(M.lock_fd, LOCK_EX | LOCK_NB) == -1) {
-		n = pread(M.lock_fd, buf, sizeof(buf) - 1, 0);
-		buf[n > 0 ? n : 0] = '\0';
-		buf[strcspn(buf, "\n")] = '\0';
-		fatalx(PROC_EXIT_FATAL, "another tallyd (pid %s) is running on "
-		    "state directory %s", buf[0] ? buf : "?", M.cf->state_dir);
-	}
+	master_lock_dir(M.cf->state_dir, "state directory");
+	M.lock_fd = master_lock_file(M.cf->state_dir, "state directory");
+	/* The default journal.dir is in state_dir: a second lock, harmless. */
+	master_lock_dir(M.cf->journal_dir, "journal directory");
+	/* A second flock of the same file would refuse us: we hold it. */
+	if (stat(M.cf->state_dir, &st) == 0 &&
+	    stat(M.cf->journal_dir, &jst) == 0 &&
+	    st.st_dev == jst.st_dev && st.st_ino == jst.st_ino)
+		M.journal_lock_fd = M.lock_fd;
+	else
+		M.journal_lock_fd = master_lock_file(M.cf->journal_dir,
+		    "journal directory");
 	master_lock_pid();
 }
 
-/* The lock file names the master, for the refusal message above. */
+/* The lock files name the master, for the refusals above. */
 static void
 master_lock_pid(void)
 {
+	const int fds[] = { M.lock_fd, M.journal_lock_fd };
+	const char *dirs[] = { M.cf->state_dir, M.cf->journal_dir };
 	char buf[32];
 	int n;
 
 	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
-	if (ftruncate(M.lock_fd, 0) == -1 || pwrite(M.lock_fd, buf, n, 0) != n)
-		log_warn("cannot write lock file in %s", M.cf->state_dir);
+	for (int i = 0; i < 2; i++)
+		if (ftruncate(fds[i], 0) == -1 ||
+		    pwrite(fds[i], buf, n, 0) != n)
+			log_warn("cannot write lock file in %s", dirs[i]);
 }
 
 static void
@@ -250,9 +285,6 @@ master_user(void)
 		M.env.gid = gr->gr_gid;
 	}
 	/* The children write here after dropping privileges. */
-	if (mkdir(M.cf->journal_dir, 0700) == -1 && errno != EEXIST)
-		fatal(PROC_EXIT_FATAL, "cannot create journal directory %s",
-		    M.cf->journal_dir);
 	if (chown(M.cf->state_dir, M.env.uid, M.env.gid) == -1 ||
 	    chown(M.cf->journal_dir, M.env.uid, M.env.gid) == -1)
 		fatal(PROC_EXIT_FATAL, "cannot hand %s to user %s",
