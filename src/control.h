@@ -73,7 +73,11 @@ int	control_parse_request(const uint8_t *buf, size_t n,
  */
 int	control_json_escape(char *out, size_t cap, const char *s, size_t len);
 
-/* The listening socket, mode 0660, owned by uid:gid ((uid_t)-1: keep). */
+/*
+ * The listening socket, mode 0660, owned by uid:gid ((uid_t)-1: keep).
+ * -1 and errno on failure; -2 when a server already answers on path,
+ * whose socket is left alone.
+ */
 int	control_listen(const char *path, uid_t uid, gid_t gid);
 /* 1: a whole request is in c->buf; 0: need more; -1: close the client. */
 int	control_read(struct control_client *c);

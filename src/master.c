@@ -936,8 +936,11 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		M.listen_fds[M.nlisten] = master_bind_one(cf->listen[M.nlisten]);
 	master_user();
 	master_rundir(cf->control_socket);
-	if ((M.ctl_fd = control_listen(cf->control_socket, M.env.uid,
-	    M.env.gid)) == -1)
+	M.ctl_fd = control_listen(cf->control_socket, M.env.uid, M.env.gid);
+	if (M.ctl_fd == -2)
+		fatalx(PROC_EXIT_FATAL, "another tallyd is listening on "
+		    "control socket %s", cf->control_socket);
+	if (M.ctl_fd == -1)
 		fatal(PROC_EXIT_FATAL, "cannot listen on control socket %s",
 		    cf->control_socket);
 	if (!foreground) {

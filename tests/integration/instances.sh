@@ -66,5 +66,22 @@ assert_eq "the default journal.dir holds segments and the lock only" \
 out=$(tallyctl journal verify 2>&1); st=$?
 assert_eq "journal verify beside the lock file: exit 0" 0 "$st"
 
+# ---- the control socket
+# Taking it over would leave the first instance out of tallyctl's reach.
+second -o server.control_socket="$T/tallyd.sock"
+assert_eq "a second tallyd on the same control_socket: exit 2" 2 "$ST"
+assert_match "... saying why" \
+    "another tallyd is listening on control socket $T/tallyd.sock" "$(out)"
+assert_eq "... and tallyctl still reaches the first" 0 \
+    "$(tallyctl status >/dev/null; echo $?)"
+# A socket that nothing answers on, left by a master killed -9, is not
+# another instance's: the next start replaces it.
+tallyd_kill9_all
+assert_eq "kill -9 leaves the control socket" yes \
+    "$([ -S "$T/tallyd.sock" ] && echo yes || echo no)"
+tallyd_start
+assert_eq "a restart replaces it: tallyctl status" 0 \
+    "$(tallyctl status >/dev/null; echo $?)"
+
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
