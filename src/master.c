@@ -91,6 +91,8 @@ static struct master {
 	int			 journal_lock_fd;
 	int			 exit_code;
 	int			 pid_file_written;
+	int			 ctl_made;	/* the control socket is ours */
+	pid_t			 pid;		/* the master's, once detached */
 	const char		*path;
 	char *const		*overrides;
 	int			 noverrides;
@@ -261,6 +263,29 @@ master_pid_file(void)
 		    M.cf->pid_file);
 	}
 	M.pid_file_written = 1;
+}
+
+/*
+ * The pid file and the control socket go with the master however it
+ * exits: a start that fails in recovery (fatal(), so exit()) must not
+ * leave a pid file that an init script would later kill, by then maybe
+ * another process's.  Registered with atexit(), which the children
+ * inherit and also run: only the master removes anything.
+ */
+static void
+master_unlink(void)
+{
+	if (getpid() != M.pid)
+		return;
+	if (M.pid_file_written && unlink(M.cf->pid_file) == -1 &&
+	    errno != ENOENT)
+		log_warn("cannot remove pid file %s", M.cf->pid_file);
+	M.pid_file_written = 0;
+	if (M.ctl_made && unlink(M.cf->control_socket) == -1 &&
+	    errno != ENOENT)
+		log_warn("cannot remove control socket %s",
+		    M.cf->control_socket);
+	M.ctl_made = 0;
 }
 
 static void
@@ -859,12 +884,13 @@ master_eventfd(void)
 /*
  * Detach as a daemon.  The parent waits on a pipe until the master says
  * it serves, so "tallyd" run from an init script fails when start-up
- * fails rather than after.
+ * fails rather than after, with the master's exit status and a pointer
+ * to the log: the reason went there, not to the terminal.
  */
 static int
 master_daemonize(void)
 {
-	int p[2], fd;
+	int p[2], fd, status, code;
 	pid_t pid;
 	char c;
 
@@ -874,8 +900,17 @@ master_daemonize(void)
 		fatal(1, "fork");
 	if (pid != 0) {
 		close(p[1]);
-		_exit(read(p[0], &c, 1) == 1 ? 0 : 1);
+		if (read(p[0], &c, 1) == 1)
+			_exit(0);
+		code = 1;
+		if (waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+		    WEXITSTATUS(status) != 0)
+			code = WEXITSTATUS(status);
+		fprintf(stderr, "tallyd: start failed (exit status %d); see "
+		    "the log\n", code);
+		_exit(code);
 	}
+	M.pid = getpid();
 	close(p[0]);
 	setsid();
 	if (chdir("/") == -1)
@@ -928,6 +963,8 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	M.exit_code = 0;
 	M.ctl_fd = -1;
 	M.started = time(NULL);
+	M.pid = getpid();
+	atexit(master_unlink);
 	log_init(1, "tallyd", LOG_DAEMON);
 	log_set_role("master");
 	/* Refusals that need no daemon are said on the terminal. */
@@ -943,6 +980,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	if (M.ctl_fd == -1)
 		fatal(PROC_EXIT_FATAL, "cannot listen on control socket %s",
 		    cf->control_socket);
+	M.ctl_made = 1;
 	if (!foreground) {
 		ready_fd = master_daemonize();
 		log_init(0, "tallyd", log_facility_parse(cf->syslog_facility));
@@ -1045,13 +1083,11 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 			break;
 	}
 	statsd_close(&M.statsd, &M.shm);
-	if (M.pid_file_written)
-		unlink(cf->pid_file);
 	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
 		if (M.clients[i])
 			ctl_close(i);
 	close(M.ctl_fd);
-	unlink(cf->control_socket);
+	master_unlink();
 	log_info("stopped");
 	return M.exit_code;
 }

@@ -1,6 +1,7 @@
 #!/bin/bash
 # What one instance owns no second instance takes, whatever else differs
-# in their configurations: its journal directory and its control socket.
+# in their configurations: its journal directory and its control socket;
+# and a daemon whose start fails leaves neither pid file nor socket.
 . "$(dirname "$0")/lib.sh"
 need psql
 
@@ -85,3 +86,24 @@ assert_eq "a restart replaces it: tallyctl status" 0 \
 
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# ---- a daemon start that fails after writing its pid file
+# Recovery refuses a journal segment that is not one; by then the pid
+# file and the control socket exist, and an init script would later kill
+# whatever process has that pid.
+mkdir -p "$T/state3/journal"
+head -c 4096 /dev/zero | tr '\0' x >"$T/state3/journal/0000000000000000.seg"
+st=0
+timeout 60 "$TALLYD" -c "$CONF" -o server.state_dir="$T/state3" \
+    </dev/null >"$OUT" 2>&1 || st=$?
+assert_eq "a daemon whose recovery fails exits with recovery's fatal code" 2 "$st"
+assert_match "... and says so on the terminal" "start failed .*see the log" "$(out)"
+assert_eq "... leaving no pid file" no \
+    "$([ -e "$T/tallyd.pid" ] && echo yes || echo no)"
+assert_eq "... and no control socket" no \
+    "$([ -e "$T/tallyd.sock" ] && echo yes || echo no)"
+if port_free "$TPORT"; then
+	ok "... and nothing listens"
+else
+	notok "something listens on $TPORT after the failed start"
+fi
