@@ -843,6 +843,9 @@ ctl_accept(void)
 			;
 		if (i == CONTROL_MAX_CLIENTS ||
 		    (M.clients[i] = calloc(1, sizeof(**M.clients))) == NULL) {
+			/* An answer, so that tallyctl can say why. */
+			control_reply_str(fd, CTL_FAILED, "{\"error\":\"too "
+			    "many control connections\"}");
 			close(fd);
 			continue;
 		}

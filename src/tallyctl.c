@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,9 +256,14 @@ ctl_call(const char *path, int type, const char *payload, size_t len,
 		return -1;
 	}
 	control_header(hdr, type, len);
+	/*
+	 * A master with every control slot taken answers and closes at
+	 * once, maybe before the request is written: its answer is still
+	 * there to read (main() ignores SIGPIPE for this).
+	 */
 	if (write(fd, hdr, sizeof(hdr)) != (ssize_t)sizeof(hdr) ||
 	    (len && write(fd, payload, len) != (ssize_t)len))
-		goto broken;
+		shutdown(fd, SHUT_WR);
 	while (got < sizeof(hdr)) {
 		if ((n = read(fd, hdr + got, sizeof(hdr) - got)) <= 0)
 			goto broken;
@@ -324,7 +330,7 @@ ctl_print(int type, const char *json)
 		return;
 	}
 	if (yajl_tree_get(v, err, yajl_t_string))
-		printf("%s\n", jstr(v, err));
+		fprintf(stderr, "tallyctl: %s\n", jstr(v, err));
 	else if (type == CTL_STATUS) {
 		printf("tallyd %s, pid %s, node %s, %s for %s s\n",
 		    jstr(v, version), jstr(v, pid), jstr(v, node), jstr(v, state),
@@ -477,5 +483,7 @@ main(int argc, char *argv[])
 			return 1;
 		sock = cf.control_socket;
 	}
+	/* A master that hangs up is a failure to report (exit 1), not death. */
+	signal(SIGPIPE, SIG_IGN);
 	return ctl_command(sock, json, type, arg);
 }

@@ -125,6 +125,43 @@ assert_eq "well-formed status still answered" 1 \
     "$(raw 'TLYC\x01\x00\x00\x00' | awk '$1 > 8 {print 1}')"
 assert_eq "status after the garbage: exit 0" 0 "$(tallyctl status >/dev/null; echo $?)"
 
+# Every control slot taken: the next tallyctl is told so (exit 1), and is
+# not killed by SIGPIPE when the master hangs up on it.
+python3 -c '
+import socket, sys, time
+held = []
+for _ in range(16):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sys.argv[1])
+    held.append(s)
+print("held", flush=True)
+time.sleep(120)' "$SOCK" >"$T/held.out" 2>&1 &
+HOLDER=$!
+BGPIDS+=("$HOLDER")
+for i in $(seq 100); do
+	grep -q held "$T/held.out" && break
+	sleep 0.1
+done
+grep -q held "$T/held.out" || die "could not hold 16 control connections"
+# The master accepts them in its next pass, at most a poll timeout away.
+for i in $(seq 50); do
+	tallyctl status >"$T/full.out" 2>"$T/full.err"
+	st=$?
+	[ "$st" = 0 ] || break
+	sleep 0.1
+done
+assert_eq "16 control connections held: status exits 1" 1 "$st"
+assert_match "... saying why on stderr" \
+    '^tallyctl: too many control connections$' "$(cat "$T/full.err")"
+kill "$HOLDER"
+wait "$HOLDER" 2>/dev/null
+for i in $(seq 50); do
+	tallyctl status >/dev/null 2>&1 && break
+	sleep 0.1
+done
+assert_eq "the slots free again once those close" 0 \
+    "$(tallyctl status >/dev/null; echo $?)"
+
 out=$(tallyctl stop); st=$?
 assert_eq "stop: exit 0" 0 "$st"
 wait_gone 30 "$TALLYD_PID"
