@@ -761,6 +761,47 @@ list_segments(const char *dir, uint64_t **out)
 	return n;
 }
 
+/*
+ * A process that dies while it makes a segment (seg_create) leaves its
+ * NAME.seg.PID.tmp behind, a whole segment's size that no listing counts
+ * and nothing else removes.  Only safe while no other process can be
+ * making one: recovery, under the state lock, before any child starts.
+ */
+int
+journal_remove_tmp(const char *dir)
+{
+	DIR *d;
+	struct dirent *de;
+	const char *p;
+	size_t len;
+	int removed = 0;
+
+	if ((d = opendir(dir)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		len = strlen(de->d_name);
+		if (len <= 25 || strncmp(de->d_name + 16, ".seg.", 5) != 0 ||
+		    strcmp(de->d_name + len - 4, ".tmp") != 0 ||
+		    strspn(de->d_name, "0123456789ABCDEF") != 16)
+			continue;
+		for (p = de->d_name + 21; p < de->d_name + len - 4; p++)
+			if (*p < '0' || *p > '9')
+				break;
+		if (p != de->d_name + len - 4)
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) == -1) {
+			log_warn("journal: cannot remove %s/%s", dir,
+			    de->d_name);
+			continue;
+		}
+		log_info("journal: removed %s/%s, left by a process that died "
+		    "while making that segment", dir, de->d_name);
+		removed++;
+	}
+	closedir(d);
+	return removed;
+}
+
 void
 journal_forget(struct journal *j, uint64_t below_lsn)
 {

@@ -176,6 +176,11 @@ int	journal_sync(struct journal *j, uint64_t from, uint64_t to);
 void	journal_forget(struct journal *j, uint64_t below_lsn);
 /* Remove segments that end at or below lsn.  Returns how many. */
 int	journal_recycle(struct journal *j, uint64_t below_lsn);
+/*
+ * Remove the temporary files of segments whose maker died; only while no
+ * other process can be making one.  Returns how many, -1 with errno.
+ */
+int	journal_remove_tmp(const char *dir);
 
 /*
  * List the segments of a directory (sorted bases), read and check the

@@ -406,6 +406,17 @@ recovery_replay(struct rec_state *rs)
 		    (unsigned long long)h->checkpoint_lsn);
 		p = h->checkpoint_lsn;
 	}
+	/*
+	 * The frames found may be only in the page cache (every process was
+	 * killed before the syncer got to them): durable_lsn says they are
+	 * on disk, and the syncer starts after them.
+	 */
+	if (journal_sync(&rs->j, h->checkpoint_lsn, p) == -1) {
+		log_warn("cannot fdatasync journal %s LSN %llu..%llu",
+		    rs->cf->journal_dir, (unsigned long long)h->checkpoint_lsn,
+		    (unsigned long long)p);
+		return 1;
+	}
 	h->insert_lsn = h->written_lsn = h->durable_lsn = p;
 	h->recovered_lsn = p;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -435,6 +446,8 @@ recovery_run(const struct config *cf, struct shm *shm)
 	if (recovery_mkdir(cf->state_dir) == -1 ||
 	    recovery_mkdir(cf->journal_dir) == -1)
 		return 2;
+	if (journal_remove_tmp(cf->journal_dir) == -1)
+		log_warn("cannot list journal directory %s", cf->journal_dir);
 	rs.nseg = journal_scan_dir(cf->journal_dir, &rs.bases, h->epoch, node,
 	    &h->seg_size, err, sizeof(err));
 	if (rs.nseg < 0) {

@@ -292,7 +292,20 @@ syncer_sync(struct journal *j, struct shm_hdr *h, uint64_t to)
 
 	if (to <= from)
 		return 0;
-	if (journal_sync(j, from, to) == -1) {
+	while (journal_sync(j, from, to) == -1) {
+		uint64_t now = shm_load(&h->durable_lsn);
+
+		/*
+		 * Another process synced past 'from' meanwhile, and the
+		 * flusher may have recycled the segment this one was about
+		 * to open: go on from where the journal is durable now.
+		 */
+		if (now > from) {
+			from = now;
+			if (to <= from)
+				return 0;
+			continue;
+		}
 		log_warn("fdatasync of journal %s LSN %llu..%llu "
 		    "failed; refusing all further acknowledgements", j->dir,
 		    (unsigned long long)from, (unsigned long long)to);

@@ -179,3 +179,18 @@ flush
 pg_wait_value "$KC" 3 60
 tallyd_stop TERM
 assert_eq "lower key limit: SIGTERM exit status" 0 "$TALLYD_STATUS"
+
+# A segment's temporary file, left by a process killed while it made the
+# segment, goes at the next start; other files stay.
+head -c 4096 /dev/zero >"$JDIR/0000000000300000.seg.4242.tmp"
+echo keep >"$JDIR/0000000000300000.seg.notes.tmp"
+tallyd_start
+assert_eq "a dead maker's segment file: removed at start" no \
+    "$([ -e "$JDIR/0000000000300000.seg.4242.tmp" ] && echo yes || echo no)"
+assert_match "a dead maker's segment file: the log says so" \
+    "removed $JDIR/0000000000300000\.seg\.4242\.tmp, left by a process that died" \
+    "$(cat "$TALLYD_LOG")"
+assert_eq "a file of another name: left alone" keep \
+    "$(cat "$JDIR/0000000000300000.seg.notes.tmp")"
+tallyd_stop TERM
+assert_eq "SIGTERM exit status" 0 "$TALLYD_STATUS"
