@@ -92,6 +92,8 @@ static struct master {
 	int			 exit_code;
 	int			 pid_file_written;
 	int			 ctl_made;	/* the control socket is ours */
+	int			 sigfd;
+	int			 ready_fd;	/* to the waiting parent, or -1 */
 	pid_t			 pid;		/* the master's, once detached */
 	const char		*path;
 	char *const		*overrides;
@@ -947,6 +949,26 @@ master_pollfds(struct pollfd *pfd, int *slot, int sigfd)
 	return n;
 }
 
+/*
+ * In a child, right after fork: the master's own descriptors are not its
+ * business.  A worker that kept the control socket could accept tallyctl's
+ * connections, and one that kept a client's would hold it open past the
+ * master's close; the lock files stay, so a restart is refused while even
+ * an orphan runs.
+ */
+static void
+master_child_close(void)
+{
+	int fds[] = { M.sigfd, M.ready_fd, M.ctl_fd, M.statsd.fd };
+
+	for (size_t i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (M.clients[i])
+			close(M.clients[i]->fd);
+}
+
 int
 master_main(struct config *cf, const char *path, char *const *overrides,
     int noverrides, int foreground)
@@ -956,7 +978,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	struct signalfd_siginfo si;
 	struct pollfd pfd[2 + CONTROL_MAX_CLIENTS];
 	int slot[2 + CONTROL_MAX_CLIENTS];
-	int ready_fd = -1, sigfd, sig, n, npfd, timeout;
+	int sig, n, npfd, timeout;
 	char thp[32];
 
 	M.cf = cf;
@@ -965,6 +987,8 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	M.noverrides = noverrides;
 	M.exit_code = 0;
 	M.ctl_fd = -1;
+	M.sigfd = M.ready_fd = M.statsd.fd = -1;
+	M.env.child_close = master_child_close;
 	M.started = time(NULL);
 	M.pid = getpid();
 	atexit(master_unlink);
@@ -985,7 +1009,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		    cf->control_socket);
 	M.ctl_made = 1;
 	if (!foreground) {
-		ready_fd = master_daemonize();
+		M.ready_fd = master_daemonize();
 		log_init(0, "tallyd", log_facility_parse(cf->syslog_facility));
 		master_lock_pid();
 	}
@@ -1019,7 +1043,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		master_rundir(cf->pid_file);
 		master_pid_file();
 	}
-	if ((sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) == -1)
+	if ((M.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC)) == -1)
 		fatal(1, "signalfd");
 
 	master_recover();
@@ -1044,15 +1068,16 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		log_info("shared memory: %zu MiB reserved, in 4 KiB pages "
 		    "(%s: %s; \"advise\" gives its tables 2 MiB pages)",
 		    M.shm.size >> 20, SHM_THP_POLICY, thp);
-	if (ready_fd != -1) {
-		(void)write(ready_fd, "", 1);
-		close(ready_fd);
+	if (M.ready_fd != -1) {
+		(void)write(M.ready_fd, "", 1);
+		close(M.ready_fd);
+		M.ready_fd = -1;
 	}
 	statsd_init(&M.statsd);
 	statsd_configure(&M.statsd, cf);
 
 	for (;;) {
-		npfd = master_pollfds(pfd, slot, sigfd);
+		npfd = master_pollfds(pfd, slot, M.sigfd);
 		timeout = statsd_tick(&M.statsd, &M.shm, M.cf->flush_interval_us);
 		if (timeout < 0 || timeout > 250)
 			timeout = 250;
@@ -1060,7 +1085,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 			log_warn("poll");
 		sig = 0;
 		if ((pfd[0].revents & POLLIN) &&
-		    read(sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+		    read(M.sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 			sig = si.ssi_signo;
 		ctl_serve(pfd, slot, npfd);
 		switch (sig) {

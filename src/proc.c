@@ -91,6 +91,8 @@ proc_fork(enum proc_role role, int slot, const struct proc_env *env)
 
 	if ((pid = fork()) != 0)
 		return pid;
+	if (env->child_close)
+		env->child_close();
 	log_set_role(proc_name(role));
 	if (role == PROC_WORKER)
 		proctitle_set("worker process %d", slot);

@@ -29,6 +29,7 @@ struct proc_env {
 	int			 nlisten;
 	uid_t			 uid;	/* (uid_t)-1: keep */
 	gid_t			 gid;
+	void			(*child_close)(void);	/* the master's fds */
 };
 
 const char *proc_name(enum proc_role role);

@@ -187,3 +187,18 @@ timeout 30 "$TALLYD" -f -c "$T" >"$T/refused.log" 2>&1
 assert_eq "config path is a directory: exit 2" 2 $?
 assert_match "config path is a directory: said" "$T.*[Ii]s a directory" \
     "$(cat "$T/refused.log")"
+
+# ---------------------------------------------------------------- fds
+# The children keep none of the master's own descriptors: a worker that
+# held the control socket could accept tallyctl's connections.
+tallyd_start
+holders=$(ss -xlpn 2>/dev/null | grep -F "$T/tallyd.sock" |
+    grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
+assert_eq "only the master holds the control socket" "pid=$TALLYD_PID " \
+    "$holders"
+for p in $(descendants "$TALLYD_PID"); do
+	n=$(find "/proc/$p/fd" -lname 'anon_inode:\[signalfd\]' 2>/dev/null |
+	    wc -l)
+	assert_eq "child $p holds no signalfd" 0 "$n"
+done
+tallyd_stop TERM
