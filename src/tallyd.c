@@ -74,7 +74,7 @@ main(int argc, char *argv[])
 	const char *path = SYSCONFDIR "/tallyd.conf";
 	char *abs;
 	char **overrides;
-	int ch, foreground = 0, test = 0, nover = 0;
+	int ch, foreground = 0, test = 0, nover = 0, bad;
 
 	argv = proctitle_init(argc, argv);
 	if ((overrides = calloc(argc, sizeof(*overrides))) == NULL)
@@ -99,17 +99,18 @@ main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		usage();
-	if (config_load(&cf, path, overrides, nover, &errs) != 0) {
-		for (int i = 0; i < errs.n; i++)
-			fprintf(stderr, "%s\n", errs.msgs[i]);
-		if (!test)
-			fprintf(stderr, "tallyd: bad configuration, not "
-			    "starting\n");
-		config_errors_free(&errs);
-		free(overrides);
-		return test ? 1 : 2;
-	}
-	if (tallyd_check_names(&cf, path) == -1) {
+	bad = config_load(&cf, path, overrides, nover, &errs) != 0;
+	for (int i = 0; i < errs.n; i++)
+		fprintf(stderr, "%s\n", errs.msgs[i]);
+	config_errors_free(&errs);
+	/*
+	 * Names the file itself accepts (user, group, DSN) are checked even
+	 * when other keys are wrong: one run lists every error.  Keys that
+	 * did not parse have their defaults here.
+	 */
+	if (tallyd_check_names(&cf, path) == -1)
+		bad = 1;
+	if (bad) {
 		if (!test)
 			fprintf(stderr, "tallyd: bad configuration, not "
 			    "starting\n");

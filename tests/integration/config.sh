@@ -105,6 +105,12 @@ NOUSER=tallyd-no-such-user-$$
 assert_eq "-o server.user=$NOUSER: exit 1" 1 \
     "$(check_conf "$GOOD" -o server.user=$NOUSER)"
 assert_match "... naming the user" "server.user: no such user '$NOUSER'" "$(out)"
+assert_eq "an unknown user beside a bad value: exit 1" 1 \
+    "$(check_conf "$GOOD" -o server.user=$NOUSER -o server.workers=0)"
+assert_match "... the bad value is named" "bad value '0' for server.workers" \
+    "$(out)"
+assert_match "... and so is the user" "server.user: no such user '$NOUSER'" \
+    "$(out)"
 assert_eq "-o server.group, no such group: exit 1" 1 \
     "$(check_conf "$GOOD" -o server.user=root -o server.group=$NOUSER)"
 assert_match "... naming the group" "server.group: no such group '$NOUSER'" \
