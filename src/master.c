@@ -563,21 +563,50 @@ master_start_children(void)
 			child_start(&M.children[i]);
 }
 
-/* Run recovery in a child, as PostgreSQL's postmaster does. */
+static int master_reload(void);
+
+/*
+ * Run recovery in a child, as PostgreSQL's postmaster does.  A stop
+ * asked for meanwhile ends it at once: replaying a long journal can take
+ * a while, and whatever recovery did is done again at the next start.
+ * A reload waits until the children run.
+ */
 static void
 master_recover(void)
 {
-	pid_t pid;
-	int status;
+	struct signalfd_siginfo si;
+	struct pollfd pfd;
+	pid_t pid, r;
+	int status, reload = 0;
 
 	M.state = STARTING;
 	if ((pid = proc_fork(PROC_STARTUP, 0, &M.env)) == -1)
 		fatal(1, "cannot fork the startup process");
-	while (waitpid(pid, &status, 0) == -1)
-		if (errno != EINTR)
+	pfd.fd = M.sigfd;
+	pfd.events = POLLIN;
+	while ((r = waitpid(pid, &status, WNOHANG)) != pid) {
+		if (r == -1 && errno != EINTR)
 			fatal(1, "waitpid");
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		if (poll(&pfd, 1, 100) != 1 ||
+		    read(M.sigfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+			continue;
+		if (si.ssi_signo == SIGHUP)
+			reload = 1;
+		if (si.ssi_signo != SIGTERM && si.ssi_signo != SIGINT &&
+		    si.ssi_signo != SIGQUIT)
+			continue;
+		log_info("stop during recovery: ending the startup process "
+		    "(pid %d); the next start recovers again", (int)pid);
+		kill(pid, SIGKILL);
+		while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+			;
+		exit(0);
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		if (reload)
+			master_reload();
 		return;
+	}
 	if (WIFSIGNALED(status))
 		fatalx(1, "recovery (pid %d) killed by signal %d", (int)pid,
 		    WTERMSIG(status));

@@ -9,7 +9,9 @@
 #     whose scan ended before the last frame was written;
 #  3. every process at once, as ^C in a terminal reaches the whole process
 #     group: only the master acts on SIGINT (and SIGHUP, which "pkill -HUP"
-#     sends to every process), so the stop still goes in order.
+#     sends to every process), so the stop still goes in order;
+#  4. the startup process, in a recovery the test holds: the master ends
+#     it at once and exits, starting nothing.
 . "$(dirname "$0")/lib.sh"
 need psql gdb
 
@@ -161,3 +163,47 @@ assert_eq "the POST in flight at SIGINT is answered" 202 "$(cat "$T/f.status")"
 stopped stop3
 assert_eq "PostgreSQL has stop-e" 1 "$(pg_value stop-e)"
 assert_eq "PostgreSQL has stop-f, in flight at SIGINT" 5 "$(pg_value stop-f)"
+
+# ================================================================ 4
+note "4: a stop while recovery runs"
+# gdb starts tallyd, follows the startup process and holds it at
+# recovery_run, a recovery that takes as long as the test likes, until
+# $T/go4 exists; then it goes on, and reaps the process if it was killed.
+TALLYD_RUN=$((TALLYD_RUN + 1))
+TALLYD_LOG=$T/tallyd.$TALLYD_RUN.log
+gdb -q -nx -batch -ex 'set follow-fork-mode child' \
+    -ex 'break recovery_run' -ex run \
+    -ex "shell for i in \$(seq 300); do [ -e '$T/go4' ] && break; sleep 0.1; done" \
+    -ex continue --args "$TALLYD" -f -c "$CONF" \
+    </dev/null >"$T/gdb4.out" 2>"$TALLYD_LOG" &
+GDB_PID=$!
+BGPIDS+=("$GDB_PID")
+for i in $(seq 300); do
+	grep -q 'Breakpoint 1, ' "$T/gdb4.out" && break
+	sleep 0.1
+done
+assert_match "gdb holds the startup process in recovery_run" \
+    'Breakpoint 1, .*recovery_run' "$(cat "$T/gdb4.out")"
+master=$(ps -o pid= --ppid "$GDB_PID" | tr -d ' ' | head -n 1)
+assert_match "the master's pid" '^[0-9]+$' "$master"
+kill -TERM "$master"
+for i in $(seq 100); do
+	grep -q 'stop during recovery' "$TALLYD_LOG" && break
+	sleep 0.1
+done
+assert_match "SIGTERM during recovery: the master ends it at once" \
+    'stop during recovery: ending the startup process' "$(cat "$TALLYD_LOG")"
+touch "$T/go4"
+if wait_gone 10 "$master"; then
+	ok "SIGTERM during recovery: the master exits"
+else
+	notok "SIGTERM during recovery: the master still runs"
+	kill -9 "$master"
+fi
+assert_eq "SIGTERM during recovery: no child was started" 0 \
+    "$(grep -c 'serving on' "$TALLYD_LOG")"
+wait "$GDB_PID"
+tallyd_start
+assert_eq "the next start serves" 202 "$(post stop-g 1)"
+tallyd_stop TERM
+assert_eq "the next start: SIGTERM exit status" 0 "$TALLYD_STATUS"
