@@ -446,6 +446,16 @@ journal_open(struct journal *j, const char *dir, uint64_t seg_size,
 	return 0;
 }
 
+int
+journal_open_readonly(struct journal *j, const char *dir, uint64_t seg_size,
+    const uint8_t epoch[JOURNAL_EPOCH_LEN], const char *node)
+{
+	if (journal_open(j, dir, seg_size, epoch, node) == -1)
+		return -1;
+	j->readonly = 1;
+	return 0;
+}
+
 static void
 map_drop(struct journal *j, struct journal_seg_map *m)
 {
@@ -560,6 +570,11 @@ journal_at(struct journal *j, uint64_t lsn, int create)
 	struct stat st;
 	int fd;
 
+	/* With create the caller means to write: not through PROT_READ. */
+	if (create && j->readonly) {
+		errno = EROFS;
+		return NULL;
+	}
 	for (int i = 0; i < JOURNAL_MAP_CACHE; i++) {
 		m = &j->maps[i];
 		if (m->index == index) {
@@ -570,7 +585,8 @@ journal_at(struct journal *j, uint64_t lsn, int create)
 			victim = m;
 	}
 	journal_seg_name(name, sizeof(name), index * j->seg_size);
-	fd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
+	fd = openat(j->dirfd, name, (j->readonly ? O_RDONLY : O_RDWR) |
+	    O_CLOEXEC);
 	if (fd == -1 && errno == ENOENT && create)
 		fd = seg_create(j, index * j->seg_size, name);
 	if (fd == -1)
@@ -582,8 +598,8 @@ journal_at(struct journal *j, uint64_t lsn, int create)
 		return NULL;
 	}
 	map_drop(j, victim);
-	victim->base = mmap(NULL, j->seg_size, PROT_READ | PROT_WRITE,
-	    MAP_SHARED, fd, 0);
+	victim->base = mmap(NULL, j->seg_size, j->readonly ? PROT_READ :
+	    PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (victim->base == MAP_FAILED) {
 		int e = errno;
 
@@ -818,6 +834,10 @@ journal_recycle(struct journal *j, uint64_t below_lsn)
 	char name[32];
 	int n, removed = 0;
 
+	if (j->readonly) {
+		errno = EROFS;
+		return -1;
+	}
 	if ((n = list_segments(j->dir, &bases)) == -1)
 		return -1;
 	for (int i = 0; i < n; i++) {

@@ -67,6 +67,7 @@ struct journal {
 	char			node[JOURNAL_NODE_LEN];
 	uint64_t		tick;
 	int			store;	/* frames stored through the mapping */
+	int			readonly; /* journal_open_readonly() */
 	struct journal_seg_map	maps[JOURNAL_MAP_CACHE];
 };
 
@@ -157,6 +158,15 @@ uint64_t journal_reserve(uint64_t *insert, uint64_t seg_size, uint32_t len,
 /* 0 on success.  Does not create or read anything yet. */
 int	journal_open(struct journal *j, const char *dir, uint64_t seg_size,
 	    const uint8_t epoch[JOURNAL_EPOCH_LEN], const char *node);
+/*
+ * The same for a reader that must not write: a copy of a journal on
+ * read-only media, say.  Segments are opened O_RDONLY and mapped
+ * PROT_READ; journal_at() with create and journal_recycle() fail with
+ * EROFS, and so does everything that writes through them.
+ */
+int	journal_open_readonly(struct journal *j, const char *dir,
+	    uint64_t seg_size, const uint8_t epoch[JOURNAL_EPOCH_LEN],
+	    const char *node);
 void	journal_close(struct journal *j);
 /* "%016llX.seg" of the segment's first LSN. */
 void	journal_seg_name(char *buf, size_t len, uint64_t base);

@@ -193,7 +193,8 @@ journal_cmd(const char *cmd, const char *dir)
 		fprintf(stderr, "tallyctl: no journal segments in %s\n", dir);
 		return 1;
 	}
-	if (journal_open(&w.j, dir, seg_size, epoch, node) == -1) {
+	/* Nothing here writes: a copy on read-only media will do. */
+	if (journal_open_readonly(&w.j, dir, seg_size, epoch, node) == -1) {
 		fprintf(stderr, "tallyctl: cannot open %s: %s\n", dir,
 		    strerror(errno));
 		free(bases);

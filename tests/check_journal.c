@@ -1134,6 +1134,67 @@ START_TEST(test_seg_recycle)
 }
 END_TEST
 
+/* The permissions /proc/self/maps gives the mapping at p: "rw-s". */
+static void
+map_perms(const void *p, char perms[5])
+{
+	FILE *f;
+	char line[512];
+	unsigned long lo, hi, a = (unsigned long)p;
+
+	strcpy(perms, "?");
+	ck_assert_ptr_nonnull(f = fopen("/proc/self/maps", "r"));
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) == 3 &&
+		    a >= lo && a < hi)
+			break;
+	fclose(f);
+}
+
+START_TEST(test_seg_readonly)
+{
+	struct journal w, r;
+	uint8_t *p;
+	const uint8_t *q;
+	char perms[5];
+
+	ck_assert_int_eq(journal_open(&w, tmpdir, SEG, EPOCH, "n"), 0);
+	for (uint64_t k = 2; k < 4; k++) {
+		ck_assert_ptr_nonnull(p = journal_at(&w, k * SEG + 512, 1));
+		p[0] = 0x40 + k;
+	}
+	ck_assert_int_eq(w.readonly, 0);
+	map_perms(p, perms);
+	ck_assert_str_eq(perms, "rw-s");
+	journal_close(&w);
+
+	ck_assert_int_eq(journal_open_readonly(&r, tmpdir, SEG, EPOCH, "n"), 0);
+	for (uint64_t k = 2; k < 4; k++) {
+		ck_assert_ptr_nonnull(q = journal_at(&r, k * SEG + 512, 0));
+		ck_assert_uint_eq(q[0], 0x40 + k);
+		ck_assert_mem_eq(q - 512, "TALLYJNL", 8);
+	}
+	/* Opened and mapped for reading only, whoever runs this. */
+	map_perms(q, perms);
+	ck_assert_str_eq(perms, "r--s");
+	for (int i = 0; i < JOURNAL_MAP_CACHE; i++)
+		if (r.maps[i].fd != -1)
+			ck_assert_int_eq(fcntl(r.maps[i].fd, F_GETFL) &
+			    O_ACCMODE, O_RDONLY);
+	/* Nothing is made, written or removed, even where it exists. */
+	ck_assert_ptr_null(journal_at(&r, 5 * SEG + 512, 1));
+	ck_assert_int_eq(errno, EROFS);
+	ck_assert_ptr_null(journal_at(&r, 2 * SEG + 512, 1));
+	ck_assert_int_eq(errno, EROFS);
+	ck_assert_int_eq(journal_pad(&r, 3 * SEG + 512, 3 * SEG + 1024), -1);
+	ck_assert_int_eq(errno, EROFS);
+	ck_assert_int_eq(journal_recycle(&r, UINT64_MAX), -1);
+	ck_assert_int_eq(errno, EROFS);
+	ck_assert_int_eq(dir_count(), 2);
+	journal_close(&r);
+}
+END_TEST
+
 static void
 rewrite_header(uint64_t base, size_t off, const void *bytes, size_t n,
     int fix_crc)
@@ -1390,6 +1451,7 @@ journal_suite(void)
 	tcase_add_loop_test(tc, test_frame_write, 0, 2);
 	tcase_add_test(tc, test_seg_many_maps);
 	tcase_add_test(tc, test_seg_recycle);
+	tcase_add_test(tc, test_seg_readonly);
 	tcase_add_test(tc, test_seg_scan);
 	tcase_add_test(tc, test_seg_short);
 	tcase_add_test(tc, test_seg_create_race);

@@ -18,6 +18,7 @@ NFAILED=0
 TALLYD_PID=
 PG_STARTED=0
 BGPIDS=()
+MOUNTS=()
 SELF=$(basename "$0" .sh)
 
 # ---------------------------------------------------------------- output
@@ -204,6 +205,11 @@ cleanup() {
 		as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop \
 		    >/dev/null 2>&1
 	fi
+	# Before rm -rf, which would leave a mount in $T behind.
+	for p in "${MOUNTS[@]}"; do
+		umount "$p" 2>/dev/null || umount -l "$p" ||
+		    notok "cannot unmount $p"
+	done
 	if [ "$SKIPPING" = 0 ]; then
 		san_reports
 		if [ "$NFAILED" -gt 0 ] || [ "$rc" -ne 0 ]; then
@@ -469,6 +475,20 @@ gdb_attach() {
 	done
 	cat "$out"
 	die "gdb did not attach to pid $pid"
+}
+
+# read_only DIR: make DIR read-only for everyone, root too, whose writes
+# file modes do not stop: a read-only bind mount of DIR on itself, which
+# the cleanup unmounts.  Without root, the files' modes do (the directory
+# stays writable, for the cleanup's rm -rf).
+read_only() {
+	if [ "$(id -u)" != 0 ]; then
+		find "$1" -type f -exec chmod a-w {} + || die "chmod a-w in $1"
+		return
+	fi
+	mount --bind "$1" "$1" || die "mount --bind $1"
+	MOUNTS+=("$1")
+	mount -o remount,ro,bind "$1" || die "remount $1 read-only"
 }
 
 journal_records() { tallyctl journal dump | wc -l; }

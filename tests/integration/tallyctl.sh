@@ -1,7 +1,8 @@
 #!/bin/bash
 # tallyctl against a running tallyd: every command, its exit code, its
 # --json form, and the control socket's refusal of malformed messages;
-# then the exit codes with no daemon at all.
+# then the journal commands on a read-only copy of the stopped journal,
+# and the exit codes with no daemon at all.
 . "$(dirname "$0")/lib.sh"
 need psql perl
 
@@ -172,6 +173,29 @@ TALLYD_PID=
 no_crashes
 assert_eq "stop flushed the rest" 12 "$(pg_value k)"
 assert_eq "control socket removed" no "$([ -e "$SOCK" ] && echo yes || echo no)"
+
+# The journal commands on a copy that nobody may write, root included (a
+# backup on read-only media): they read it as they read the original.
+tallyctl journal verify >"$T/verify.orig" 2>&1
+assert_eq "journal verify of the stopped journal: exit 0" 0 "$?"
+tallyctl journal dump >"$T/dump.orig" 2>"$T/dump.orig.err"
+assert_eq "journal dump of the stopped journal: exit 0" 0 "$?"
+assert_eq "journal dump: the three increments" 3 "$(grep -c . "$T/dump.orig")"
+mkdir "$T/ro"
+cp -p "$T/state/journal"/*.seg "$T/ro/" || die "cannot copy the journal"
+read_only "$T/ro"
+touch "$T/ro/probe" 2>/dev/null
+assert_eq "the copy is read-only" 1 "$?"
+tallyctl journal verify "$T/ro" >"$T/verify.ro" 2>"$T/verify.ro.err"; st=$?
+assert_eq "journal verify of a read-only copy: exit 0" 0 "$st"
+assert_eq "... with the original's counts" \
+    "$(sed -n 2p "$T/verify.orig")" "$(sed -n 2p "$T/verify.ro")"
+assert_eq "... and no complaint" "" "$(cat "$T/verify.ro.err")"
+tallyctl journal dump "$T/ro" >"$T/dump.ro" 2>"$T/dump.ro.err"; st=$?
+assert_eq "journal dump of a read-only copy: exit 0" 0 "$st"
+assert_eq "... every record of the original" "$(cat "$T/dump.orig")" \
+    "$(cat "$T/dump.ro")"
+assert_eq "... and no complaint" "" "$(cat "$T/dump.ro.err")"
 
 # No daemon: every daemon command fails with 1, usage errors with 2.
 for c in status flush reload stop "get k"; do
