@@ -736,9 +736,8 @@ cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* Sorted bases of the segment files in dir; -1 with errno. */
-static int
-list_segments(const char *dir, uint64_t **out)
+int
+journal_list_segments(const char *dir, uint64_t **out)
 {
 	DIR *d;
 	struct dirent *de;
@@ -838,7 +837,7 @@ journal_recycle(struct journal *j, uint64_t below_lsn)
 		errno = EROFS;
 		return -1;
 	}
-	if ((n = list_segments(j->dir, &bases)) == -1)
+	if ((n = journal_list_segments(j->dir, &bases)) == -1)
 		return -1;
 	for (int i = 0; i < n; i++) {
 		if (bases[i] + j->seg_size > below_lsn)
@@ -871,7 +870,7 @@ journal_scan_dir(const char *dir, uint64_t **bases,
 	int n, fd;
 	ssize_t got;
 
-	if ((n = list_segments(dir, bases)) == -1) {
+	if ((n = journal_list_segments(dir, bases)) == -1) {
 		snprintf(err, errlen, "cannot list journal directory %s: %s",
 		    dir, strerror(errno));
 		return -1;

@@ -193,6 +193,11 @@ int	journal_recycle(struct journal *j, uint64_t below_lsn);
 int	journal_remove_tmp(const char *dir);
 
 /*
+ * The sorted bases of the segment files in dir, in *bases (to free).
+ * Returns how many, -1 with errno.
+ */
+int	journal_list_segments(const char *dir, uint64_t **bases);
+/*
  * List the segments of a directory (sorted bases), read and check the
  * header of the first: fills epoch, node and seg_size.  Returns the number
  * of segments (0: no journal), -1 on error (message in err), -2 when a

@@ -109,24 +109,65 @@ dump_frame(struct walk *w, uint64_t lsn, const struct frame_info *fi)
 	}
 }
 
+/*
+ * The segment of p could not be opened for want of its file: was it
+ * recycled since the listing?  The flusher removes the segments below
+ * PostgreSQL's checkpoint, the lowest first, so one that a second listing
+ * shows gone with every remaining segment above it was, and the walk goes
+ * on at *next, the first that remains.  One gone with a segment still
+ * below it is missing from the middle of the journal: an error.
+ */
+static int
+seg_recycled(struct walk *w, uint64_t p, uint64_t *next)
+{
+	uint64_t *bases, base = journal_seg_base(w->j.seg_size, p);
+	char first[32], last[32];
+	int n, gone;
+
+	if ((n = journal_list_segments(w->j.dir, &bases)) <= 0) {
+		free(bases);
+		return 0;
+	}
+	if ((gone = bases[0] > base)) {
+		*next = bases[0];
+		journal_seg_name(first, sizeof(first), base);
+		journal_seg_name(last, sizeof(last), bases[0] - w->j.seg_size);
+		if (base == bases[0] - w->j.seg_size)
+			fprintf(stderr, "%s: segment %s recycled while reading "
+			    "(below the checkpoint)\n", w->j.dir, first);
+		else
+			fprintf(stderr, "%s: segments %s to %s recycled while "
+			    "reading (below the checkpoint)\n", w->j.dir,
+			    first, last);
+	}
+	free(bases);
+	return gone;
+}
+
 /* Walk every frame; report what is wrong.  Returns the end LSN. */
 static uint64_t
 walk_journal(struct walk *w, uint64_t start, uint64_t end)
 {
-	uint64_t p = journal_lsn_normalize(w->j.seg_size, start), found;
+	uint64_t p = journal_lsn_normalize(w->j.seg_size, start), found, next;
 	struct frame_info fi;
 	enum frame_status st;
 	const uint8_t *f;
 	char at[96];
+	int e;
 
 	while (p < end) {
 		p = journal_lsn_normalize(w->j.seg_size, p);
 		if (p >= end)
 			break;
 		if ((f = journal_at(&w->j, p, 0)) == NULL) {
+			e = errno;
+			if (e == ENOENT && seg_recycled(w, p, &next)) {
+				p = next < end ? next : end;
+				continue;
+			}
 			where(w, p, at, sizeof(at));
 			fprintf(stderr, "%s: segment missing or unreadable: "
-			    "%s\n", at, strerror(errno));
+			    "%s\n", at, strerror(e));
 			w->bad++;
 			p = journal_seg_base(w->j.seg_size, p) + w->j.seg_size;
 			continue;
