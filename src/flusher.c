@@ -518,10 +518,14 @@ flusher_pg_failed(struct flusher *fl, const char *what)
 	char msg[600];
 
 	shm_count(&fl->h->stats.pg_errors, 1);
-	if (fl->pg.conn == NULL) {
+	/*
+	 * Down for /readyz and postgres_up until a flush goes through: a
+	 * connection that stays up while every flush fails (a read-only
+	 * server after a failover, a revoked grant, a lock) is no better.
+	 */
+	fl->h->pg_up = 0;
+	if (fl->pg.conn == NULL)
 		fl->connected = 0;
-		fl->h->pg_up = 0;
-	}
 	if (flusher_stopping(fl) == 2)
 		return;
 	snprintf(msg, sizeof(msg), "%s|%s", fl->pg.sqlstate, fl->pg.err);
@@ -893,7 +897,11 @@ flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 		shm_count(&fl->h->stats.pg_reconnects, 1);
 	fl->outage_logged = 0;
 	fl->last_err[0] = '\0';
-	fl->backoff_ms = 0;
+	/*
+	 * The back-off goes back to its start after a flush, not here: a
+	 * flush that breaks the connection each time would reconnect (and
+	 * read every held key) without pause.
+	 */
 	log_info("connected to PostgreSQL (database %s on %s, port %s)",
 	    PQdb(fl->pg.conn), PQhost(fl->pg.conn), PQport(fl->pg.conn));
 	return 0;
@@ -1784,6 +1792,7 @@ flusher_main(const struct config *cf, struct shm *shm)
 			continue;
 		}
 		fl.backoff_ms = 0;
+		fl.h->pg_up = 1;
 		/*
 		 * The master signals the stop once the syncer is gone, so the
 		 * durable position a flush reads after the signal is the

@@ -626,6 +626,9 @@ master_publish(const struct config *cf)
 	log_set_level(h->log_level);
 	ratelimit_configure(M.shm.rl, cf);
 	__atomic_add_fetch(&h->reload_gen, 1, __ATOMIC_RELEASE);
+	/* A shorter flush_interval must not wait out the flusher's sleep. */
+	if (h->flusher_efd > 0)
+		syncer_kick(h->flusher_efd);
 }
 
 static void

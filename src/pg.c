@@ -175,7 +175,7 @@ int
 pg_connect(struct pg *pg, const char *dsn, const char *appname,
     const char *schema)
 {
-	const char *kw[8], *val[8], *v;
+	const char *kw[12], *val[12], *v, *enc;
 	PQconninfoOption *opts;
 	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 	uint64_t started, deadline;
@@ -193,6 +193,20 @@ pg_connect(struct pg *pg, const char *dsn, const char *appname,
 	val[n++] = appname;
 	kw[n] = "client_encoding";
 	val[n++] = "UTF8";
+	/*
+	 * A peer that vanished (a failover, a cut network) is found in about
+	 * 90 s rather than the system's two hours; and a row lock held by a
+	 * forgotten session fails the flush (retried, and /readyz says so)
+	 * rather than hold it for ever.
+	 */
+	kw[n] = "keepalives_idle";
+	val[n++] = "60";
+	kw[n] = "keepalives_interval";
+	val[n++] = "10";
+	kw[n] = "keepalives_count";
+	val[n++] = "3";
+	kw[n] = "options";
+	val[n++] = "-c lock_timeout=30s";
 	if (getenv("PGCONNECT_TIMEOUT") == NULL) {
 		kw[n] = "connect_timeout";
 		val[n++] = "5";
@@ -241,6 +255,21 @@ pg_connect(struct pg *pg, const char *dsn, const char *appname,
 		}
 	}
 	PQsetNoticeProcessor(pg->conn, pg_notice, NULL);
+	/*
+	 * Keys are UTF-8.  In a database of another encoding, one that has
+	 * no character for a key's would fail each statement naming it,
+	 * the dead-letter row included, and wedge every flush.
+	 */
+	enc = PQparameterStatus(pg->conn, "server_encoding");
+	if (enc == NULL || (strcmp(enc, "UTF8") != 0 &&
+	    strcmp(enc, "SQL_ASCII") != 0)) {
+		snprintf(pg->err, sizeof(pg->err), "database %s has encoding "
+		    "%s; tallyd's keys are UTF-8 and need a UTF8 database",
+		    PQdb(pg->conn), enc ? enc : "unknown");
+		pg->sqlstate[0] = '\0';
+		pg_drop(pg);
+		return -1;
+	}
 	if (PQsetnonblocking(pg->conn, 1) == -1) {
 		pg_set_err(pg, NULL, PQerrorMessage(pg->conn));
 		pg_drop(pg);

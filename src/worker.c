@@ -148,6 +148,7 @@ static struct worker {
 	struct req_ctx		 cur;	/* the request being answered */
 	struct req_ctx		 outer;	/* the one cur interrupted */
 	uint64_t		 now;	/* answer time of a batch, or 0 */
+	uint64_t		 flush_asked;	/* worker_ask_flush, ns */
 	pid_t			 pid;	/* glibc asks the kernel each time */
 } W;
 
@@ -593,13 +594,36 @@ content_type_ok(h2o_req_t *req)
 	return n == 16 || v[16] == ';' || v[16] == ' ' || v[16] == '\t';
 }
 
+/*
+ * Room runs short, and only a flush gives it back: ask the flusher not to
+ * wait out flush_interval.  Not while PostgreSQL is down, where a wake-up
+ * would cut its back-off short; at most every 100 ms from each worker.
+ */
+static void
+worker_ask_flush(void)
+{
+	uint64_t now;
+
+	if (!__atomic_load_n(&W.h->pg_up, __ATOMIC_RELAXED))
+		return;
+	now = metrics_now();
+	if (now - W.flush_asked < 100000000)
+		return;
+	W.flush_asked = now;
+	syncer_kick(W.h->flusher_efd);
+}
+
+/* Past max_size: refuse.  Past half of it: ask for a flush now. */
 static int
 backlog_full(void)
 {
 	uint64_t ins = shm_load(&W.h->insert_lsn);
 	uint64_t ck = shm_load(&W.h->checkpoint_lsn);
 
-	return ins > ck && ins - ck > W.cf->max_size;
+	if (ins <= ck || ins - ck <= W.cf->max_size / 2)
+		return 0;
+	worker_ask_flush();
+	return ins - ck > W.cf->max_size;
 }
 
 /*
@@ -735,6 +759,8 @@ handle_post(h2o_req_t *req)
 	default:
 		if (ie)
 			idem_abort(W.shm->idem, ie);
+		/* Keys with nothing left to flush can be evicted. */
+		worker_ask_flush();
 		return respond_retry(req, "counter table full");
 	}
 

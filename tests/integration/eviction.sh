@@ -85,3 +85,28 @@ assert_eq "all $NKEYS keys went through the table of 64" $NKEYS \
 
 tallyd_stop
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# With a flush_interval of an hour, a full table does not wait for it: the
+# first 503 asks the flusher for a flush, which makes its keys evictable.
+tallyd_conf "[counters]" "max_keys = 50" "[postgres]" "flush_interval = 1h"
+tallyd_start
+N503=0
+n=0
+for k in $(seq 60); do
+	incr "full-$k" 1 && n=$((n + 1))
+done
+assert_between "a table of 50, 60 keys: some 503s" 1 1000 "$N503"
+assert_eq "... and every key acknowledged in the end (no hour's wait)" \
+    60 "$n"
+
+# A reload that shortens flush_interval takes effect now, not at the end
+# of the hour the flusher was sleeping.
+tallyctl flush >/dev/null
+assert_eq "all 60 in PostgreSQL" 60 \
+    "$(pg_sql "select count(*) from tally_counters where key like 'full-%'")"
+sed -i 's/^flush_interval = 1h$/flush_interval = 200ms/' "$CONF"
+assert_eq "reload to 200ms: exit 0" 0 "$(tallyctl reload >/dev/null; echo $?)"
+assert_eq "after the reload: POST" 202 "$(post after-reload 4)"
+pg_wait_value after-reload 4 5
+tallyd_stop
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
