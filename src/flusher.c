@@ -1618,12 +1618,18 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 /*
  * Flush everything durable now.  0 when caught up (or stuck at a bad
  * frame, which is logged), -1 on a PostgreSQL error.
+ *
+ * A flush request is served once the syncer has made its frames durable
+ * (flush_synced), read before the durable position that then covers
+ * them.  In a graceful stop the syncer is gone and the durable position
+ * is the journal's last: it covers every request.
  */
 static int
 flusher_flush(struct flusher *fl)
 {
 	struct shm_hdr *h = fl->h;
-	uint64_t seq = shm_load(&h->flush_seq);
+	uint64_t seq = shm_load(flusher_stopping(fl) == 1 ? &h->flush_seq :
+	    &h->flush_synced);
 	uint64_t end = shm_load(&h->durable_lsn);
 	uint64_t from, upto;
 	enum fl_read rd;
@@ -1651,7 +1657,7 @@ flusher_flush(struct flusher *fl)
 		if (rd == FL_READ_STUCK)
 			break;
 	}
-	shm_store(&h->flush_done, seq);
+	shm_advance(&h->flush_done, seq);
 	return 0;
 }
 

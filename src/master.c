@@ -815,7 +815,9 @@ ctl_dispatch(struct control_client *c)
 		c->flush_seq = __atomic_add_fetch(&h->flush_seq, 1,
 		    __ATOMIC_ACQ_REL);
 		c->deadline_ms = now_ms() + CTL_FLUSH_MS;
-		syncer_kick(h->flusher_efd);
+		/* Its frames are made durable first; the syncer then wakes
+		 * the flusher (flush_synced). */
+		syncer_kick(h->syncer_efd);
 		return 0;
 	case CTL_RELOAD:
 		if (master_reload() == 0)
@@ -838,12 +840,17 @@ ctl_dispatch(struct control_client *c)
 	}
 }
 
-/* Answer the flushes that are done, or that waited too long. */
+/*
+ * Answer the flushes that are done, or that waited too long.  One that
+ * stopped at a damaged frame is done but did not bring PostgreSQL the
+ * increments past it: a failure, not "flushed".
+ */
 static void
 ctl_flush_waiters(void)
 {
-	uint64_t done = shm_load(&M.shm.hdr->flush_done), t = now_ms();
-	char buf[128];
+	struct shm_hdr *h = M.shm.hdr;
+	uint64_t done = shm_load(&h->flush_done), t = now_ms(), bad;
+	char buf[160];
 	int n;
 
 	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++) {
@@ -851,7 +858,15 @@ ctl_flush_waiters(void)
 
 		if (c == NULL || c->flush_seq == 0)
 			continue;
-		if (done >= c->flush_seq) {
+		if (done >= c->flush_seq && (bad = shm_load(
+		    &h->corrupt_lsn)) != 0 && journal_lsn_normalize(
+		    h->seg_size, shm_load(&h->checkpoint_lsn)) <= bad) {
+			n = snprintf(buf, sizeof(buf), "{\"error\":\"journal "
+			    "corrupt at LSN %" PRIu64 ": flushing stopped "
+			    "there (see 'tallyctl journal verify')\"}", bad);
+			control_reply(c->fd, CTL_FAILED, buf, n);
+			c->flush_seq = 0;
+		} else if (done >= c->flush_seq) {
 			n = snprintf(buf, sizeof(buf), "{\"flushed\":true,"
 			    "\"checkpoint_lsn\":%" PRIu64 "}",
 			    shm_load(&M.shm.hdr->checkpoint_lsn));

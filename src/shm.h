@@ -81,7 +81,15 @@ struct shm_hdr {
 	 */
 	int		keys_loaded;
 	uint64_t	flush_seq;	/* bumped to ask the flusher to run now */
-	uint64_t	flush_done;	/* flush_seq value last served */
+	/*
+	 * The flush_seq value whose frames the syncer has made durable:
+	 * everything written when that request was made (sync = interval
+	 * would otherwise leave it in the page cache for sync_interval,
+	 * and so out of the flusher's reach).  The syncer serves a request
+	 * at once, then wakes the flusher.
+	 */
+	uint64_t	flush_synced;
+	uint64_t	flush_done;	/* flush_synced value last served */
 	int		syncer_efd;	/* eventfd: a frame was published */
 	int		flusher_efd;	/* eventfd: flush requested */
 	uint32_t	nslots;

@@ -26,6 +26,12 @@
  * Nothing past it can be made durable, so seen twice it is reported as
  * corruption (corrupt_lsn, for /readyz) and increments are refused from
  * then on, like a journal that cannot be written.
+ *
+ * A flush request (tallyctl flush bumps flush_seq) is served at once,
+ * whatever sync_interval: the syncer notes where the reservations end,
+ * waits for the frames up to there to be published (a writer's copy takes
+ * microseconds), syncs them and says so in flush_synced; the flusher then
+ * takes everything that was acknowledged before the request.
  */
 #include <sys/eventfd.h>
 
@@ -326,8 +332,9 @@ syncer_main(const struct config *cf, struct shm *shm)
 	struct journal j;
 	struct sigaction sa;
 	struct pollfd pfd;
-	uint64_t last_sync = now_us(), buf, written;
-	int group = cf->sync == SYNC_GROUP, stop;
+	uint64_t last_sync = now_us(), buf, written, seq;
+	uint64_t req_seq = 0, req_lsn = 0;	/* flush request being served */
+	int group = cf->sync == SYNC_GROUP, stop, serve;
 
 	log_set_role("syncer");
 	memset(&sa, 0, sizeof(sa));
@@ -360,14 +367,36 @@ syncer_main(const struct config *cf, struct shm *shm)
 		 * frames, so only that pass may be the last.
 		 */
 		stop = syncer_stop;
+		/*
+		 * Every frame acknowledged before the request lies below the
+		 * insert position read after it.
+		 */
+		if (req_seq == 0 && (seq = shm_load(&h->flush_seq)) >
+		    shm_load(&h->flush_synced)) {
+			req_seq = seq;
+			req_lsn = journal_lsn_normalize(j.seg_size,
+			    shm_load(&h->insert_lsn));
+		}
 		written = syncer_scan(&j, h, shm_load(&h->written_lsn), 1);
 		if (written > shm_load(&h->written_lsn))
 			shm_advance(&h->written_lsn, written);
-		if (!h->sync_failed && (group || syncer_stop ||
+		/*
+		 * Past a damaged frame or a failed fdatasync nothing more
+		 * becomes durable: the request is answered with what is.
+		 */
+		serve = req_seq != 0 && (journal_lsn_normalize(j.seg_size,
+		    written) >= req_lsn || syncer_stuck || h->sync_failed ||
+		    stop);
+		if (!h->sync_failed && (group || syncer_stop || serve ||
 		    now_us() - last_sync >= cf->sync_interval_us)) {
 			if (syncer_sync(&j, h, written) == 0 && group)
 				syncer_wake_workers(h);
 			last_sync = now_us();
+		}
+		if (serve) {
+			shm_store(&h->flush_synced, req_seq);
+			req_seq = 0;
+			syncer_kick(h->flusher_efd);
 		}
 		if (stop == 1)
 			break;

@@ -2,8 +2,9 @@
 # tallyctl against a running tallyd: every command, its exit code, its
 # --json form, the control socket's refusal of malformed messages, and
 # journal verify on the live journal while segments are recycled; then the
-# journal commands on a read-only copy of the stopped journal,
-# and the exit codes with no daemon at all.
+# journal commands on a read-only copy of the stopped journal; flush under
+# sync = interval and at a damaged frame; and the exit codes with no
+# daemon at all.
 . "$(dirname "$0")/lib.sh"
 need psql perl python3 gdb
 
@@ -281,6 +282,41 @@ assert_eq "journal dump of a read-only copy: exit 0" 0 "$st"
 assert_eq "... every record of the original" "$(cat "$T/dump.orig")" \
     "$(cat "$T/dump.ro")"
 assert_eq "... and no complaint" "" "$(cat "$T/dump.ro.err")"
+
+# flush waits until PostgreSQL holds every increment acknowledged before
+# it, as tallyctl(8) says, whatever the sync policy: under sync = interval
+# the frames acknowledged but not yet synced are synced for it (the
+# flusher only takes durable ones), not left for sync_interval.
+tallyd_conf "[journal]" "sync = interval" "sync_interval = 30s"
+sed -i 's/^flush_interval = .*/flush_interval = 1h/' "$CONF"
+mkdir -p "$T/interval"
+tallyd_start -o "server.state_dir=$T/interval"
+flush
+assert_eq "sync = interval: increment accepted" 202 "$(post si 5)"
+tallyctl flush >/dev/null; st=$?
+assert_eq "sync = interval: flush exit 0" 0 "$st"
+assert_eq "sync = interval: PostgreSQL has it right after flush" 5 \
+    "$(pg_value si)"
+
+# A flush that stops at a damaged frame has not brought PostgreSQL what
+# was acknowledged past it: it fails, and says where.
+assert_eq "increment before the damage" 202 "$(post sc1 1)"
+sleep 0.5
+lsn=$(tallyctl journal dump "$T/interval/journal" 2>/dev/null |
+    awk -F'\t' '$2 == "\"sc1\"" { print $1 }' | tail -n 1)
+assert_match "the increment's frame found" '^[0-9]+$' "$lsn"
+seg=$T/interval/journal/$(printf '%016X.seg' $((lsn - lsn % 1048576)))
+printf '\xff\xff\xff\xff' | dd of="$seg" bs=1 seek=$((lsn % 1048576 + 44)) \
+    conv=notrunc status=none
+assert_eq "increment after the damage" 202 "$(post sc2 1)"
+tallyctl flush >"$T/flush.out" 2>"$T/flush.err"; st=$?
+assert_eq "flush stopped at a damaged frame: exit 1" 1 "$st"
+assert_match "... saying where" \
+    "journal corrupt at LSN $lsn: flushing stopped there" "$(cat "$T/flush.err")"
+assert_eq "... and nothing on stdout" "" "$(cat "$T/flush.out")"
+assert_eq "... nothing from the damaged frame on in PostgreSQL" "none none" \
+    "$(pg_value sc1) $(pg_value sc2)"
+tallyd_kill9_all
 
 # No daemon: every daemon command fails with 1, usage errors with 2.
 for c in status flush reload stop "get k"; do
