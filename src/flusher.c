@@ -52,6 +52,17 @@
 #include "proc.h"
 
 #define FL_BATCH_KEYS		50000	/* end a batch after this many keys */
+/*
+ * ... or after this many records with an Idempotency-Key: each is its own
+ * row in the batch's idempotency statements (pg_idem_claim), so a long
+ * outage's keyed increments on a few keys would otherwise make one batch
+ * and one statement of the whole backlog, past PostgreSQL's 1 GB message
+ * limit: the connection drops and the same batch is tried forever.
+ * Both caps are checked between frames; with keys and Idempotency-Keys
+ * bounded (REQUEST_MAX_KEY_BYTES, 255) they bound a batch's memory and
+ * statements to some 120 MB at worst.
+ */
+#define FL_BATCH_KEYED		50000
 #define FL_LOOKUP_CHUNK		5000	/* keys per committed-value query */
 #define FL_REFRESH_KEYS		20000	/* held keys refreshed per cycle */
 #define FL_REFRESH_ALONE_KEYS	1000	/* the same, no other node flushing */
@@ -467,7 +478,7 @@ flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
 	*upto = from;
 	for (p = journal_lsn_normalize(seg, from); p < limit;
 	    p = journal_lsn_normalize(seg, *upto)) {
-		if (fl->b.n >= FL_BATCH_KEYS)
+		if (fl->b.n >= FL_BATCH_KEYS || fl->b.nkeyed >= FL_BATCH_KEYED)
 			break;
 		if ((f = journal_at(&fl->j, p, 0)) == NULL) {
 			flusher_corrupt(fl, p, "cannot map the segment", errno);

@@ -11,6 +11,9 @@
 # a cycle while no other node flushes), and flush_interval is long, so
 # most totals the node shows right after a flush come from what the flush
 # itself returned: a key given another key's total, or none, shows here.
+#
+# Last, a backlog of keyed increments from an outage goes up in batches of
+# bounded size.
 . "$(dirname "$0")/lib.sh"
 
 NOLD=2000	# keys flushed once, then edited by hand
@@ -153,3 +156,48 @@ same_totals "shared"
 
 tallyd_stop
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# A long outage with many Idempotency-Keys on few keys: each keyed record
+# is its own row in the flush's idempotency statements, so a batch also
+# ends once it holds FL_BATCH_KEYED (50000) of them.  Without that cap,
+# one batch and one statement took the whole backlog, however large
+# (past PostgreSQL's 1 GB message limit the connection drops and the same
+# batch is tried again forever).
+NKEYED=60000
+NK=3
+flushes() {
+	curl -s "$BASE/metrics" | sed -n 's/^tallyd_flushes_total \([0-9]*\)$/\1/p'
+}
+tallyd_start -o postgres.flush_interval=100ms
+# The node's keys are read back from PostgreSQL before keyed requests
+# are taken; then PostgreSQL goes away.
+for i in $(seq 75); do
+	st=$(http POST /increment -H 'Content-Type: application/json' \
+	    -H 'Idempotency-Key: first' -d '{"key":"q0","value":1}')
+	[ "$st" = 202 ] && break
+	sleep 0.2
+done
+assert_eq "a keyed increment once the keys are read back" 202 "$st"
+flush
+pg_stop
+seq 1 $NKEYED | awk -v b="$BASE" -v nk=$NK '{
+	if (NR > 1) print "next"
+	printf "url = \"%s/increment\"\nheader = \"Content-Type: application/json\"\n", b
+	printf "header = \"Idempotency-Key: ik-%d\"\n", $1
+	printf "data = \"{\\\"key\\\":\\\"q%d\\\",\\\"value\\\":1}\"\n", $1 % nk
+	printf "output = /dev/null\nsilent\nwrite-out = \" %%{http_code}\\n\"\n"
+}' >"$T/keyed.cfg"
+n=$(run_config "$T/keyed.cfg" --parallel --parallel-max 16 | grep -c '^ 202$')
+assert_eq "outage: all $NKEYED keyed increments accepted" "$NKEYED" "$n"
+f0=$(flushes)
+pg_start
+flush
+assert_between "the backlog went up in more than one batch" 2 10 \
+    $(($(flushes) - f0))
+assert_eq "every keyed increment applied once" \
+    "$((NKEYED / NK + 1)) $((NKEYED / NK)) $((NKEYED / NK))" \
+    "$(pg_value q0) $(pg_value q1) $(pg_value q2)"
+assert_eq "every Idempotency-Key recorded" "$((NKEYED + 1))" \
+    "$(pg_sql "select count(*) from tally_idempotency")"
+tallyd_stop
+assert_eq "SIGTERM after the backlog: exit status" 0 "$TALLYD_STATUS"
