@@ -192,7 +192,15 @@ printf "$(printf '\\%03o' $((byte ^ 16)))" |
 note "6: flipped a bit in $seg at offset $((off + 44)) (frame at offset $off)"
 before=$(pg_value c-k)
 [ "$before" = none ] && before=0
-flush
+# flush_damaged LABEL: tallyctl flush fails, naming the damaged frame.
+flush_damaged() {
+	local out st=0
+	out=$(tallyctl flush 2>&1) || st=$?
+	assert_eq "$1: tallyctl flush fails" 1 "$st"
+	assert_match "$1: ... naming the damaged frame" \
+	    "journal corrupt at LSN $bad: flushing stopped there" "$out"
+}
+flush_damaged "6"
 pg_wait_value c-k $((before + 1 + 2 + 3)) 5
 assert_eq "6: checkpoint stops at the damaged frame" "$bad" "$(checkpoint)"
 assert_match "6: the log names segment and offset" \
@@ -208,7 +216,7 @@ assert_match "6: tallyctl status says so" \
     "$(tallyctl status)"
 assert_eq "6: increments are still acknowledged" 202 "$(post c-k 100)"
 assert_eq "6: and seen by GET" $((before + 21 + 100)) "$(total c-k)"
-flush
+flush_damaged "6, again"
 assert_eq "6: still stopped there" "$bad" "$(checkpoint)"
 assert_eq "6: still logged once" 1 "$(grep -c 'journal corrupt in' "$TALLYD_LOG")"
 tallyd_stop QUIT
