@@ -1126,6 +1126,18 @@ flusher_claim_each(struct flusher *fl, size_t n)
 	return 0;
 }
 
+/* The record k as row i of the batch's idempotency statements. */
+static void
+batch_idem_put(struct fl_batch *b, size_t i, const struct fl_keyed *k)
+{
+	b->idem[i].ik = b->arena + k->ik_off;
+	b->idem[i].ik_len = k->ik_len;
+	b->idem[i].key = b->arena + b->ents[k->ent].off;
+	b->idem[i].key_len = b->ents[k->ent].len;
+	b->idem[i].value = k->value;
+	b->idem[i].time_us = k->time_us;
+}
+
 /* Claim the batch's records that are their key's use number 'use'. */
 static int
 flusher_claim_round(struct flusher *fl, uint32_t use)
@@ -1139,13 +1151,7 @@ flusher_claim_round(struct flusher *fl, uint32_t use)
 		if (k->use != use)
 			continue;
 		b->keyed[k->first].cur = i;
-		b->idem[n].ik = b->arena + k->ik_off;
-		b->idem[n].ik_len = k->ik_len;
-		b->idem[n].key = b->arena + b->ents[k->ent].off;
-		b->idem[n].key_len = b->ents[k->ent].len;
-		b->idem[n].value = k->value;
-		b->idem[n].time_us = k->time_us;
-		n++;
+		batch_idem_put(b, n++, k);
 	}
 	if (!fl->isolate)
 		return pg_idem_claim(&fl->pg, b->idem, n, fl->cf->idem_ttl_us,
@@ -1190,13 +1196,7 @@ flusher_claim_conflicts(struct flusher *fl, uint32_t use)
 
 		if (k->use != use || k->applied || k->rejected)
 			continue;
-		b->idem[n].ik = b->arena + k->ik_off;
-		b->idem[n].ik_len = k->ik_len;
-		b->idem[n].key = b->arena + b->ents[k->ent].off;
-		b->idem[n].key_len = b->ents[k->ent].len;
-		b->idem[n].value = k->value;
-		b->idem[n].time_us = k->time_us;
-		n++;
+		batch_idem_put(b, n++, k);
 	}
 	if (pg_idem_mismatched(&fl->pg, b->idem, n, flusher_mismatch_cb,
 	    b) == -1)
