@@ -1099,6 +1099,22 @@ pg_idem_arrays(struct pg *pg, const struct pg_idem *v, size_t n,
 	return 0;
 }
 
+/* Run sql and hand fn the Idempotency-Key in column 0 of each row. */
+static int
+pg_idem_keys(struct pg *pg, const char *sql, int nparams,
+    const char *const *params, pg_idem_fn fn, void *arg)
+{
+	PGresult *res;
+
+	if ((res = pg_exec(pg, sql, nparams, params)) == NULL)
+		return -1;
+	for (int r = 0; r < PQntuples(res); r++)
+		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
+		    0, 0);
+	PQclear(res);
+	return 0;
+}
+
 /*
  * The fingerprint of a keyed request is exact, not a hash: "value:key".
  * It is what pg_idem_load hands back to rebuild the shared table.  An
@@ -1113,7 +1129,6 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	const char *params[6];
 	char sql[1024], ttl[32];
 	size_t at[3];
-	PGresult *res;
 
 	if (n == 0)
 		return 0;
@@ -1137,13 +1152,7 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	    "created_at = EXCLUDED.created_at WHERE t.created_at <= "
 	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
 	    "RETURNING idem_key", pg->schema);
-	if ((res = pg_exec(pg, sql, 6, params)) == NULL)
-		return -1;
-	for (int r = 0; r < PQntuples(res); r++)
-		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
-		    0, 0);
-	PQclear(res);
-	return 0;
+	return pg_idem_keys(pg, sql, 6, params, fn, arg);
 }
 
 /*
@@ -1158,7 +1167,6 @@ pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
 	const char *params[3];
 	char sql[1024];
 	size_t at[3];
-	PGresult *res;
 
 	if (n == 0)
 		return 0;
@@ -1171,13 +1179,7 @@ pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
 	    "$2::text[], $3::bigint[]) AS u(i, k, v) "
 	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
 	    "WHERE t.fingerprint <> (u.v::text || ':' || u.k)", pg->schema);
-	if ((res = pg_exec(pg, sql, 3, params)) == NULL)
-		return -1;
-	for (int r = 0; r < PQntuples(res); r++)
-		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
-		    0, 0);
-	PQclear(res);
-	return 0;
+	return pg_idem_keys(pg, sql, 3, params, fn, arg);
 }
 
 int
