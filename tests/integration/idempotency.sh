@@ -360,10 +360,7 @@ flusher=$(role_pids flusher)
 gdb_attach "$flusher" "$T/gdb-load.out" -ex 'break idem_complete' \
     -ex continue -ex 'shell sleep 600'
 pg_start
-for i in $(seq 300); do
-	grep -q '^Breakpoint 1, ' "$T/gdb-load.out" && break
-	sleep 0.1
-done
+wait_grep 30 "$T/gdb-load.out" '^Breakpoint 1, '
 assert_match "gdb holds the flusher as it takes a key back" \
     'Breakpoint 1, .*idem_complete' "$(cat "$T/gdb-load.out")"
 kill -9 "$flusher" "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID")

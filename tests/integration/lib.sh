@@ -460,6 +460,18 @@ checkpoint_at_journal_end() {
 	    "$(pg_sql "select lsn from tally_checkpoints where node = '$node'")"
 }
 
+# wait_grep SECONDS FILE PATTERN: poll until FILE has a line matching
+# PATTERN (grep's basic regex) or SECONDS pass; the assertion is the
+# caller's.
+wait_grep() {
+	local i
+	for i in $(seq $(($1 * 10))); do
+		grep -q -- "$3" "$2" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # gdb_attach PID OUT GDB_ARG...: gdb in batch mode on PID in the background
 # (its pid in GDB_PID, its output in OUT), returning once its first
 # breakpoint is set.

@@ -122,10 +122,7 @@ DSN="$DSN_UTF8 dbname=latin1"
 tallyd_conf
 DSN=$DSN_UTF8
 tallyd_start
-for i in $(seq 100); do
-	grep -q 'has encoding LATIN1' "$TALLYD_LOG" && break
-	sleep 0.1
-done
+wait_grep 10 "$TALLYD_LOG" 'has encoding LATIN1'
 assert_match "LATIN1 database: the log says why" \
     "database latin1 has encoding LATIN1; tallyd's keys are UTF-8 and need a UTF8 database" \
     "$(cat "$TALLYD_LOG")"

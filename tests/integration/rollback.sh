@@ -104,10 +104,7 @@ gdb_attach "$flusher" "$T/gdb.out" -ex 'break counters_commit_key' \
     -ex continue -ex 'shell sleep 600'
 tallyctl flush >/dev/null 2>&1 &
 BGPIDS+=("$!")
-for i in $(seq 100); do
-	grep -q '^Breakpoint 1, ' "$T/gdb.out" && break
-	sleep 0.1
-done
+wait_grep 10 "$T/gdb.out" '^Breakpoint 1, '
 assert_eq "PostgreSQL committed rb-j" 111 "$(pg_value rb-j)"
 # One byte of that frame's payload, then the flusher dies.
 segsize=$((1024 * 1024))	# lib.sh's segment_size
@@ -115,11 +112,8 @@ seg=$(printf '%016X.seg' $((lsn - lsn % segsize)))
 printf '\377' | dd of="$T/state/journal/$seg" bs=1 seek=$((lsn % segsize + 44)) \
     conv=notrunc 2>/dev/null
 kill -9 "$flusher" "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID")
-for i in $(seq 100); do
-	grep -q 'cannot read journal LSN [0-9]*\.\.[0-9]*, which PostgreSQL already holds' \
-	    "$TALLYD_LOG" && break
-	sleep 0.1
-done
+wait_grep 10 "$TALLYD_LOG" \
+    'cannot read journal LSN [0-9]*\.\.[0-9]*, which PostgreSQL already holds'
 assert_match "the new flusher says why it does not flush" \
     'cannot read journal LSN [0-9]+\.\.[0-9]+, which PostgreSQL already holds' \
     "$(cat "$TALLYD_LOG")"

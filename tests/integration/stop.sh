@@ -51,10 +51,7 @@ BGPIDS+=("$LOCKER")
 exec 7>"$T/locker.in"
 # EXCLUSIVE blocks the flusher's writes, not its reads.
 echo "begin; lock table tally_counters in exclusive mode; select 'locked';" >&7
-for i in $(seq 50); do
-	grep -q '^locked$' "$T/locker.out" && break
-	sleep 0.1
-done
+wait_grep 5 "$T/locker.out" '^locked$'
 assert_eq "a second session locks tally_counters" locked \
     "$(grep -x locked "$T/locker.out")"
 
@@ -108,10 +105,7 @@ gdb_attach "$syncer" "$T/gdb.out" -ex 'break journal_sync' -ex continue \
     -ex "shell for i in \$(seq 300); do [ -e '$T/go' ] && break; sleep 0.1; done" \
     -ex detach
 [ "$(post stop-c 1)" = 202 ] || notok "POST stop-c again: $(last_status)"
-for i in $(seq 100); do
-	grep -q '^Breakpoint 1, .*journal_sync' "$T/gdb.out" && break
-	sleep 0.1
-done
+wait_grep 10 "$T/gdb.out" '^Breakpoint 1, .*journal_sync'
 assert_match "gdb holds the syncer in journal_sync" \
     'Breakpoint 1, .*journal_sync' "$(cat "$T/gdb.out")"
 # Acknowledged (sync = interval) after the held pass's scan.
@@ -141,10 +135,7 @@ tallyd_start
 all="$TALLYD_PID $(descendants "$TALLYD_PID")"
 # shellcheck disable=SC2086
 kill -HUP $all
-for i in $(seq 100); do
-	grep -q 'reload: configuration applied' "$TALLYD_LOG" && break
-	sleep 0.1
-done
+wait_grep 10 "$TALLYD_LOG" 'reload: configuration applied'
 # Time for a child that died of the signal to be reaped and logged.
 sleep 0.5
 assert_eq "after SIGHUP to every process: POST" 202 "$(post stop-e 1)"
@@ -178,19 +169,13 @@ gdb -q -nx -batch -ex 'set follow-fork-mode child' \
     </dev/null >"$T/gdb4.out" 2>"$TALLYD_LOG" &
 GDB_PID=$!
 BGPIDS+=("$GDB_PID")
-for i in $(seq 300); do
-	grep -q 'Breakpoint 1, ' "$T/gdb4.out" && break
-	sleep 0.1
-done
+wait_grep 30 "$T/gdb4.out" 'Breakpoint 1, '
 assert_match "gdb holds the startup process in recovery_run" \
     'Breakpoint 1, .*recovery_run' "$(cat "$T/gdb4.out")"
 master=$(ps -o pid= --ppid "$GDB_PID" | tr -d ' ' | head -n 1)
 assert_match "the master's pid" '^[0-9]+$' "$master"
 kill -TERM "$master"
-for i in $(seq 100); do
-	grep -q 'stop during recovery' "$TALLYD_LOG" && break
-	sleep 0.1
-done
+wait_grep 10 "$TALLYD_LOG" 'stop during recovery'
 assert_match "SIGTERM during recovery: the master ends it at once" \
     'stop during recovery: ending the startup process' "$(cat "$TALLYD_LOG")"
 touch "$T/go4"
