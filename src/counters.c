@@ -69,8 +69,11 @@
  * out of the new entry.  An evicted slot keeps its key and committed
  * value (EVICTED); the key coming back revives it in place.  Another key
  * may take the slot over, and from then on the table cannot tell a new
- * key from a forgotten one: new entries start with committed_known 0,
- * until a flush (or the flusher's refresh) reads PostgreSQL's value.
+ * key from a forgotten one.  Nor can it after a restart, or for another
+ * node's keys: so a worker inserts a key only with PostgreSQL's total for
+ * it (counters_seed), read before the insert.  A takeover is counted, by
+ * the hash of the key taken over: an answer read before a takeover of
+ * its key may predate this node's last flush of it, and is asked again.
  * Slots never return to EMPTY, so a probe run never loses a key it
  * passed; EVICTED slots are reused by inserts.
  */
@@ -696,7 +699,8 @@ acquire_at(struct counters *c, struct counter_owner *o, uint64_t i,
  */
 static enum counters_rc
 insert(struct counters *c, struct counter_owner *o, uint64_t h,
-    const char *key, size_t len, int64_t delta, uint64_t *slot, uint64_t *idx)
+    const char *key, size_t len, int64_t delta,
+    const struct counters_seed *seed, uint64_t *slot, uint64_t *idx)
 {
 	uint64_t mask = c->nslots - 1, i, n, pos;
 	int64_t free_slot = -1, revive = -1, found = -1, free_pos = -1;
@@ -735,6 +739,12 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 		ins_unlock(c);
 		return rc;
 	}
+	/* An owner's new key: its total must come from PostgreSQL. */
+	if (o && revive < 0 && (seed == NULL || (seed->known && seed->gen !=
+	    LD(&c->takeovers[h % COUNTERS_SEED_GENS])))) {
+		ins_unlock(c);
+		return COUNTERS_UNKNOWN;
+	}
 	if (c->used >= c->capacity)
 		evict_some(c, o);
 	if (c->used >= c->capacity || (revive < 0 && free_slot < 0 &&
@@ -756,14 +766,22 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	e = entry_at(c, i);
 	op_begin(c, o, e, 1);
 	if (revive < 0) {
-		if (e->state == COUNTER_EVICTED && e->key_len != 0)
+		if (e->state == COUNTER_EVICTED && e->key_len != 0) {
 			ST(&c->forgot, 1);
+			ST(&c->takeovers[e->hash % COUNTERS_SEED_GENS],
+			    c->takeovers[e->hash % COUNTERS_SEED_GENS] + 1);
+		}
 		e->hash = h;
 		e->key_len = len;
 		memcpy(e->key, key, len);
-		ST(&e->committed, 0);
-		/* A new key starts from 0 until a flush says more. */
-		e->committed_known = !LD(&c->forgot);
+		if (seed) {
+			ST(&e->committed, seed->committed);
+			e->committed_known = seed->known;
+		} else {
+			/* Recovery: the flusher reads the rest later. */
+			ST(&e->committed, 0);
+			e->committed_known = !LD(&c->forgot);
+		}
 		e->flushed_upto = 0;
 		e->applied_lsn = 0;
 		ST(&e->unflushed, 0);
@@ -786,9 +804,17 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	return rc;
 }
 
+uint32_t
+counters_seed_gen(const struct counters *c, const char *key, size_t len)
+{
+	return __atomic_load_n(&c->takeovers[counters_hash(key, len) %
+	    COUNTERS_SEED_GENS], __ATOMIC_RELAXED);
+}
+
 enum counters_rc
 counters_acquire(struct counters *c, struct counter_owner *o, const char *key,
-    size_t len, int64_t delta, struct counter_entry **ep, uint64_t *idx)
+    size_t len, int64_t delta, const struct counters_seed *seed,
+    struct counter_entry **ep, uint64_t *idx)
 {
 	uint64_t h, slot;
 	enum counters_rc rc;
@@ -805,7 +831,8 @@ counters_acquire(struct counters *c, struct counter_owner *o, const char *key,
 				continue;
 			slot = i;
 		} else
-			rc = insert(c, o, h, key, len, delta, &slot, idx);
+			rc = insert(c, o, h, key, len, delta, seed, &slot,
+			    idx);
 		if (rc == COUNTERS_OK)
 			*ep = entry_at(c, slot);
 		return rc;
@@ -996,7 +1023,8 @@ counters_get(struct counters *c, const char *key, size_t len)
 	h = counters_hash(key, len);
 	if ((i = probe(c, h, key, len, NULL)) >= 0)
 		return entry_at(c, i);
-	if (insert(c, NULL, h, key, len, 0, &slot, &idx) != COUNTERS_OK)
+	if (insert(c, NULL, h, key, len, 0, NULL, &slot, &idx) !=
+	    COUNTERS_OK)
 		return NULL;
 	return entry_at(c, slot);
 }

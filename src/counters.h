@@ -46,6 +46,8 @@ struct counter_entry {
  */
 enum { COUNTER_EMPTY = 0, COUNTER_READY = 2, COUNTER_EVICTED = 3 };
 
+#define COUNTERS_SEED_GENS	256
+
 struct counters {
 	uint64_t	capacity;	/* max_keys: entries that may be held */
 	uint64_t	nslots;		/* power of two > capacity */
@@ -60,6 +62,8 @@ struct counters {
 	uint64_t	evictions;
 	uint64_t	nentries;	/* entries handed out, in order */
 	uint64_t	entries_off;	/* of the entry array, in slots[] */
+	/* Keys whose slot was taken over, by hash: see counters_seed. */
+	uint32_t	takeovers[COUNTERS_SEED_GENS];
 	/* The index (nslots words), then the entries (nslots of them). */
 	uint8_t		slots[] __attribute__((aligned(64)));
 };
@@ -155,16 +159,38 @@ enum counters_rc {
 	COUNTERS_OK = 0,
 	COUNTERS_FULL,		/* no room, nothing evictable */
 	COUNTERS_OVERFLOW,	/* the total would leave int64 */
-	COUNTERS_BUSY		/* the owner's ledger is full */
+	COUNTERS_BUSY,		/* the owner's ledger is full */
+	COUNTERS_UNKNOWN	/* a new key: ask PostgreSQL for its total */
 };
 
 /*
+ * What PostgreSQL holds for a key the table does not, read before its
+ * first increment: without it the table would take the key as new, its
+ * total as 0, and both the 202's total and the int64 guard would be
+ * wrong.  gen is counters_seed_gen() from before the question was sent:
+ * should this node flush the key, evict it and give its slot to another
+ * key meanwhile, the answer may be older than that flush, and is asked
+ * again.
+ */
+struct counters_seed {
+	uint32_t	gen;
+	int		known;		/* 0: PostgreSQL could not be asked */
+	int64_t		committed;	/* its value, 0 when it has no row */
+};
+
+uint32_t counters_seed_gen(const struct counters *c, const char *key,
+	    size_t len);
+
+/*
  * Reserve delta for key (inserting it, evicting if the table is full) as
- * ledger entry *idx of o, holding the entry until released.
+ * ledger entry *idx of o, holding the entry until released.  A key the
+ * table does not hold is inserted only with a seed that is still
+ * current; else COUNTERS_UNKNOWN, and nothing changed.
  */
 enum counters_rc counters_acquire(struct counters *c, struct counter_owner *o,
 	    const char *key, size_t len, int64_t delta,
-	    struct counter_entry **ep, uint64_t *idx);
+	    const struct counters_seed *seed, struct counter_entry **ep,
+	    uint64_t *idx);
 /* Ledger entries up to end are in a frame being published at lsn. */
 void	counters_publishing(struct counter_owner *o, uint64_t end, uint64_t lsn);
 /* ... and that frame, ending at end_lsn, is published. */

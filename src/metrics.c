@@ -81,6 +81,8 @@ static const struct mdef mdefs[] = {
 	{ "idempotent_replays_total", "idempotent_replays", MT_COUNTER,
 	  S(replays),
 	  "Requests answered from a kept Idempotency-Key response." },
+	{ "key_lookups_total", "key_lookups", MT_COUNTER, S(key_lookups),
+	  "Increments of keys not held that asked PostgreSQL for the total." },
 	{ "ratelimited_requests_total", "ratelimited_requests", MT_COUNTER,
 	  S(ratelimited), "Requests refused by the rate limit." },
 	{ "journal_bytes_total", "journal_bytes", MT_COUNTER,
@@ -228,6 +230,7 @@ metrics_snapshot(const struct shm *shm, struct metrics_snap *sn)
 		sn->restarts[r] = LOAD(m->restarts[r]);
 	sn->increments = LOAD(st->increments);
 	sn->replays = LOAD(st->replays);
+	sn->key_lookups = LOAD(st->key_lookups);
 	sn->ratelimited = LOAD(st->ratelimited);
 	sn->journal_bytes = LOAD(st->journal_bytes);
 	sn->frames = LOAD(st->frames);

@@ -17,9 +17,12 @@
  * multi-host DSN, a retry without SSL or GSS encryption), possibly under
  * the same fd number, so the socket is compared by inode after every poll.
  *
- * Look-ups wait in a FIFO and one query is in flight at a time; a primary
- * key look-up costs PostgreSQL far less than the round trip, and answers
- * come back in order, so the queue head always owns the next result.
+ * Look-ups wait in a FIFO and one query is in flight at a time, for the
+ * first PGREAD_BATCH look-ups of the queue at once (key = ANY($1)): a
+ * primary key look-up costs PostgreSQL far less than the round trip, and
+ * the first increments of many new keys (a restart, a new key space) ask
+ * for thousands of keys a second.  The rows name their keys; a key with
+ * no row has none.
  *
  * Failure policy: any connection failure fails every queued look-up with
  * -1 (the worker answers 503 with Retry-After), the connection is dropped
@@ -55,7 +58,7 @@
 #define PGREAD_DEADLINE_MS	2000
 #define PGREAD_RETRY_MS		1000
 #define PGREAD_MAX_QUEUE	10000
-#define PGREAD_TEXTOID		25	/* pg_type.oid of text */
+#define PGREAD_BATCH		256
 
 enum pgread_state {
 	PGREAD_IDLE,		/* no connection */
@@ -100,6 +103,10 @@ struct pgread {
 	uint64_t		 last_err_log;	/* query errors, rate-limited */
 
 	struct pgread_list	 queue;		/* head: in flight when BUSY */
+	size_t			 nsent;		/* of the queue, in flight */
+	int			 delivering;	/* answers being called back */
+	char			*arr;		/* the array parameter */
+	size_t			 arr_cap;
 	struct pgread_list	 done;		/* answered, to be delivered */
 
 	h2o_timeout_t		 deadline_to;
@@ -221,6 +228,7 @@ pgread_reset(struct pgread *p)
 	free(p->query);
 	p->query = NULL;
 	p->state = PGREAD_IDLE;
+	p->nsent = 0;
 	/* The back-off runs from the failure, not from the last connect. */
 	p->last_attempt = h2o_now(p->loop);
 	while ((r = pgread_list_shift(&p->queue)) != NULL)
@@ -309,15 +317,15 @@ pgread_connected(struct pgread *p)
 		    PQerrorMessage(p->conn));
 		return;
 	}
-	sz = strlen(ident) + 64;
+	sz = strlen(ident) + 96;
 	p->query = malloc(sz);
 	if (p->query == NULL) {
 		PQfreemem(ident);
 		pgread_fail(p, "cannot build the look-up query", "out of memory");
 		return;
 	}
-	snprintf(p->query, sz,
-	    "SELECT value FROM %s.tally_counters WHERE key = $1", ident);
+	snprintf(p->query, sz, "SELECT key, value FROM %s.tally_counters "
+	    "WHERE key = ANY($1::text[])", ident);
 	PQfreemem(ident);
 	if (p->down)
 		log_info("pgread: connected to PostgreSQL again");
@@ -422,15 +430,52 @@ pgread_flush(struct pgread *p)
 	}
 }
 
+/*
+ * The array literal of the first n keys: each quoted, with its quotes
+ * and backslashes escaped.  -1 when out of memory.
+ */
+static int
+pgread_build_array(struct pgread *p, size_t n)
+{
+	struct pgread_req *r;
+	size_t need = 3, o = 0, i;
+
+	for (r = p->queue.head, i = 0; i < n; r = r->next, i++)
+		need += 2 * r->len + 3;
+	if (need > p->arr_cap) {
+		char *a = realloc(p->arr, need);
+
+		if (a == NULL)
+			return -1;
+		p->arr = a;
+		p->arr_cap = need;
+	}
+	p->arr[o++] = '{';
+	for (r = p->queue.head, i = 0; i < n; r = r->next, i++) {
+		if (i > 0)
+			p->arr[o++] = ',';
+		p->arr[o++] = '"';
+		for (size_t k = 0; k < r->len; k++) {
+			if (r->key[k] == '"' || r->key[k] == '\\')
+				p->arr[o++] = '\\';
+			p->arr[o++] = r->key[k];
+		}
+		p->arr[o++] = '"';
+		r->status = 0;
+	}
+	p->arr[o++] = '}';
+	p->arr[o] = '\0';
+	return 0;
+}
+
 static void
 pgread_send_next(struct pgread *p)
 {
-	struct pgread_req *r = p->queue.head;
+	struct pgread_req *r;
 	const char *values[1];
-	int lengths[1], formats[1];
-	Oid types[1];
+	size_t n;
 
-	if (p->state != PGREAD_READY)
+	if (p->state != PGREAD_READY || p->delivering)
 		return;
 	/*
 	 * Nobody waits for these: a client that opens HTTP/2 streams and
@@ -442,75 +487,131 @@ pgread_send_next(struct pgread *p)
 	}
 	if (r == NULL)
 		return;
-	/* Binary text parameter: the key needs no NUL terminator. */
-	values[0] = r->key;
-	lengths[0] = (int)r->len;
-	formats[0] = 1;
-	types[0] = PGREAD_TEXTOID;
-	if (!PQsendQueryParams(p->conn, p->query, 1, types, values, lengths,
-	    formats, 0)) {
+	n = p->queue.n < PGREAD_BATCH ? p->queue.n : PGREAD_BATCH;
+	if (pgread_build_array(p, n) == -1) {
+		pgread_fail(p, "cannot build a look-up", "out of memory");
+		return;
+	}
+	values[0] = p->arr;
+	if (!PQsendQueryParams(p->conn, p->query, 1, NULL, values, NULL,
+	    NULL, 0)) {
 		pgread_fail(p, "cannot send a look-up",
 		    PQerrorMessage(p->conn));
 		return;
 	}
+	p->nsent = n;
 	p->state = PGREAD_BUSY;
 	pgread_flush(p);
 }
 
+/* The value of a row for the look-ups in flight that asked for its key. */
+static void
+pgread_take_row(struct pgread *p, PGresult *res, int row)
+{
+	const char *k = PQgetvalue(res, row, 0), *v;
+	size_t klen = PQgetlength(res, row, 0), i;
+	struct pgread_req *r;
+	int64_t value = 0;
+	char *end;
+	int status = 1;
+
+	if (PQgetisnull(res, row, 1))
+		status = 0;
+	else {
+		v = PQgetvalue(res, row, 1);
+		value = strtoll(v, &end, 10);
+		if (end == v || *end != '\0') {
+			log_warnx("pgread: key '%.*s': value '%s' is not an "
+			    "integer", (int)(klen > 64 ? 64 : klen), k, v);
+			status = -1;
+		}
+	}
+	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
+		if (r->len == klen && memcmp(r->key, k, klen) == 0) {
+			r->status = status;
+			r->value = value;
+		}
+}
+
 /*
- * Record what a result says about the head's key.  A query error that
- * leaves the connection usable fails that look-up only: resetting would
- * not cure it and would fail every other look-up with it.
+ * Record what a result says about the keys in flight.  A query error
+ * that leaves the connection usable fails those look-ups only: resetting
+ * would not cure it and would fail every other look-up with it.
  */
 static void
-pgread_take_result(struct pgread *p, struct pgread_req *r, PGresult *res)
+pgread_take_result(struct pgread *p, PGresult *res)
 {
-	const char *state, *v;
-	char *end, line[512];
+	const char *state;
+	struct pgread_req *r;
+	char line[512];
+	int st = -1;
+	size_t i;
 
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
-		if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0)) {
-			r->status = 0;
-			return;
-		}
-		v = PQgetvalue(res, 0, 0);
-		r->value = strtoll(v, &end, 10);
-		if (end == v || *end != '\0') {
-			log_warnx("pgread: key '%.*s': value '%s' is not an "
-			    "integer", (int)(r->len > 64 ? 64 : r->len),
-			    r->key, v);
-			r->status = -1;
-			return;
-		}
-		r->status = 1;
+		for (int row = 0; row < PQntuples(res); row++)
+			pgread_take_row(p, res, row);
 		return;
 	case PGRES_FATAL_ERROR:
 		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 		/* No table yet: nothing was ever flushed, so no such key. */
-		if (state != NULL && strcmp(state, "42P01") == 0) {
-			r->status = 0;
-			return;
-		}
+		if (state != NULL && strcmp(state, "42P01") == 0)
+			st = 0;
 		break;
 	default:
 		break;
 	}
-	r->status = -1;
+	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
+		r->status = st;
+	if (st == 0)
+		return;
 	if (h2o_now(p->loop) - p->last_err_log >= 10000 ||
 	    p->last_err_log == 0) {
 		p->last_err_log = h2o_now(p->loop);
+		r = p->queue.head;
 		pgread_oneline(line, sizeof(line), PQresultErrorMessage(res));
-		log_warnx("pgread: look-up of key '%.*s' failed: %s",
-		    (int)(r->len > 64 ? 64 : r->len), r->key, line);
+		log_warnx("pgread: look-up of %zu key(s) ('%.*s'...) failed: "
+		    "%s", p->nsent, (int)(r->len > 64 ? 64 : r->len), r->key,
+		    line);
 	}
+}
+
+/* The query in flight is complete: answer its look-ups. */
+static void
+pgread_complete(struct pgread *p)
+{
+	struct pgread_list done;
+	struct pgread_req *r;
+
+	pgread_list_init(&done);
+	while (p->nsent > 0) {
+		r = pgread_list_shift(&p->queue);
+		h2o_timeout_unlink(&r->deadline);
+		pgread_list_push(&done, r);
+		p->nsent--;
+	}
+	if (PQstatus(p->conn) == CONNECTION_BAD) {
+		while ((r = pgread_list_shift(&done)) != NULL)
+			pgread_finish_later(p, r, r->status, r->value);
+		pgread_fail(p, "connection to PostgreSQL lost",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	p->state = PGREAD_READY;
+	/* Look-ups the callbacks make go out together, after them. */
+	p->delivering = 1;
+	while ((r = pgread_list_shift(&done)) != NULL) {
+		r->cb(r->arg, r->status, r->value);
+		free(r);
+	}
+	p->delivering = 0;
+	pgread_send_next(p);
 }
 
 static void
 pgread_on_read(h2o_socket_t *sock, const char *err)
 {
 	struct pgread *p = sock->data;
-	struct pgread_req *r;
 	PGresult *res;
 
 	if (p->state == PGREAD_CONNECTING) {
@@ -529,26 +630,12 @@ pgread_on_read(h2o_socket_t *sock, const char *err)
 			    PQerrorMessage(p->conn));
 		return;
 	}
-	r = p->queue.head;
 	while (!PQisBusy(p->conn)) {
 		if ((res = PQgetResult(p->conn)) == NULL) {
-			/* The head's query is complete. */
-			pgread_list_shift(&p->queue);
-			h2o_timeout_unlink(&r->deadline);
-			if (PQstatus(p->conn) == CONNECTION_BAD) {
-				pgread_finish_later(p, r, r->status, r->value);
-				pgread_fail(p, "connection to PostgreSQL lost",
-				    PQerrorMessage(p->conn));
-				return;
-			}
-			p->state = PGREAD_READY;
-			r->cb(r->arg, r->status, r->value);
-			free(r);
-			/* The callback may have sent the next one already. */
-			pgread_send_next(p);
+			pgread_complete(p);
 			return;
 		}
-		pgread_take_result(p, r, res);
+		pgread_take_result(p, res);
 		PQclear(res);
 	}
 }
@@ -680,5 +767,6 @@ pgread_free(struct pgread *p)
 	h2o_timeout_dispose(p->loop, &p->zero_to);
 	free(p->dsn);
 	free(p->schema);
+	free(p->arr);
 	free(p);
 }

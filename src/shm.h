@@ -56,6 +56,7 @@ struct shm_stats {
 	uint64_t	pg_reconnects;
 	uint64_t	ratelimited;	/* requests refused by the rate limit */
 	uint64_t	rejected;	/* records set aside as undeliverable */
+	uint64_t	key_lookups;	/* new keys' totals asked of PostgreSQL */
 };
 
 struct shm_hdr {

@@ -53,6 +53,7 @@
 #define BATCH_MAX_REQS	4096
 #define RESP_MAX	(REQUEST_MAX_KEY_BYTES * 6 + 128)
 #define STOP_GRACE_MS	10000
+#define POST_MAX_ASKS	3	/* look-ups of a new key's total */
 #define HEAP_KEEP	(64 << 20)	/* free heap kept, not returned */
 
 /*
@@ -92,13 +93,34 @@ struct batch {
 	uint8_t		 raw[JOURNAL_MAX_RAW];
 };
 
-/* A GET waiting for PostgreSQL. */
+/*
+ * An increment past its checks, on its way to the journal.  Its key and
+ * Idempotency-Key live in the request being handled, or in the look-up
+ * that parked it.
+ */
+struct post {
+	const char	*key;
+	size_t		 key_len;
+	int64_t		 value;
+	const char	*ik;
+	size_t		 ik_len;
+	struct idem_entry *ie;
+	int		 asked;		/* look-ups of its total so far */
+};
+
+/*
+ * A request waiting for PostgreSQL: a GET of a key the table does not
+ * hold, or the first increment of one (post set).
+ */
 struct lookup {
 	h2o_req_t	*req;
 	struct lookup_token *tok;
 	struct pgread_req *pr;
+	struct post	 post;		/* its key and ik point below */
+	int		 is_post;
+	uint32_t	 gen;		/* counters_seed_gen() when asked */
 	size_t		 key_len;
-	char		 key[];		/* key_len bytes */
+	char		 key[];		/* key_len bytes, then the ik's */
 };
 
 /*
@@ -695,18 +717,20 @@ idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
 	}
 }
 
+static int	post_accept(h2o_req_t *, const struct post *,
+		    const struct counters_seed *);
+static int	post_ask(h2o_req_t *, const struct post *);
+static void	lookup_token_dispose(void *);
+static void	lookup_done(void *, int, int64_t);
+
 static int
 handle_post(h2o_req_t *req)
 {
 	struct increment_req in;
-	struct journal_record r;
-	struct counter_entry *e;
 	struct idem_entry *ie;
-	struct waiter *w;
+	struct post p;
 	char err[128], ik[REQUEST_MAX_IDEM_BYTES];
 	ssize_t ik_len;
-	size_t need;
-	uint64_t idx;
 
 	if (req->entity.base == NULL)
 		return respond_error(req, 400, "body is not valid JSON");
@@ -736,29 +760,56 @@ handle_post(h2o_req_t *req)
 	/* Settled first: a refusal must not leave a key behind. */
 	if (idem_settle(req, &in, ik, ik_len, &ie))
 		return 0;
+	p.key = in.key;
+	p.key_len = in.key_len;
+	p.value = in.value;
+	p.ik = ik;
+	p.ik_len = ik_len;
+	p.ie = ie;
+	p.asked = 0;
+	return post_accept(req, &p, NULL);
+}
+
+/*
+ * Reserve the increment and add it to the open batch.  A key the table
+ * does not hold needs seed, PostgreSQL's total for it: without one, the
+ * request waits for it (post_ask).
+ */
+static int
+post_accept(h2o_req_t *req, const struct post *p,
+    const struct counters_seed *seed)
+{
+	struct journal_record r;
+	struct counter_entry *e;
+	struct waiter *w;
+	size_t need;
+	uint64_t idx;
+
 	/* Before ours joins the ledger: a refused batch leaves its top. */
-	need = journal_record_size(in.key_len, ik_len);
+	need = journal_record_size(p->key_len, p->ik_len);
 	if (W.open && (W.open->nw == BATCH_MAX_REQS ||
 	    W.open->raw_len + need > JOURNAL_MAX_RAW)) {
 		worker_close_batch(NULL);
 		h2o_timeout_unlink(&W.close_entry);
 	}
-	switch (counters_acquire(W.shm->counters, W.own, in.key, in.key_len,
-	    in.value, &e, &idx)) {
+	switch (counters_acquire(W.shm->counters, W.own, p->key, p->key_len,
+	    p->value, seed, &e, &idx)) {
 	case COUNTERS_OK:
 		break;
+	case COUNTERS_UNKNOWN:
+		return post_ask(req, p);
 	case COUNTERS_OVERFLOW:
-		if (ie)
-			idem_abort(W.shm->idem, ie);
+		if (p->ie)
+			idem_abort(W.shm->idem, p->ie);
 		return respond_error(req, 422, "total would leave int64");
 	case COUNTERS_BUSY:
-		if (ie)
-			idem_abort(W.shm->idem, ie);
+		if (p->ie)
+			idem_abort(W.shm->idem, p->ie);
 		return respond_retry(req, "too many increments in flight");
 	case COUNTERS_FULL:
 	default:
-		if (ie)
-			idem_abort(W.shm->idem, ie);
+		if (p->ie)
+			idem_abort(W.shm->idem, p->ie);
 		/* Keys with nothing left to flush can be evicted. */
 		worker_ask_flush();
 		return respond_retry(req, "counter table full");
@@ -767,28 +818,101 @@ handle_post(h2o_req_t *req)
 	if (W.open == NULL) {
 		if ((W.open = batch_new()) == NULL) {
 			counters_release_head(W.shm->counters, W.own);
-			if (ie)
-				idem_abort(W.shm->idem, ie);
+			if (p->ie)
+				idem_abort(W.shm->idem, p->ie);
 			return respond_retry(req, "out of memory");
 		}
 		h2o_timeout_link(W.loop, &W.close_timeout, &W.close_entry);
 	}
-	r.value = in.value;
+	r.value = p->value;
 	r.time_us = idem_now_us();
-	r.key = in.key;
-	r.key_len = in.key_len;
-	r.idem = ik_len ? ik : NULL;
-	r.idem_len = ik_len;
+	r.key = p->key;
+	r.key_len = p->key_len;
+	r.idem = p->ik_len ? p->ik : NULL;
+	r.idem_len = p->ik_len;
 	W.open->raw_len += journal_record_put(W.open->raw + W.open->raw_len,
 	    &r);
 	w = &W.open->w[W.open->nw++];
 	w->req = req;
 	w->e = e;
-	w->ie = ie;
-	w->value = in.value;
+	w->ie = p->ie;
+	w->value = p->value;
 	w->idx = idx;
 	w->tok = req_token_new(req, &w->req);
 	return 0;
+}
+
+static struct lookup *
+lookup_new(h2o_req_t *req, const char *key, size_t len, size_t extra)
+{
+	struct lookup *l;
+
+	if ((l = malloc(sizeof(*l) + len + extra)) == NULL)
+		return NULL;
+	memcpy(l->key, key, len);
+	l->key_len = len;
+	l->req = req;
+	l->is_post = 0;
+	l->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*l->tok),
+	    lookup_token_dispose);
+	l->tok->l = l;
+	l->tok->t0 = W.cur.t0;
+	l->tok->route = W.cur.route;
+	W.lookups++;
+	return l;
+}
+
+/*
+ * The first increment of a key the table does not hold: PostgreSQL may
+ * hold a total for it (this node's before a restart or an eviction,
+ * other nodes').  Ask, and go on in post_asked().  When PostgreSQL is
+ * down, or keeps being outrun by this node's own flushes, the increment
+ * goes on without: its total counts from 0 until the flusher reads it.
+ */
+static int
+post_ask(h2o_req_t *req, const struct post *p)
+{
+	struct counters_seed seed;
+	struct lookup *l;
+
+	if (p->asked >= POST_MAX_ASKS || !__atomic_load_n(&W.h->pg_up,
+	    __ATOMIC_RELAXED)) {
+		memset(&seed, 0, sizeof(seed));
+		seed.gen = counters_seed_gen(W.shm->counters, p->key,
+		    p->key_len);
+		return post_accept(req, p, &seed);
+	}
+	if ((l = lookup_new(req, p->key, p->key_len, p->ik_len)) == NULL) {
+		if (p->ie)
+			idem_abort(W.shm->idem, p->ie);
+		return respond_retry(req, "out of memory");
+	}
+	memcpy(l->key + p->key_len, p->ik, p->ik_len);
+	l->is_post = 1;
+	l->post = *p;
+	l->post.key = l->key;
+	l->post.ik = l->key + p->key_len;
+	l->post.asked++;
+	/* Before the question: a takeover after it makes the answer old. */
+	l->gen = counters_seed_gen(W.shm->counters, p->key, p->key_len);
+	shm_count(&W.h->stats.key_lookups, 1);
+	l->pr = pgread_lookup(W.pg, l->key, l->key_len, lookup_done, l);
+	return 0;
+}
+
+static void
+post_asked(struct lookup *l, int status, int64_t value)
+{
+	struct counters_seed seed;
+
+	seed.gen = l->gen;
+	seed.known = status >= 0;
+	seed.committed = status == 1 ? value : 0;
+	if (status < 0)
+		log_debug("no total from PostgreSQL for key '%.*s': "
+		    "counting from 0", (int)(l->key_len > 64 ? 64 :
+		    l->key_len), l->key);
+	post_accept(l->req, &l->post, &seed);
 }
 
 static void
@@ -808,7 +932,15 @@ lookup_done(void *arg, int status, int64_t value)
 	struct lookup *l = arg;
 
 	W.lookups--;
-	if (l->req) {
+	if (l->req && l->is_post) {
+		l->tok->l = NULL;
+		worker_resume_at(l->req, l->tok->t0, l->tok->route);
+		post_asked(l, status, value);
+	} else if (l->is_post) {
+		/* Its client went away before anything was journaled. */
+		if (l->post.ie)
+			idem_abort(W.shm->idem, l->post.ie);
+	} else if (l->req) {
 		h2o_req_t *req = l->req;
 
 		/* l is freed below; the pool's token must not point at it. */
@@ -852,17 +984,8 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 			return 0;
 		}
 	}
-	if ((l = malloc(sizeof(*l) + n)) == NULL)
+	if ((l = lookup_new(req, key, n, 0)) == NULL)
 		return respond_retry(req, "out of memory");
-	memcpy(l->key, key, n);
-	l->key_len = n;
-	l->req = req;
-	l->tok = h2o_mem_alloc_shared(&req->pool, sizeof(*l->tok),
-	    lookup_token_dispose);
-	l->tok->l = l;
-	l->tok->t0 = W.cur.t0;
-	l->tok->route = W.cur.route;
-	W.lookups++;
 	l->pr = pgread_lookup(W.pg, key, n, lookup_done, l);
 	return 0;
 }

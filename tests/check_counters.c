@@ -609,6 +609,34 @@ owner_new(struct mapping *m, uint32_t id, uint32_t ledger)
 	return o;
 }
 
+/*
+ * counters_acquire as a worker calls it: a key the table does not hold
+ * takes its total from PostgreSQL, which holds in_pg for it.
+ */
+static enum counters_rc
+acquire_pg(struct counters *c, struct counter_owner *o, const char *key,
+    size_t len, int64_t v, int64_t in_pg, struct counter_entry **e,
+    uint64_t *idx)
+{
+	struct counters_seed seed;
+	enum counters_rc rc;
+
+	seed.gen = counters_seed_gen(c, key, len);
+	if ((rc = counters_acquire(c, o, key, len, v, NULL, e, idx)) !=
+	    COUNTERS_UNKNOWN)
+		return rc;
+	seed.known = 1;
+	seed.committed = in_pg;
+	return counters_acquire(c, o, key, len, v, &seed, e, idx);
+}
+
+static enum counters_rc
+acquire(struct counters *c, struct counter_owner *o, const char *key,
+    size_t len, int64_t v, struct counter_entry **e, uint64_t *idx)
+{
+	return acquire_pg(c, o, key, len, v, 0, e, idx);
+}
+
 /* Reserve, publish at lsn, apply with frame end lsn + 1, release. */
 static struct counter_entry *
 incr(struct counters *c, struct counter_owner *o, const char *key,
@@ -619,7 +647,7 @@ incr(struct counters *c, struct counter_owner *o, const char *key,
 	int64_t t;
 	int ovf;
 
-	ck_assert_int_eq(counters_acquire(c, o, key, strlen(key), v, &e,
+	ck_assert_int_eq(acquire(c, o, key, strlen(key), v, &e,
 	    &idx), COUNTERS_OK);
 	ck_assert_int_eq(e->refs, 1);
 	counters_publishing(o, idx + 1, lsn);
@@ -658,13 +686,13 @@ START_TEST(test_evict)
 		incr(c, o, key, 5, 300 + i);
 	}
 	ck_assert_uint_eq(counters_count(c), 4);
-	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 1, &e, &idx),
+	ck_assert_int_eq(acquire(c, o, "k4", 2, 1, &e, &idx),
 	    COUNTERS_FULL);
 	ck_assert_uint_eq(c->evictions, 0);
 	/* The +5 flushed alone: still not. */
 	counters_commit_key(c, NULL, "k0", 2, 1, 5, 5, 5, 101);
 	ck_assert_int_eq(k0->unflushed, -5);
-	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 1, &e, &idx),
+	ck_assert_int_eq(acquire(c, o, "k4", 2, 1, &e, &idx),
 	    COUNTERS_FULL);
 	/* The same batch again (a flusher that died) changes nothing. */
 	counters_commit_key(c, NULL, "k0", 2, 1, 5, 5, 5, 101);
@@ -673,20 +701,20 @@ START_TEST(test_evict)
 	/* Then the -5: everything k0 added is in PostgreSQL. */
 	counters_commit_key(c, NULL, "k0", 2, 1, 0, -5, -5, 201);
 	ck_assert_int_eq(k0->unflushed, 0);
-	ck_assert_int_eq(counters_acquire(c, o, "k4", 2, 7, &e, &idx),
+	ck_assert_int_eq(acquire(c, o, "k4", 2, 7, &e, &idx),
 	    COUNTERS_OK);
 	ck_assert_uint_eq(c->evictions, 1);
 	ck_assert_uint_eq(counters_count(c), 4);
 	ck_assert(!held(c, "k0", &cm, &un, &known));
 	ck_assert_ptr_null(lookup(c, "k0"));
 	/* k4 is held by its reservation: nothing to evict for k0. */
-	ck_assert_int_eq(counters_acquire(c, o, "k0", 2, 1, &e, &idx),
+	ck_assert_int_eq(acquire(c, o, "k0", 2, 1, &e, &idx),
 	    COUNTERS_FULL);
 	ck_assert_uint_eq(o->head - o->tail, 1);
 	counters_release_head(c, o);
 	ck_assert_uint_eq(o->head, o->tail);
 	/* k4 now holds nothing at all, and goes for k0. */
-	ck_assert_int_eq(counters_acquire(c, o, "k0", 2, 3, &e, &idx),
+	ck_assert_int_eq(acquire(c, o, "k0", 2, 3, &e, &idx),
 	    COUNTERS_OK);
 	ck_assert_uint_eq(c->evictions, 2);
 	ck_assert_ptr_null(lookup(c, "k4"));
@@ -701,6 +729,102 @@ START_TEST(test_evict)
 		ck_assert(held(c, key, &cm, &un, &known));
 		ck_assert_int_eq(cm + un, 5);
 	}
+	table_free(&om);
+	table_free(&m);
+}
+END_TEST
+
+/*
+ * A key the table does not hold is not taken as new: its first increment
+ * waits for PostgreSQL's total, which then counts in the answer and in
+ * the int64 guard.  An answer older than a takeover of the key's slot is
+ * refused, since a flush of the key may have come after it.
+ */
+START_TEST(test_seed)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 4, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	struct counter_entry *e, *a;
+	struct counters_seed seed;
+	int64_t cm, un, t;
+	uint64_t idx, lsn = 100, gen0;
+	int known, ovf;
+	char key[16];
+
+	ck_assert_int_eq(counters_acquire(c, o, "r1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_UNKNOWN);
+	ck_assert_uint_eq(counters_count(c), 0);
+	ck_assert_ptr_null(lookup(c, "r1"));
+	ck_assert_uint_eq(o->head, o->tail);
+	/* PostgreSQL holds 100: the answer to +1 is 101. */
+	ck_assert_int_eq(acquire_pg(c, o, "r1", 2, 1, 100, &e, &idx),
+	    COUNTERS_OK);
+	counters_publishing(o, idx + 1, lsn);
+	counters_published(o, lsn + 1);
+	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	counters_release_tail(c, o);
+	ck_assert_int_eq(t, 101);
+	ck_assert(held(c, "r1", &cm, &un, &known));
+	ck_assert(known);
+	ck_assert_int_eq(cm + un, 101);
+	/* Held now: no seed needed. */
+	ck_assert_int_eq(counters_acquire(c, o, "r1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_OK);
+	counters_release_head(c, o);
+
+	/* PostgreSQL at INT64_MAX: +1 is refused, and nothing is held. */
+	ck_assert_int_eq(acquire_pg(c, o, "big", 3, 1, INT64_MAX, &e, &idx),
+	    COUNTERS_OVERFLOW);
+	ck_assert(!held(c, "big", &cm, &un, &known));
+	ck_assert_int_eq(acquire_pg(c, o, "big", 3, -1, INT64_MAX, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(e->committed, INT64_MAX);
+	counters_release_head(c, o);
+
+	/* a: +5, flushed, evictable; its seed is taken now. */
+	ck_assert_int_eq(acquire(c, o, "a", 1, 5, &a, &idx), COUNTERS_OK);
+	counters_publishing(o, idx + 1, lsn);
+	counters_published(o, lsn + 1);
+	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	counters_release_tail(c, o);
+	counters_commit_key(c, NULL, "a", 1, 1, 5, 5, 5, lsn + 1);
+	gen0 = counters_seed_gen(c, "a", 1);
+	/* Other keys through the table until a's slot holds another. */
+	for (int i = 0; a->key_len == 1 && a->key[0] == 'a'; i++) {
+		ck_assert_int_lt(i, 10000);
+		snprintf(key, sizeof(key), "x%d", i);
+		lsn += 10;
+		ck_assert_int_eq(acquire(c, o, key, strlen(key), 1, &e, &idx),
+		    COUNTERS_OK);
+		counters_publishing(o, idx + 1, lsn);
+		counters_published(o, lsn + 1);
+		counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+		counters_release_tail(c, o);
+		counters_commit_key(c, NULL, key, strlen(key), 1, 1, 1, 1,
+		    lsn + 1);
+	}
+	ck_assert_uint_ne(counters_seed_gen(c, "a", 1), gen0);
+	/* An answer asked before the takeover may miss the flush of 5. */
+	seed.gen = gen0;
+	seed.known = 1;
+	seed.committed = 0;
+	ck_assert_int_eq(counters_acquire(c, o, "a", 1, 1, &seed, &e, &idx),
+	    COUNTERS_UNKNOWN);
+	ck_assert(!held(c, "a", &cm, &un, &known));
+	ck_assert_int_eq(acquire_pg(c, o, "a", 1, 1, 5, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(e->committed, 5);
+	counters_release_head(c, o);
+
+	/* PostgreSQL not reachable: counted from 0, the total unknown. */
+	seed.gen = counters_seed_gen(c, "down", 4);
+	seed.known = 0;
+	ck_assert_int_eq(counters_acquire(c, o, "down", 4, 1, &seed, &e,
+	    &idx), COUNTERS_OK);
+	ck_assert(held(c, "down", &cm, &un, &known));
+	ck_assert(!known);
+	counters_release_head(c, o);
 	table_free(&om);
 	table_free(&m);
 }
@@ -726,7 +850,7 @@ START_TEST(test_evict_churn)
 	for (int round = 0; round < 6; round++)
 		for (int k = 0; k < 500; k++) {
 			snprintf(key, sizeof(key), "key%d", k);
-			if (counters_acquire(c, o, key, strlen(key), 1, &e,
+			if (acquire_pg(c, o, key, strlen(key), 1, pg[k], &e,
 			    &idx) == COUNTERS_FULL) {
 				full++;
 				ck_assert_int_lt(full, 10000);
@@ -762,10 +886,11 @@ START_TEST(test_evict_churn)
 		snprintf(key, sizeof(key), "key%d", k);
 		if (!held(c, key, &cm, &un, &known))
 			ck_assert_int_eq(pg[k], 6);
-		else if (known)
+		else {
+			/* Taken over or not, a key came back with its total. */
+			ck_assert(known);
 			ck_assert_int_eq(cm + un, 6);
-		else
-			ck_assert_int_eq(pg[k] + un, 6);
+		}
 	}
 	table_free(&om);
 	table_free(&m);
@@ -821,7 +946,7 @@ crash_child(struct counters *c, struct counter_owner *o,
 			int v = (int)(rnd(&s) % 100) - 50;
 
 			snprintf(key, sizeof(key), "crash%d", k);
-			if (counters_acquire(c, o, key, strlen(key), v, &e,
+			if (acquire(c, o, key, strlen(key), v, &e,
 			    &idx) != COUNTERS_OK)
 				_exit(3);
 			if (i == 0)
@@ -972,6 +1097,7 @@ counters_suite(void)
 	tc = tcase_create("eviction");
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_evict_churn);
+	tcase_add_test(tc, test_seed);
 	suite_add_tcase(s, tc);
 	return s;
 }
