@@ -76,6 +76,17 @@
  * its key may predate this node's last flush of it, and is asked again.
  * Slots never return to EMPTY, so a probe run never loses a key it
  * passed; EVICTED slots are reused by inserts.
+ *
+ * Bounds.  A delta is reserved only if the total stays within int64
+ * however the reservations then in flight end: each may be applied or
+ * released (its batch refused, its worker killed before the frame was
+ * published).  The net of them is not enough: near INT64_MAX a pending
+ * -1000 would let a +1000 in, and should the -1000 then be released,
+ * the +1000, already accepted, would push the total out of int64 and
+ * PostgreSQL would refuse it.  So an entry keeps, beside pending, the
+ * sum of its negative pending deltas (pend_neg); pending - pend_neg is
+ * the sum of the positive ones.  The worst cases are all positive ones
+ * landing and none of the negative, or the reverse.
  */
 #include <sys/mman.h>
 
@@ -354,6 +365,7 @@ op_begin(struct counters *c, struct counter_owner *o, struct counter_entry *e,
 	u->committed = e->committed;
 	u->unflushed = e->unflushed;
 	u->pending = e->pending;
+	u->pend_neg = e->pend_neg;
 	u->flushed_upto = e->flushed_upto;
 	u->applied_lsn = e->applied_lsn;
 	u->ins = ins;
@@ -406,6 +418,7 @@ counters_owner_repair(struct counters *c, struct counter_owner *o)
 			ST(&e->committed, u->committed);
 			ST(&e->unflushed, u->unflushed);
 			ST(&e->pending, u->pending);
+			ST(&e->pend_neg, u->pend_neg);
 			e->flushed_upto = u->flushed_upto;
 			e->applied_lsn = u->applied_lsn;
 			if (u->ins)
@@ -597,20 +610,58 @@ counters_count(const struct counters *c)
 
 /* --- changes (under the entry's lock) --- */
 
+/*
+ * Whether delta, reserved with the entry's pending deltas, could take the
+ * total out of int64: with every positive one landing and no negative
+ * one, or the reverse (see Bounds above).  Each sum is checked, so that
+ * neither pending part can overflow either.
+ */
 static int
 would_overflow(const struct counter_entry *e, int64_t delta)
 {
-	int64_t t;
+	int64_t t, pos, hi, lo;
 
 	return __builtin_add_overflow(e->committed, e->unflushed, &t) ||
-	    __builtin_add_overflow(t, e->pending, &t) ||
-	    __builtin_add_overflow(t, delta, &t);
+	    __builtin_sub_overflow(e->pending, e->pend_neg, &pos) ||
+	    __builtin_add_overflow(pos, delta > 0 ? delta : 0, &hi) ||
+	    __builtin_add_overflow(t, hi, &hi) ||
+	    __builtin_add_overflow(e->pend_neg, delta < 0 ? delta : 0, &lo) ||
+	    __builtin_add_overflow(t, lo, &lo);
+}
+
+/*
+ * Within a change: count delta in the pending sums.  would_overflow()
+ * let it in, so neither overflows: pending is then a sum of positive
+ * deltas that fits and negative ones that fit.
+ */
+static void
+pend_add(struct counter_entry *e, int64_t delta)
+{
+	ST(&e->pending, e->pending + delta);
+	if (delta < 0)
+		ST(&e->pend_neg, e->pend_neg + delta);
+}
+
+/* ... and out of them, leaving the sums of the others, which fit. */
+static void
+pend_sub(struct counter_entry *e, int64_t delta)
+{
+	ST(&e->pending, e->pending - delta);
+	if (delta < 0)
+		ST(&e->pend_neg, e->pend_neg - delta);
+}
+
+static int
+pend_none(const struct counter_entry *e)
+{
+	/* The net alone may be 0 with deltas of both signs in flight. */
+	return LD(&e->pending) == 0 && LD(&e->pend_neg) == 0;
 }
 
 static void
 maybe_evictable(struct counters *c, const struct counter_entry *e)
 {
-	if (e->refs == 0 && e->pending == 0 && e->unflushed == 0)
+	if (e->refs == 0 && pend_none(e) && e->unflushed == 0)
 		__atomic_add_fetch(&c->evictable_gen, 1, __ATOMIC_RELAXED);
 }
 
@@ -648,10 +699,10 @@ evict_some(struct counters *c, struct counter_owner *o)
 			c->hand = 0;
 		e = entry_at(c, c->hand++);
 		if (LD(&e->state) != COUNTER_READY || LD(&e->refs) ||
-		    LD(&e->pending) || LD(&e->unflushed))
+		    !pend_none(e) || LD(&e->unflushed))
 			continue;
 		op_begin(c, o, e, 1);
-		if (e->refs == 0 && e->pending == 0 && e->unflushed == 0 &&
+		if (e->refs == 0 && pend_none(e) && e->unflushed == 0 &&
 		    e->applied_lsn <= e->flushed_upto) {
 			ST(&e->state, COUNTER_EVICTED);
 			ST(&c->used, c->used - 1);
@@ -686,7 +737,7 @@ acquire_at(struct counters *c, struct counter_owner *o, uint64_t i,
 		op_end(o, e);
 		return 0;
 	}
-	ST(&e->pending, e->pending + delta);
+	pend_add(e, delta);
 	led_push(c, o, e, delta, idx);
 	*rc = COUNTERS_OK;
 	op_end(o, e);
@@ -786,6 +837,7 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 		e->applied_lsn = 0;
 		ST(&e->unflushed, 0);
 		ST(&e->pending, 0);
+		ST(&e->pend_neg, 0);
 		ST(&e->refs, 0);
 	}
 	if (o && would_overflow(e, delta))
@@ -794,7 +846,7 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 		ST(&e->state, COUNTER_READY);
 		ST(&c->used, c->used + 1);
 		if (o) {
-			ST(&e->pending, e->pending + delta);
+			pend_add(e, delta);
 			led_push(c, o, e, delta, idx);
 		}
 	}
@@ -878,7 +930,7 @@ counters_apply(struct counters *c, struct counter_owner *o, uint64_t idx,
 	if (!(l->word & LED_APPLIED)) {
 		ST(&e->unflushed, (int64_t)((uint64_t)e->unflushed +
 		    (uint64_t)l->value));
-		ST(&e->pending, e->pending - l->value);
+		pend_sub(e, l->value);
 		if (frame_end > e->applied_lsn)
 			e->applied_lsn = frame_end;
 		__atomic_store_n(&l->word, l->word | LED_APPLIED,
@@ -896,7 +948,7 @@ release_at(struct counters *c, struct counter_owner *o, uint64_t idx, int tail)
 
 	op_begin(c, o, e, 0);
 	if (!(l->word & LED_APPLIED))
-		ST(&e->pending, e->pending - l->value);
+		pend_sub(e, l->value);
 	ST(&e->refs, e->refs - 1);
 	if (tail)
 		__atomic_store_n(&o->tail, o->tail + 1, __ATOMIC_RELEASE);
@@ -1049,7 +1101,7 @@ counters_reserve(struct counters *c, struct counter_entry *e, int64_t delta)
 	if (would_overflow(e, delta))
 		rc = -1;
 	else
-		ST(&e->pending, e->pending + delta);
+		pend_add(e, delta);
 	op_end(NULL, e);
 	return rc;
 }
@@ -1058,7 +1110,7 @@ void
 counters_unreserve(struct counters *c, struct counter_entry *e, int64_t delta)
 {
 	op_begin(c, NULL, e, 0);
-	ST(&e->pending, e->pending - delta);
+	pend_sub(e, delta);
 	op_end(NULL, e);
 }
 

@@ -32,6 +32,7 @@ struct counter_entry {
 	int64_t		committed;	/* as PostgreSQL last returned it */
 	int64_t		unflushed;	/* durable, not yet in PostgreSQL */
 	int64_t		pending;	/* accepted, not yet durable */
+	int64_t		pend_neg;	/* the negative deltas of pending */
 	uint64_t	flushed_upto;	/* journal end of the last flush seen */
 	uint64_t	applied_lsn;	/* journal end of the last delta added */
 	uint16_t	key_len;
@@ -94,6 +95,7 @@ struct counter_undo {
 	int64_t		committed;
 	int64_t		unflushed;
 	int64_t		pending;
+	int64_t		pend_neg;
 	uint64_t	flushed_upto;
 	uint64_t	applied_lsn;
 	uint64_t	used;
@@ -158,7 +160,7 @@ void	counters_populate(struct counters *c, uint64_t *done, uint64_t more);
 enum counters_rc {
 	COUNTERS_OK = 0,
 	COUNTERS_FULL,		/* no room, nothing evictable */
-	COUNTERS_OVERFLOW,	/* the total would leave int64 */
+	COUNTERS_OVERFLOW,	/* the total could leave int64 */
 	COUNTERS_BUSY,		/* the owner's ledger is full */
 	COUNTERS_UNKNOWN	/* a new key: ask PostgreSQL for its total */
 };
@@ -265,7 +267,10 @@ struct counter_entry *counters_get(struct counters *c, const char *key,
 /* A durable delta for this key, from the frame ending at frame_end. */
 void	counters_add(struct counters *c, struct counter_entry *e,
 	    int64_t delta, uint64_t frame_end);
-/* Count delta as pending; -1 (nothing changed) when it would overflow. */
+/*
+ * Count delta as pending; -1 (nothing changed) when the total could leave
+ * int64, whichever of the pending deltas land.
+ */
 int	counters_reserve(struct counters *c, struct counter_entry *e,
 	    int64_t delta);
 void	counters_unreserve(struct counters *c, struct counter_entry *e,

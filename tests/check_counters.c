@@ -1,7 +1,8 @@
 /*
  * Tests of the shared counter table: insertion and lookup, the key length
  * and capacity limits, deltas, totals and the int64 bounds of
- * reservations, the flusher's commit, iteration; and, with forked
+ * reservations (whichever of those in flight land), the flusher's
+ * commit, iteration; and, with forked
  * processes sharing one mapping as the workers do, that concurrent
  * inserts and increments lose nothing, that a reader never sees a
  * commit half done, and that a process killed at any moment leaves, once
@@ -259,7 +260,12 @@ START_TEST(test_reserve)
 	/* Going down is always fine here. */
 	ck_assert_int_eq(counters_reserve(c, e, -1000), 0);
 	ck_assert_int_eq(e->pending, -990);
+	/* But makes no room going up: the -1000 may never land. */
+	ck_assert_int_eq(counters_reserve(c, e, 1), -1);
+	ck_assert_int_eq(e->pending, -990);
+	ck_assert_int_eq(e->pend_neg, -1000);
 	counters_unreserve(c, e, -1000);
+	ck_assert_int_eq(e->pend_neg, 0);
 	/* The durable step: add, then unreserve. */
 	counters_add(c, e, 4, 0);
 	counters_unreserve(c, e, 4);
@@ -284,8 +290,15 @@ START_TEST(test_reserve)
 	ck_assert_int_eq(counters_reserve(c, e, -5), 0);
 	ck_assert_int_eq(counters_reserve(c, e, -1), -1);
 	ck_assert_int_eq(e->pending, -5);
+	/* Going up makes no room going down. */
+	ck_assert_int_eq(counters_reserve(c, e, 1000), 0);
+	ck_assert_int_eq(counters_reserve(c, e, -1), -1);
+	ck_assert_int_eq(e->pending, 995);
+	ck_assert_int_eq(e->pend_neg, -5);
+	counters_unreserve(c, e, 1000);
 	counters_unreserve(c, e, -5);
 	ck_assert_int_eq(e->pending, 0);
+	ck_assert_int_eq(e->pend_neg, 0);
 	ck_assert_int_eq(total(e), INT64_MIN + 5);
 	table_free(&m);
 }
@@ -665,6 +678,99 @@ held(struct counters *c, const char *key, int64_t *cm, int64_t *un,
 {
 	return counters_peek(c, key, strlen(key), cm, un, known);
 }
+
+/*
+ * Near one end of int64 (s = 1: INT64_MAX, -1: INT64_MIN), a delta
+ * reserved towards the other end does not make room: it may be refused
+ * or die with its worker, and be released, while what it let in was
+ * answered 202.
+ */
+static void
+in_flight_bound(int s)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 10, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	struct counter_entry *e = get(c, "k"), *e2;
+	int64_t bound = s > 0 ? INT64_MAX : INT64_MIN, t;
+	uint64_t idx, back;
+	int ovf;
+
+	counters_set_committed(c, e, bound - s * 10);
+	/* Back off by 1000, then try to use the room. */
+	ck_assert_int_eq(acquire(c, o, "k", 1, -s * 1000, &e2,
+	    &back), COUNTERS_OK);
+	ck_assert_ptr_eq(e2, e);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 1000, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 11, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+	ck_assert_int_eq(e->pending, -s * 1000);
+	ck_assert_int_eq(e->pend_neg, s > 0 ? -1000 : 0);
+	ck_assert_uint_eq(o->head - o->tail, 1);
+	/* What fits without the back-off still does. */
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 10, &e2,
+	    &idx), COUNTERS_OK);
+	ck_assert_int_eq(e->pending, -s * 990);
+	ck_assert_int_eq(e->pend_neg, s > 0 ? -1000 : -10);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s, &e2, &idx),
+	    COUNTERS_OVERFLOW);
+	counters_release_head(c, o);
+
+	/* The back-off is released: the room it seemed to make is gone. */
+	counters_release_head(c, o);
+	ck_assert_uint_eq(o->head, o->tail);
+	ck_assert_int_eq(e->pending, 0);
+	ck_assert_int_eq(e->pend_neg, 0);
+	ck_assert_int_eq(total(e), bound - s * 10);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 1000, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 11, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+
+	/* Again, and this time it is durable: the room is real. */
+	ck_assert_int_eq(acquire(c, o, "k", 1, -s * 1000, &e2,
+	    &back), COUNTERS_OK);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 1000, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+	counters_publishing(o, back + 1, 100);
+	counters_published(o, 101);
+	counters_apply(c, o, back, 101, &t, &ovf);
+	ck_assert_int_eq(ovf, 0);
+	ck_assert_int_eq(t, bound - s * 1010);
+	ck_assert_int_eq(e->pending, 0);
+	ck_assert_int_eq(e->pend_neg, 0);
+	counters_release_tail(c, o);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 1000, &e2,
+	    &idx), COUNTERS_OK);
+	ck_assert_int_eq(e->pending, s * 1000);
+	ck_assert_int_eq(e->pend_neg, s > 0 ? 0 : -1000);
+	ck_assert_int_eq(acquire(c, o, "k", 1, s * 11, &e2,
+	    &idx), COUNTERS_OVERFLOW);
+	counters_publishing(o, idx + 1, 200);
+	counters_published(o, 201);
+	counters_apply(c, o, idx, 201, &t, &ovf);
+	ck_assert_int_eq(ovf, 0);
+	ck_assert_int_eq(t, bound - s * 10);
+	counters_release_tail(c, o);
+	ck_assert_int_eq(e->pending, 0);
+	ck_assert_int_eq(e->pend_neg, 0);
+	ck_assert_int_eq(e->refs, 0);
+	table_free(&om);
+	table_free(&m);
+}
+
+START_TEST(test_in_flight_max)
+{
+	in_flight_bound(1);
+}
+END_TEST
+
+START_TEST(test_in_flight_min)
+{
+	in_flight_bound(-1);
+}
+END_TEST
 
 START_TEST(test_evict)
 {
@@ -1054,6 +1160,7 @@ START_TEST(test_crash_exact)
 			    (long long)want[k]);
 			e = lookup(c, key);
 			ck_assert_int_eq(e->pending, 0);
+			ck_assert_int_eq(e->pend_neg, 0);
 			ck_assert_int_eq(e->refs, 0);
 			ck_assert_uint_eq(e->lock & 1, 0);
 		}
@@ -1084,6 +1191,8 @@ counters_suite(void)
 	tc = tcase_create("values");
 	tcase_add_test(tc, test_deltas);
 	tcase_add_test(tc, test_reserve);
+	tcase_add_test(tc, test_in_flight_max);
+	tcase_add_test(tc, test_in_flight_min);
 	tcase_add_test(tc, test_commit);
 	suite_add_tcase(s, tc);
 
