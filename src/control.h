@@ -43,6 +43,7 @@ struct control_client {
 	uint8_t		buf[CONTROL_HDR + CONTROL_MAX_PAYLOAD];
 	uint64_t	flush_seq;	/* waiting for this flush; 0: not */
 	uint64_t	deadline_ms;
+	uint64_t	last_ms;	/* accepted, or its last request */
 };
 
 /* A request as the master acts on it; payload points into the buffer. */

@@ -62,6 +62,7 @@
 #define STABLE_MS	10000	/* a child that lived this long was healthy */
 #define FLUSHER_WAIT_MS	3000	/* for its first PostgreSQL connection */
 #define CTL_FLUSH_MS	60000	/* tallyctl flush gives up after this */
+#define CTL_IDLE_MS	10000	/* a control client silent this long goes */
 
 enum master_state {
 	STARTING, RUNNING, STOP_WORKERS, STOP_SYNCER, STOP_FLUSHER, FAST_STOP
@@ -899,7 +900,27 @@ ctl_accept(void)
 			continue;
 		}
 		M.clients[i]->fd = fd;
+		M.clients[i]->last_ms = now_ms();
 	}
+}
+
+/*
+ * tallyctl sends its request at once and leaves with the answer: a
+ * client that sits idle would only hold one of the few slots, and a
+ * local user could take them all.
+ */
+static void
+ctl_close_idle(void)
+{
+	uint64_t t = now_ms();
+
+	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (M.clients[i] != NULL && M.clients[i]->flush_seq == 0 &&
+		    t - M.clients[i]->last_ms > CTL_IDLE_MS) {
+			log_debug("control connection idle for %d ms: "
+			    "closing it", CTL_IDLE_MS);
+			ctl_close(i);
+		}
 }
 
 /* One pass of the control socket: new clients, requests, answers. */
@@ -913,14 +934,17 @@ ctl_serve(struct pollfd *pfd, const int *slot, int npfd)
 		    (POLLIN | POLLHUP | POLLERR)))
 			continue;
 		rc = control_read(M.clients[i]);
-		if (rc == 1)
+		if (rc == 1) {
+			M.clients[i]->last_ms = now_ms();
 			rc = ctl_dispatch(M.clients[i]);
+		}
 		if (rc == -1)
 			ctl_close(i);
 	}
 	if (npfd > 1 && (pfd[1].revents & POLLIN))
 		ctl_accept();
 	ctl_flush_waiters();
+	ctl_close_idle();
 }
 
 static int

@@ -146,6 +146,7 @@ for i in $(seq 100); do
 	sleep 0.1
 done
 grep -q held "$T/held.out" || die "could not hold 16 control connections"
+held_at=$SECONDS
 # The master accepts them in its next pass, at most a poll timeout away.
 for i in $(seq 50); do
 	tallyctl status >"$T/full.out" 2>"$T/full.err"
@@ -156,14 +157,16 @@ done
 assert_eq "16 control connections held: status exits 1" 1 "$st"
 assert_match "... saying why on stderr" \
     '^tallyctl: too many control connections$' "$(cat "$T/full.err")"
+# The holder stays, silent: the master closes idle clients after 10 s.
+for i in $(seq 100); do
+	tallyctl status >/dev/null 2>&1 && break
+	sleep 0.2
+done
+assert_eq "idle control connections closed by the master" 0 \
+    "$(tallyctl status >/dev/null; echo $?)"
+assert_between "... not before 10 s" 8 60 "$((SECONDS - held_at))"
 kill "$HOLDER"
 wait "$HOLDER" 2>/dev/null
-for i in $(seq 50); do
-	tallyctl status >/dev/null 2>&1 && break
-	sleep 0.1
-done
-assert_eq "the slots free again once those close" 0 \
-    "$(tallyctl status >/dev/null; echo $?)"
 
 # journal verify on the live journal while the flusher recycles the
 # segments it has listed: gdb holds it after the listing, at its first
