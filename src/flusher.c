@@ -535,6 +535,13 @@ flusher_pg_failed(struct flusher *fl, const char *what)
 	 * server after a failover, a revoked grant, a lock) is no better.
 	 */
 	fl->h->pg_up = 0;
+	/*
+	 * A table of ours dropped under us (undefined_table): the next
+	 * connection creates the schema again, as a restart would; retrying
+	 * on this one would fail for ever.
+	 */
+	if (fl->pg.conn != NULL && strcmp(fl->pg.sqlstate, "42P01") == 0)
+		pg_close(&fl->pg);
 	if (fl->pg.conn == NULL)
 		fl->connected = 0;
 	if (flusher_stopping(fl) == 2)

@@ -13,7 +13,8 @@
 # itself returned: a key given another key's total, or none, shows here.
 #
 # Last, a backlog of keyed increments from an outage goes up in batches of
-# bounded size.
+# bounded size; and tally_counters dropped under the flusher is created
+# again, as a restart would.
 . "$(dirname "$0")/lib.sh"
 
 NOLD=2000	# keys flushed once, then edited by hand
@@ -199,5 +200,13 @@ assert_eq "every keyed increment applied once" \
     "$(pg_value q0) $(pg_value q1) $(pg_value q2)"
 assert_eq "every Idempotency-Key recorded" "$((NKEYED + 1))" \
     "$(pg_sql "select count(*) from tally_idempotency")"
+
+note "tally_counters dropped under the flusher: created again"
+pg_sql "DROP TABLE tally_counters"
+assert_eq "an increment after the drop" 202 "$(post dropped 5)"
+tallyctl flush >/dev/null 2>&1
+pg_wait_value dropped 5 20
+assert_match "the log names the missing table" 'tally_counters.*does not exist' \
+    "$(grep 'SQLSTATE 42P01' "$TALLYD_LOG" | head -n 1)"
 tallyd_stop
 assert_eq "SIGTERM after the backlog: exit status" 0 "$TALLYD_STATUS"
