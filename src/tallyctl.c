@@ -4,10 +4,12 @@
  * journal files offline, from the same code the daemon uses, so they work
  * on a copy of a journal or on one whose daemon cannot start.
  */
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -53,6 +55,8 @@ usage(FILE *f)
 	    "  stop [--fast]          stop the daemon: gracefully, or at once\n"
 	    "  journal verify [dir]   check every frame of a journal; exit 1 if any is bad\n"
 	    "  journal dump [dir]     print every record of a journal\n"
+	    "  journal skip LSN [dir] replace the damaged frame at LSN with padding,\n"
+	    "                         losing its increments, so that tallyd can start\n"
 	    "\n"
 	    "options:\n"
 	    "  -c file     configuration file (default %s/tallyd.conf); gives the\n"
@@ -267,6 +271,142 @@ journal_cmd(const char *cmd, const char *dir)
 	free(bases);
 	journal_close(&w.j);
 	return w.bad ? 1 : 0;
+}
+
+/*
+ * The frame status at lsn as the walk and recovery see it: a frame whose
+ * records do not decode is as bad as one whose checksum fails.
+ */
+static enum frame_status
+skip_check(struct walk *w, uint64_t lsn, struct frame_info *fi)
+{
+	const uint8_t *f;
+	enum frame_status st;
+
+	if ((f = journal_at(&w->j, lsn, 0)) == NULL) {
+		fi->why = strerror(errno);
+		return FRAME_BAD;
+	}
+	st = journal_frame_check(f, w->j.seg_size - lsn % w->j.seg_size, lsn,
+	    w->j.epoch, fi);
+	if (st == FRAME_OK && journal_frame_decode(f, fi, w->raw)) {
+		fi->why = "records do not decode";
+		st = FRAME_BAD;
+	}
+	return st;
+}
+
+/*
+ * The journal must not change under a running tallyd: take the lock it
+ * holds on the directory.  A directory no tallyd ever ran on has none.
+ */
+static int
+skip_lock(const char *dir)
+{
+	char path[1100], buf[32];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/tallyd.lock", dir);
+	if ((fd = open(path, O_RDWR | O_CLOEXEC)) == -1)
+		return errno == ENOENT ? -2 : -1;
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		n = pread(fd, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		buf[strcspn(buf, "\n")] = '\0';
+		fprintf(stderr, "tallyctl: tallyd (pid %s) is running on %s; "
+		    "stop it first\n", buf[0] ? buf : "?", dir);
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
+ * Make a journal damaged in its middle startable again: the damaged frame
+ * at lsn (as journal verify names it) becomes padding up to the next
+ * whole frame, whose increments, and every later one's, are kept.  The
+ * damaged frame's increments are lost; nothing else changes.
+ */
+static int
+journal_skip(const char *dir, const char *arg)
+{
+	struct walk w;
+	struct frame_info fi;
+	enum frame_status st;
+	uint64_t *bases = NULL, seg_size, lsn, p, end, found;
+	uint8_t epoch[JOURNAL_EPOCH_LEN];
+	char node[JOURNAL_NODE_LEN], err[1200], at[96], *ep;
+	int n, lock, rc = 1;
+
+	errno = 0;
+	lsn = strtoull(arg, &ep, 10);
+	if (errno || ep == arg || *ep != '\0' || arg[0] == '-') {
+		fprintf(stderr, "tallyctl: '%s' is not an LSN\n", arg);
+		return EXIT_USAGE;
+	}
+	if ((lock = skip_lock(dir)) == -1)
+		return 1;
+	memset(&w, 0, sizeof(w));
+	n = journal_scan_dir(dir, &bases, epoch, node, &seg_size, err,
+	    sizeof(err));
+	if (n <= 0) {
+		fprintf(stderr, "tallyctl: %s\n", n < 0 ? err :
+		    "no journal segments");
+		goto out_lock;
+	}
+	if (journal_open(&w.j, dir, seg_size, epoch, node) == -1 ||
+	    (w.raw = malloc(JOURNAL_MAX_RAW)) == NULL) {
+		fprintf(stderr, "tallyctl: cannot open %s: %s\n", dir,
+		    strerror(errno));
+		goto out;
+	}
+	end = bases[n - 1] + seg_size;
+	/* lsn must be where a frame starts, walking from the first one. */
+	for (p = journal_lsn_normalize(seg_size, bases[0]); p < lsn;
+	    p = journal_lsn_normalize(seg_size, p)) {
+		st = skip_check(&w, p, &fi);
+		if (st <= FRAME_PADDING)
+			p += fi.len;
+		else if (!journal_find_valid(&w.j, p + JOURNAL_ALIGN, end, &p))
+			break;
+	}
+	where(&w, lsn, at, sizeof(at));
+	if (p != lsn) {
+		fprintf(stderr, "tallyctl: %s: no frame starts there (see "
+		    "'tallyctl journal verify')\n", at);
+		goto out;
+	}
+	st = skip_check(&w, lsn, &fi);
+	if (st != FRAME_BAD) {
+		fprintf(stderr, "tallyctl: %s: %s; nothing to skip\n", at,
+		    st == FRAME_EMPTY ? "an unfinished frame, which tallyd "
+		    "pads by itself at start" : "the frame there is whole");
+		goto out;
+	}
+	if (!journal_find_valid(&w.j, lsn + JOURNAL_ALIGN, end, &found)) {
+		fprintf(stderr, "tallyctl: %s: no whole frame after it: a torn "
+		    "tail, which tallyd cuts off by itself at start\n", at);
+		goto out;
+	}
+	if (journal_pad(&w.j, lsn, found) == -1 ||
+	    journal_sync(&w.j, lsn, found) == -1) {
+		fprintf(stderr, "tallyctl: %s: cannot write padding: %s\n", at,
+		    strerror(errno));
+		goto out;
+	}
+	printf("%s: damaged frame (%s) replaced with padding up to LSN %"
+	    PRIu64 " (%" PRIu64 " bytes); its increments are lost\n", at,
+	    fi.why, found, found - lsn);
+	rc = 0;
+out:
+	free(w.raw);
+	journal_close(&w.j);
+out_lock:
+	free(bases);
+	if (lock >= 0)
+		close(lock);
+	return rc;
 }
 
 /* Send one request, read one response.  Returns its status or -1. */
@@ -514,6 +654,16 @@ main(int argc, char *argv[])
 		else
 			dir = cf.journal_dir;
 		return journal_cmd(argv[1], dir);
+	}
+	if (argc >= 3 && argc <= 4 && !fast &&
+	    strcmp(argv[0], "journal") == 0 && strcmp(argv[1], "skip") == 0) {
+		if (argc == 4)
+			dir = argv[3];
+		else if (ctl_config(&cf, conf) == -1)
+			return 1;
+		else
+			dir = cf.journal_dir;
+		return journal_skip(dir, argv[2]);
 	}
 	/* A usage error is one whatever the configuration file holds. */
 	if (argc == 0 || (type = ctl_parse(argc, argv, fast, &arg)) == -1) {

@@ -475,16 +475,20 @@ assert_eq "6a: journal verify after recovery" 0 "$st"
 [ "$st" = 0 ] || sed 's/^/#   /' "$T/v6.a"
 crashes_ok 6a
 
-# (b) a flipped bit in an early unflushed frame, valid frames after it.
+# (b) a flipped bit in an early unflushed frame, valid frames after it;
+# tallyctl journal skip then gives up that frame alone.
 set_conf flush_interval 1h
 tallyd_start
+n6b=0
 for i in $(seq 30); do
-	[ "$(post "s6b" 1)" = 202 ] && NINCR=$((NINCR + 1))
+	[ "$(post "s6b" 1)" = 202 ] && n6b=$((n6b + 1))
 done
+NINCR=$((NINCR + n6b))
 fstop QUIT
 ck=$(pg_sql "select lsn from tally_checkpoints where node = 'damage6'")
-tallyctl journal dump "$JDIR" 2>/dev/null | awk -F'\t' -v ck="${ck:-0}" \
-    '$1 >= ck { print $1 }' | sort -un >"$T/frames6b"
+tallyctl journal dump "$JDIR" 2>/dev/null >"$T/dump6b"
+awk -F'\t' -v ck="${ck:-0}" '$1 >= ck { print $1 }' "$T/dump6b" |
+    sort -un >"$T/frames6b"
 flip=$(sed -n 3p "$T/frames6b")
 seg=$(ls "$JDIR" | grep '\.seg$' | sort | tail -n 1)
 base=$((16#${seg%.seg}))
@@ -511,6 +515,40 @@ tallyctl journal verify "$JDIR" >"$T/v6.b" 2>&1 || st=$?
 assert_eq "6b: journal verify exits 1" 1 "$st"
 assert_match "6b: journal verify names the segment and offset" \
     "$seg offset $frame_off" "$(cat "$T/v6.b")"
+
+# The way out: the damaged frame becomes padding, the frames after it stay.
+lost=$(awk -F'\t' -v f="$flip" '$1 == f' "$T/dump6b" | wc -l)
+st=0
+tallyctl journal skip abc "$JDIR" >"$T/skip6b" 2>&1 || st=$?
+assert_eq "6b: journal skip of a bad LSN: usage error" 2 "$st"
+st=0
+tallyctl journal skip $((flip + 8)) "$JDIR" >"$T/skip6b" 2>&1 || st=$?
+assert_eq "6b: journal skip inside a frame: exit 1" 1 "$st"
+assert_match "6b: ... saying so" 'no frame starts there' "$(cat "$T/skip6b")"
+st=0
+tallyctl journal skip "$flip" "$JDIR" >"$T/skip6b" 2>&1 || st=$?
+assert_eq "6b: journal skip of the damaged frame" 0 "$st"
+assert_match "6b: ... saying what is lost" \
+    "LSN $flip\\).*padding.*increments are lost" "$(cat "$T/skip6b")"
+st=0
+tallyctl journal verify "$JDIR" >"$T/v6.b2" 2>&1 || st=$?
+assert_eq "6b: journal verify after the skip" 0 "$st"
+st=0
+tallyctl journal skip "$flip" "$JDIR" >"$T/skip6b" 2>&1 || st=$?
+assert_eq "6b: a second skip finds nothing to skip" 1 "$st"
+assert_match "6b: ... saying so" 'nothing to skip' "$(cat "$T/skip6b")"
+tallyd_start
+st=0
+tallyctl journal skip "$flip" "$JDIR" >"$T/skip6b" 2>&1 || st=$?
+assert_eq "6b: journal skip while tallyd runs: exit 1" 1 "$st"
+assert_match "6b: ... naming it" "pid $TALLYD_PID\\) is running" \
+    "$(cat "$T/skip6b")"
+flush
+assert_between "6b: the damaged frame held some of them" 1 "$n6b" "$lost"
+assert_eq "6b: PostgreSQL has every increment but the damaged frame's" \
+    "$((n6b - lost))" "$(pg_value s6b)"
+fstop TERM
+crashes_ok 6b
 
 # ================================================================ 7
 note "7: a full file system under the journal"
