@@ -1,7 +1,8 @@
 /*
  * Asynchronous PostgreSQL look-ups for a worker's event loop.
  *
- * A GET for a key the shared table does not hold asks PostgreSQL.  The
+ * A GET for a key the shared table does not hold asks PostgreSQL, and so
+ * does the first increment of one (its total counts in the answer).  The
  * worker's loop must never wait, so the one connection a worker keeps is
  * driven entirely by readiness events: PQconnectStart/PQconnectPoll while
  * connecting, PQsendQueryParams/PQflush/PQconsumeInput afterwards.  The

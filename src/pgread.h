@@ -1,8 +1,9 @@
 /*
- * Asynchronous PostgreSQL look-ups for a worker's event loop: GET of a key
- * the shared table does not hold.  One non-blocking libpq connection per
- * worker, queries queued and sent one at a time; the loop never waits on
- * PostgreSQL.
+ * Asynchronous PostgreSQL look-ups for a worker's event loop: the total
+ * of a key the shared table does not hold, for a GET or before the key's
+ * first increment.  One non-blocking libpq connection per worker; the
+ * look-ups queued meanwhile go out together in one query; the loop never
+ * waits on PostgreSQL.
  */
 #ifndef TALLY_PGREAD_H
 #define TALLY_PGREAD_H

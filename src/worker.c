@@ -110,7 +110,7 @@ struct post {
 
 /*
  * A request waiting for PostgreSQL: a GET of a key the table does not
- * hold, or the first increment of one (post set).
+ * hold, or the first increment of one (is_post).
  */
 struct lookup {
 	h2o_req_t	*req;
