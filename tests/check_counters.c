@@ -650,6 +650,21 @@ acquire(struct counters *c, struct counter_owner *o, const char *key,
 	return acquire_pg(c, o, key, len, v, 0, e, idx);
 }
 
+/* Publish ledger entry idx in a frame at lsn and apply it: the total. */
+static int64_t
+durable(struct counters *c, struct counter_owner *o, uint64_t idx,
+    uint64_t lsn)
+{
+	int64_t t;
+	int ovf;
+
+	counters_publishing(o, idx + 1, lsn);
+	counters_published(o, lsn + 1);
+	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	ck_assert_int_eq(ovf, 0);
+	return t;
+}
+
 /* Reserve, publish at lsn, apply with frame end lsn + 1, release. */
 static struct counter_entry *
 incr(struct counters *c, struct counter_owner *o, const char *key,
@@ -657,15 +672,11 @@ incr(struct counters *c, struct counter_owner *o, const char *key,
 {
 	struct counter_entry *e;
 	uint64_t idx;
-	int64_t t;
-	int ovf;
 
 	ck_assert_int_eq(acquire(c, o, key, strlen(key), v, &e,
 	    &idx), COUNTERS_OK);
 	ck_assert_int_eq(e->refs, 1);
-	counters_publishing(o, idx + 1, lsn);
-	counters_published(o, lsn + 1);
-	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	durable(c, o, idx, lsn);
 	counters_release_tail(c, o);
 	ck_assert_int_eq(e->refs, 0);
 	ck_assert_int_eq(e->pending, 0);
@@ -692,9 +703,8 @@ in_flight_bound(int s)
 	struct counters *c = table_new(&m, 10, 16);
 	struct counter_owner *o = owner_new(&om, 1, 64);
 	struct counter_entry *e = get(c, "k"), *e2;
-	int64_t bound = s > 0 ? INT64_MAX : INT64_MIN, t;
+	int64_t bound = s > 0 ? INT64_MAX : INT64_MIN;
 	uint64_t idx, back;
-	int ovf;
 
 	counters_set_committed(c, e, bound - s * 10);
 	/* Back off by 1000, then try to use the room. */
@@ -733,11 +743,7 @@ in_flight_bound(int s)
 	    &back), COUNTERS_OK);
 	ck_assert_int_eq(acquire(c, o, "k", 1, s * 1000, &e2,
 	    &idx), COUNTERS_OVERFLOW);
-	counters_publishing(o, back + 1, 100);
-	counters_published(o, 101);
-	counters_apply(c, o, back, 101, &t, &ovf);
-	ck_assert_int_eq(ovf, 0);
-	ck_assert_int_eq(t, bound - s * 1010);
+	ck_assert_int_eq(durable(c, o, back, 100), bound - s * 1010);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(e->pend_neg, 0);
 	counters_release_tail(c, o);
@@ -747,11 +753,7 @@ in_flight_bound(int s)
 	ck_assert_int_eq(e->pend_neg, s > 0 ? 0 : -1000);
 	ck_assert_int_eq(acquire(c, o, "k", 1, s * 11, &e2,
 	    &idx), COUNTERS_OVERFLOW);
-	counters_publishing(o, idx + 1, 200);
-	counters_published(o, 201);
-	counters_apply(c, o, idx, 201, &t, &ovf);
-	ck_assert_int_eq(ovf, 0);
-	ck_assert_int_eq(t, bound - s * 10);
+	ck_assert_int_eq(durable(c, o, idx, 200), bound - s * 10);
 	counters_release_tail(c, o);
 	ck_assert_int_eq(e->pending, 0);
 	ck_assert_int_eq(e->pend_neg, 0);
@@ -853,9 +855,9 @@ START_TEST(test_seed)
 	struct counter_owner *o = owner_new(&om, 1, 64);
 	struct counter_entry *e, *a;
 	struct counters_seed seed;
-	int64_t cm, un, t;
+	int64_t cm, un;
 	uint64_t idx, lsn = 100, gen0;
-	int known, ovf;
+	int known;
 	char key[16];
 
 	ck_assert_int_eq(counters_acquire(c, o, "r1", 2, 1, NULL, &e, &idx),
@@ -866,11 +868,8 @@ START_TEST(test_seed)
 	/* PostgreSQL holds 100: the answer to +1 is 101. */
 	ck_assert_int_eq(acquire_pg(c, o, "r1", 2, 1, 100, &e, &idx),
 	    COUNTERS_OK);
-	counters_publishing(o, idx + 1, lsn);
-	counters_published(o, lsn + 1);
-	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	ck_assert_int_eq(durable(c, o, idx, lsn), 101);
 	counters_release_tail(c, o);
-	ck_assert_int_eq(t, 101);
 	ck_assert(held(c, "r1", &cm, &un, &known));
 	ck_assert(known);
 	ck_assert_int_eq(cm + un, 101);
@@ -890,9 +889,7 @@ START_TEST(test_seed)
 
 	/* a: +5, flushed, evictable; its seed is taken now. */
 	ck_assert_int_eq(acquire(c, o, "a", 1, 5, &a, &idx), COUNTERS_OK);
-	counters_publishing(o, idx + 1, lsn);
-	counters_published(o, lsn + 1);
-	counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+	durable(c, o, idx, lsn);
 	counters_release_tail(c, o);
 	counters_commit_key(c, NULL, "a", 1, 1, 5, 5, 5, lsn + 1);
 	gen0 = counters_seed_gen(c, "a", 1);
@@ -903,9 +900,7 @@ START_TEST(test_seed)
 		lsn += 10;
 		ck_assert_int_eq(acquire(c, o, key, strlen(key), 1, &e, &idx),
 		    COUNTERS_OK);
-		counters_publishing(o, idx + 1, lsn);
-		counters_published(o, lsn + 1);
-		counters_apply(c, o, idx, lsn + 1, &t, &ovf);
+		durable(c, o, idx, lsn);
 		counters_release_tail(c, o);
 		counters_commit_key(c, NULL, key, strlen(key), 1, 1, 1, 1,
 		    lsn + 1);
