@@ -4,21 +4,46 @@
  * Open addressing with linear probing over a power-of-two index of 8-byte
  * words, at most three quarters of them held so probe runs stay short.
  * A word is 0 or the number (plus one) of the entry, or slot, bound to
- * that position for good; entries are handed out in order from a dense
- * array.  Keys hashed all over the index thus sit together: 100k keys
- * touch a few thousand pages rather than one page each, and every process
- * of the shared mapping takes a page fault on the first touch of a page.
- * A position is bound under ins_lock: count the entry out (nentries),
- * then write the word; the entry is still EMPTY then, so a death in
- * between leaves a word that reads as the end of a probe run (and is
- * reused as such), or at worst one entry never bound.
+ * that position until the index is rebuilt; entries are handed out in
+ * order from a dense array.  Keys hashed all over the index thus sit
+ * together: 100k keys touch a few thousand pages rather than one page
+ * each, and every process of the shared mapping takes a page fault on
+ * the first touch of a page.  A position is bound under ins_lock: count
+ * the entry out (nentries, or free_hand past it), then write the word;
+ * the entry is still EMPTY then, so a death in between leaves a word
+ * that reads as the end of a probe run (and is reused as such), or at
+ * worst one entry never bound, which the search for EMPTY entries finds
+ * again.
+ *
+ * Rebuilds.  An evicted entry keeps its position, and a new key binds
+ * one only when its run has no EVICTED entry to take over, so bound words
+ * only grow: once a long-lived process has seen more distinct keys than
+ * positions, every word is bound and each miss, and each insert under
+ * ins_lock, walks the whole index (milliseconds at a million keys, every
+ * worker queued behind ins_lock).  So the insert that finds seven eighths
+ * of the words bound first rebuilds the index: every READY entry bound
+ * again at the first free word of its run, EVICTED ones too while the
+ * index stays five eighths full, the rest dropped to EMPTY (their
+ * committed values forgotten, as on a takeover) for the search from
+ * free_hand to hand out once no entry is left that was never used.
+ * Entries do not move, since ledgers and workers hold slot numbers and
+ * pointers; only the words do.  Readers still do not lock: the rebuild
+ * keeps index_seq odd while it runs, and a reader's miss counts only if
+ * index_seq was even and unchanged around its walk; a hit stands on the
+ * entry's own seqlock.  The index is a function of the entries' states
+ * and hashes, so a rebuild left half done by a killed process (index_seq
+ * odd, ins_lock still its) is redone whole by the repair, once the drop
+ * it was in the middle of is undone.  A drop only tries an entry's lock,
+ * and keeps the entry bound when it is taken: the master, redoing a
+ * rebuild, must not wait on another dead owner's lock.
  *
  * Locks.  Each entry has a lock word: a sequence number in its low half,
  * odd while the entry is locked, and the owner's id in its high half.
  * Every change to an entry happens between entry_lock() and
  * entry_unlock(), so readers use it as a seqlock: they read without
- * locking and start again when the word moved.  Inserting a key and
- * evicting one also take the table's ins_lock, so that the keys and
+ * locking and start again when the word moved.  Inserting a key,
+ * evicting one and rebuilding the index also take the table's ins_lock,
+ * so that the keys and
  * states of slots change one at a time: two inserts of one key can then
  * never pick two slots, and a slot is never taken over while another
  * insert walks past it.  Deltas, reservations and commits of a held key
@@ -72,10 +97,11 @@
  * key from a forgotten one.  Nor can it after a restart, or for another
  * node's keys: so a worker inserts a key only with PostgreSQL's total for
  * it (counters_seed), read before the insert.  A takeover is counted, by
- * the hash of the key taken over: an answer read before a takeover of
- * its key may predate this node's last flush of it, and is asked again.
- * Slots never return to EMPTY, so a probe run never loses a key it
- * passed; EVICTED slots are reused by inserts.
+ * the hash of the key taken over, and so is a rebuild's drop of a keyed
+ * entry: an answer read before either may predate this node's last flush
+ * of the key, and is asked again.  Between rebuilds, slots never return
+ * to EMPTY, so a probe run never loses a key it passed; EVICTED slots are
+ * reused by inserts.
  *
  * Bounds.  A delta is reserved only if the total stays within int64
  * however the reservations then in flight end: each may be applied or
@@ -300,6 +326,19 @@ entry_lock(struct counter_entry *e, uint32_t id)
 	}
 }
 
+/* entry_lock() if it is free now; 0 when it is not. */
+static int
+entry_trylock(struct counter_entry *e, uint32_t id)
+{
+	uint64_t w = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE), nw;
+
+	if (w & 1)
+		return 0;
+	nw = (uint64_t)(uint32_t)(w + 1) | (uint64_t)id << 32;
+	return __atomic_compare_exchange_n(&e->lock, &w, nw, 0,
+	    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+
 static void
 entry_unlock(struct counter_entry *e)
 {
@@ -343,20 +382,13 @@ owner_id(const struct counter_owner *o)
 	return o ? o->id : COUNTERS_ANON;
 }
 
-/* Lock e for a change by o (NULL: a lone process), taking the undo. */
+/* With e locked by o: take the undo. */
 static void
-op_begin(struct counters *c, struct counter_owner *o, struct counter_entry *e,
+op_take(struct counters *c, struct counter_owner *o, struct counter_entry *e,
     int ins)
 {
-	struct counter_undo *u;
+	struct counter_undo *u = &o->undo;
 
-	if (o == NULL) {
-		entry_lock(e, COUNTERS_ANON);
-		return;
-	}
-	u = &o->undo;
-	__atomic_store_n(&u->entry, slot_of(c, e) + 1, __ATOMIC_RELEASE);
-	entry_lock(e, o->id);
 	u->state = e->state;
 	u->refs = e->refs;
 	u->key_len = e->key_len;
@@ -374,6 +406,36 @@ op_begin(struct counters *c, struct counter_owner *o, struct counter_entry *e,
 	u->tail = o->tail;
 	u->led_idx = 0;
 	__atomic_store_n(&u->valid, 1, __ATOMIC_RELEASE);
+}
+
+/* Lock e for a change by o (NULL: a lone process), taking the undo. */
+static void
+op_begin(struct counters *c, struct counter_owner *o, struct counter_entry *e,
+    int ins)
+{
+	if (o == NULL) {
+		entry_lock(e, COUNTERS_ANON);
+		return;
+	}
+	__atomic_store_n(&o->undo.entry, slot_of(c, e) + 1, __ATOMIC_RELEASE);
+	entry_lock(e, o->id);
+	op_take(c, o, e, ins);
+}
+
+/* op_begin() if e is free now; 0 (nothing locked) when it is not. */
+static int
+op_try_begin(struct counters *c, struct counter_owner *o,
+    struct counter_entry *e, int ins)
+{
+	if (o == NULL)
+		return entry_trylock(e, COUNTERS_ANON);
+	__atomic_store_n(&o->undo.entry, slot_of(c, e) + 1, __ATOMIC_RELEASE);
+	if (!entry_trylock(e, o->id)) {
+		__atomic_store_n(&o->undo.entry, 0, __ATOMIC_RELEASE);
+		return 0;
+	}
+	op_take(c, o, e, ins);
+	return 1;
 }
 
 static void
@@ -395,6 +457,110 @@ op_led(struct counter_owner *o, uint64_t idx)
 	o->undo.led_word = l->word;
 	__atomic_store_n(&o->undo.led_idx, idx + 1, __ATOMIC_RELEASE);
 	return l;
+}
+
+/* --- the index --- */
+
+/* Bound words past which the index is rebuilt, so probe runs stay short. */
+static uint64_t
+index_limit(const struct counters *c)
+{
+	return c->nslots - c->nslots / 8;
+}
+
+/* Bind entry i to the first unbound word of the run hash h starts. */
+static void
+index_place(struct counters *c, uint64_t i, uint64_t h)
+{
+	uint64_t mask = c->nslots - 1, pos = h & mask;
+
+	while (LD(index_at(c, pos)) != 0)
+		pos = (pos + 1) & mask;
+	ST(index_at(c, pos), i + 1);
+}
+
+/*
+ * Within a rebuild: EVICTED e becomes EMPTY, for a new key to take.  0
+ * when it is locked (a probe's stale slot, a dead owner): it stays.
+ */
+static int
+entry_drop(struct counters *c, struct counter_owner *o, struct counter_entry *e)
+{
+	if (!op_try_begin(c, o, e, 1))
+		return 0;
+	/* Its committed value goes, as when another key takes it over. */
+	if (e->key_len != 0) {
+		ST(&c->forgot, 1);
+		ST(&c->takeovers[e->hash % COUNTERS_SEED_GENS],
+		    c->takeovers[e->hash % COUNTERS_SEED_GENS] + 1);
+	}
+	ST(&e->state, COUNTER_EMPTY);
+	e->key_len = 0;
+	op_end(o, e);
+	return 1;
+}
+
+/*
+ * Bind every READY entry again, and EVICTED ones while the index stays
+ * at most five eighths full; drop the others.  Under ins_lock, by o (or
+ * by the repair, for the dead o that left it half done).
+ */
+static void
+index_rebuild(struct counters *c, struct counter_owner *o)
+{
+	uint64_t n = counters_slots(c), ready = LD(&c->used), bound = 0;
+	uint64_t target = c->nslots / 2 + c->nslots / 8;
+	uint64_t keep = ready < target ? target - ready : 0;
+	struct counter_entry *e;
+	uint32_t st;
+
+	__atomic_store_n(&c->index_seq, LD(&c->index_seq) | 1,
+	    __ATOMIC_RELAXED);
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	for (uint64_t pos = 0; pos < c->nslots; pos++)
+		ST(index_at(c, pos), 0);
+	for (uint64_t i = 0; i < n; i++) {
+		e = entry_at(c, i);
+		if ((st = LD(&e->state)) == COUNTER_EMPTY)
+			continue;
+		if (st == COUNTER_EVICTED) {
+			if (keep == 0 && entry_drop(c, o, e))
+				continue;
+			if (keep > 0)
+				keep--;
+		}
+		index_place(c, i, e->hash);
+		bound++;
+	}
+	c->bound = bound;
+	c->free_hand = 0;
+	c->rebuilds++;
+	__atomic_store_n(&c->index_seq, LD(&c->index_seq) + 1,
+	    __ATOMIC_RELEASE);
+}
+
+/*
+ * An entry for a new key to bind: the next never handed out, else the
+ * next EMPTY one from free_hand on (dropped by a rebuild, or left by an
+ * insert that died).  Under ins_lock.  -1 when there is none.
+ */
+static int64_t
+entry_free(struct counters *c)
+{
+	uint64_t i = c->nentries;
+
+	if (i < c->nslots) {
+		__atomic_store_n(&c->nentries, i + 1, __ATOMIC_RELEASE);
+		return i;
+	}
+	for (uint64_t k = 0; k < c->nslots; k++) {
+		if (c->free_hand >= c->nslots)
+			c->free_hand = 0;
+		i = c->free_hand++;
+		if (LD(&entry_at(c, i)->state) == COUNTER_EMPTY)
+			return i;
+	}
+	return -1;
 }
 
 void
@@ -433,8 +599,12 @@ counters_owner_repair(struct counters *c, struct counter_owner *o)
 	}
 	u->valid = 0;
 	u->entry = 0;
-	if (__atomic_load_n(&c->ins_lock, __ATOMIC_ACQUIRE) == o->id)
+	if (__atomic_load_n(&c->ins_lock, __ATOMIC_ACQUIRE) == o->id) {
+		/* A rebuild left half done: the entries say what it was to be. */
+		if (LD(&c->index_seq) & 1)
+			index_rebuild(c, o);
 		ins_unlock(c);
+	}
 }
 
 /* --- reading --- */
@@ -453,19 +623,20 @@ entry_is(const struct counter_entry *e, uint64_t h, const char *key,
 }
 
 /*
- * The slot holding key READY, -1 when none, -2 when a slot stayed locked
- * past 'tries' waits (-1: wait as long as it takes).  Lock-free: each
- * slot is read as a seqlock, its state and key (and with pk, its values)
- * taken only from a read the lock word did not move under.
+ * One walk of key's probe run: the slot holding it READY, -1 when none,
+ * -2 when a slot stayed locked past 'tries' waits (-1: wait as long as
+ * it takes).  Lock-free: each slot is read as a seqlock, its state and
+ * key (and with pk, its values) taken only from a read the lock word did
+ * not move under.
  */
 static int64_t
-probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
-    struct peek *pk, int tries)
+probe_run(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk, int tries, int *waitsp)
 {
 	uint64_t mask = c->nslots - 1, w1, w2, i;
 	struct counter_entry *e;
 	uint32_t st;
-	int match, waits = 0;
+	int match;
 
 	for (uint64_t n = 0, pos = h & mask; n < c->nslots;
 	    n++, pos = (pos + 1) & mask) {
@@ -474,7 +645,7 @@ probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
 		for (;;) {
 			w1 = __atomic_load_n(&e->lock, __ATOMIC_ACQUIRE);
 			if (w1 & 1) {
-				if (tries >= 0 && waits++ >= tries)
+				if (tries >= 0 && (*waitsp)++ >= tries)
 					return -2;
 				sched_yield();
 				continue;
@@ -497,6 +668,36 @@ probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
 			return st == COUNTER_READY ? (int64_t)i : -1;
 	}
 	return -1;
+}
+
+/*
+ * probe_run(), again whenever a rebuild of the index may have hidden the
+ * key from it: a hit stands on the entry's own seqlock, a miss only on
+ * an index that did not change under the walk.
+ */
+static int64_t
+probe_try(struct counters *c, uint64_t h, const char *key, size_t len,
+    struct peek *pk, int tries)
+{
+	uint64_t s1, s2;
+	int64_t i;
+	int waits = 0;
+
+	for (;;) {
+		s1 = __atomic_load_n(&c->index_seq, __ATOMIC_ACQUIRE);
+		if ((i = probe_run(c, h, key, len, pk, tries, &waits)) != -1)
+			return i;
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		s2 = __atomic_load_n(&c->index_seq, __ATOMIC_RELAXED);
+		if (s1 == s2 && !(s1 & 1))
+			return -1;
+		if (!(s2 & 1))
+			continue;
+		/* Rebuilding, perhaps by a dead owner the caller must repair. */
+		if (tries >= 0 && waits++ >= tries)
+			return -2;
+		sched_yield();
+	}
 }
 
 /* probe_try() waiting as long as it takes. */
@@ -755,12 +956,15 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 {
 	uint64_t mask = c->nslots - 1, i, n, pos;
 	int64_t free_slot = -1, revive = -1, found = -1, free_pos = -1;
+	int64_t fresh = -1;
 	struct counter_entry *e;
 	enum counters_rc rc = COUNTERS_OK;
 	uint32_t st;
 
 	ins_lock(c, owner_id(o));
 	/* Keys, states and the index change only under ins_lock. */
+	if (c->bound >= index_limit(c))
+		index_rebuild(c, o);
 	for (n = 0, pos = h & mask; n < c->nslots;
 	    n++, pos = (pos + 1) & mask) {
 		if ((e = bound_at(c, pos, &i)) == NULL) {
@@ -799,7 +1003,7 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	if (c->used >= c->capacity)
 		evict_some(c, o);
 	if (c->used >= c->capacity || (revive < 0 && free_slot < 0 &&
-	    (free_pos < 0 || c->nentries >= c->nslots))) {
+	    (free_pos < 0 || (fresh = entry_free(c)) < 0))) {
 		ins_unlock(c);
 		return COUNTERS_FULL;
 	}
@@ -808,9 +1012,9 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	else if (free_slot >= 0)
 		i = free_slot;
 	else {
-		/* Bind a fresh entry (EMPTY, zeroed) to the position. */
-		i = c->nentries;
-		__atomic_store_n(&c->nentries, i + 1, __ATOMIC_RELEASE);
+		/* Bind the EMPTY entry to the position. */
+		i = fresh;
+		c->bound++;
 		__atomic_store_n(index_at(c, free_pos), i + 1,
 		    __ATOMIC_RELEASE);
 	}

@@ -43,7 +43,8 @@ struct counter_entry {
 
 /*
  * EVICTED keeps its key (key_len 0: none) and committed value, so the
- * same key coming back finds them; another key may take the slot over.
+ * same key coming back finds them; another key may take the slot over,
+ * or a rebuild of the index drop it (EMPTY again).
  */
 enum { COUNTER_EMPTY = 0, COUNTER_READY = 2, COUNTER_EVICTED = 3 };
 
@@ -63,6 +64,10 @@ struct counters {
 	uint64_t	evictions;
 	uint64_t	nentries;	/* entries handed out, in order */
 	uint64_t	entries_off;	/* of the entry array, in slots[] */
+	uint64_t	index_seq;	/* odd while the index is rebuilt */
+	uint64_t	bound;		/* index words bound; under ins_lock */
+	uint64_t	free_hand;	/* where the search for a free entry resumes */
+	uint64_t	rebuilds;
 	/* Keys whose slot was taken over, by hash: see counters_seed. */
 	uint32_t	takeovers[COUNTERS_SEED_GENS];
 	/* The index (nslots words), then the entries (nslots of them). */
