@@ -96,7 +96,10 @@
  * may take the slot over, and from then on the table cannot tell a new
  * key from a forgotten one.  Nor can it after a restart, or for another
  * node's keys: so a worker inserts a key only with PostgreSQL's total for
- * it (counters_seed), read before the insert.  A takeover is counted, by
+ * it (counters_seed), read before the insert, or knowing it has none.
+ * The flusher reads every key PostgreSQL holds at start, as EVICTED
+ * entries (counters_preload); once all are in, and while no other node
+ * writes, a key of a hash no takeover touched is known to have no row.  A takeover is counted, by
  * the hash of the key taken over, and so is a rebuild's drop of a keyed
  * entry: an answer read before either may predate this node's last flush
  * of the key, and is asked again.  Between rebuilds, slots never return
@@ -945,6 +948,79 @@ acquire_at(struct counters *c, struct counter_owner *o, uint64_t i,
 	return 0;
 }
 
+/* What key's probe run holds, as insert() and preload() need it. */
+struct run {
+	int64_t	found;		/* slot holding it READY */
+	int64_t	revive;		/* ... or EVICTED, with its values */
+	int64_t	free_slot;	/* the first EMPTY or EVICTED slot */
+	int64_t	empty;		/* ... of them, the EMPTY one */
+	int64_t	free_pos;	/* the unbound word that ends the run */
+};
+
+/*
+ * Walk key's probe run under ins_lock, rebuilding the index first when
+ * it has filled up.  Keys, states and the index change only under it.
+ */
+static void
+run_walk(struct counters *c, struct counter_owner *o, uint64_t h,
+    const char *key, size_t len, struct run *r)
+{
+	uint64_t mask = c->nslots - 1, i, n, pos;
+	struct counter_entry *e;
+	uint32_t st;
+
+	r->found = r->revive = r->free_slot = r->empty = r->free_pos = -1;
+	if (c->bound >= index_limit(c))
+		index_rebuild(c, o);
+	for (n = 0, pos = h & mask; n < c->nslots;
+	    n++, pos = (pos + 1) & mask) {
+		if ((e = bound_at(c, pos, &i)) == NULL) {
+			r->free_pos = pos;
+			break;
+		}
+		st = LD(&e->state);
+		if (st == COUNTER_EMPTY) {
+			if (r->free_slot < 0)
+				r->free_slot = i;
+			r->empty = i;
+			break;
+		}
+		if (entry_is(e, h, key, len)) {
+			if (st == COUNTER_READY)
+				r->found = i;
+			else
+				r->revive = i;
+			break;
+		}
+		if (st == COUNTER_EVICTED && r->free_slot < 0)
+			r->free_slot = i;
+	}
+}
+
+/* Bind an EMPTY entry to the unbound word r ends at.  -1: none left. */
+static int64_t
+run_bind(struct counters *c, const struct run *r)
+{
+	int64_t i;
+
+	if (r->free_pos < 0 || (i = entry_free(c)) < 0)
+		return -1;
+	c->bound++;
+	__atomic_store_n(index_at(c, r->free_pos), i + 1, __ATOMIC_RELEASE);
+	return i;
+}
+
+/*
+ * A key the table does not hold had no row in PostgreSQL when the
+ * flusher read them all, and its slot cannot have been given up since.
+ */
+static int
+known_absent(const struct counters *c, uint64_t h)
+{
+	return LD(&c->preloaded) &&
+	    LD(&c->takeovers[h % COUNTERS_SEED_GENS]) == 0;
+}
+
 /*
  * Insert key (or find it, or revive it) under ins_lock; with o, reserve
  * delta as acquire_at does.  The slot in *slot.
@@ -954,39 +1030,16 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
     const char *key, size_t len, int64_t delta,
     const struct counters_seed *seed, uint64_t *slot, uint64_t *idx)
 {
-	uint64_t mask = c->nslots - 1, i, n, pos;
-	int64_t free_slot = -1, revive = -1, found = -1, free_pos = -1;
-	int64_t fresh = -1;
+	int64_t found, revive, free_slot, i;
 	struct counter_entry *e;
 	enum counters_rc rc = COUNTERS_OK;
-	uint32_t st;
+	struct run r;
 
 	ins_lock(c, owner_id(o));
-	/* Keys, states and the index change only under ins_lock. */
-	if (c->bound >= index_limit(c))
-		index_rebuild(c, o);
-	for (n = 0, pos = h & mask; n < c->nslots;
-	    n++, pos = (pos + 1) & mask) {
-		if ((e = bound_at(c, pos, &i)) == NULL) {
-			free_pos = pos;
-			break;
-		}
-		st = LD(&e->state);
-		if (st == COUNTER_EMPTY) {
-			if (free_slot < 0)
-				free_slot = i;
-			break;
-		}
-		if (entry_is(e, h, key, len)) {
-			if (st == COUNTER_READY)
-				found = i;
-			else
-				revive = i;
-			break;
-		}
-		if (st == COUNTER_EVICTED && free_slot < 0)
-			free_slot = i;
-	}
+	run_walk(c, o, h, key, len, &r);
+	found = r.found;
+	revive = r.revive;
+	free_slot = r.free_slot;
 	if (found >= 0) {
 		*slot = found;
 		if (o && acquire_at(c, o, found, h, key, len, delta, &rc, idx))
@@ -995,28 +1048,18 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 		return rc;
 	}
 	/* An owner's new key: its total must come from PostgreSQL. */
-	if (o && revive < 0 && (seed == NULL || (seed->known && seed->gen !=
-	    LD(&c->takeovers[h % COUNTERS_SEED_GENS])))) {
+	if (o && revive < 0 && !known_absent(c, h) && (seed == NULL ||
+	    (seed->known && seed->gen != LD(&c->takeovers[h %
+	    COUNTERS_SEED_GENS])))) {
 		ins_unlock(c);
 		return COUNTERS_UNKNOWN;
 	}
 	if (c->used >= c->capacity)
 		evict_some(c, o);
-	if (c->used >= c->capacity || (revive < 0 && free_slot < 0 &&
-	    (free_pos < 0 || (fresh = entry_free(c)) < 0))) {
+	i = revive >= 0 ? revive : free_slot;
+	if (c->used >= c->capacity || (i < 0 && (i = run_bind(c, &r)) < 0)) {
 		ins_unlock(c);
 		return COUNTERS_FULL;
-	}
-	if (revive >= 0)
-		i = revive;
-	else if (free_slot >= 0)
-		i = free_slot;
-	else {
-		/* Bind the EMPTY entry to the position. */
-		i = fresh;
-		c->bound++;
-		__atomic_store_n(index_at(c, free_pos), i + 1,
-		    __ATOMIC_RELEASE);
 	}
 	e = entry_at(c, i);
 	op_begin(c, o, e, 1);
@@ -1033,9 +1076,9 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 			ST(&e->committed, seed->committed);
 			e->committed_known = seed->known;
 		} else {
-			/* Recovery: the flusher reads the rest later. */
+			/* Known absent; recovery: the flusher reads it. */
 			ST(&e->committed, 0);
-			e->committed_known = !LD(&c->forgot);
+			e->committed_known = o ? 1 : !LD(&c->forgot);
 		}
 		e->flushed_upto = 0;
 		e->applied_lsn = 0;
@@ -1058,6 +1101,64 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 	ins_unlock(c);
 	*slot = i;
 	return rc;
+}
+
+int
+counters_preload(struct counters *c, struct counter_owner *o,
+    const char *key, size_t len, int64_t committed)
+{
+	uint64_t h = counters_hash(key, len);
+	struct counter_entry *e;
+	struct run r;
+	int64_t i;
+
+	if (len == 0 || len > c->max_key_bytes)
+		return 0;
+	ins_lock(c, owner_id(o));
+	run_walk(c, o, h, key, len, &r);
+	if (r.found >= 0 || r.revive >= 0) {
+		ins_unlock(c);
+		return 0;
+	}
+	/*
+	 * Half the words at most, so that new keys still find unbound ones
+	 * and the next rebuild keeps these; never another key's slot, which
+	 * would forget that key.
+	 */
+	if (c->bound >= c->nslots / 2 || ((i = r.empty) < 0 &&
+	    (i = run_bind(c, &r)) < 0)) {
+		ins_unlock(c);
+		return -1;
+	}
+	e = entry_at(c, i);
+	op_begin(c, o, e, 1);
+	e->hash = h;
+	e->key_len = len;
+	memcpy(e->key, key, len);
+	ST(&e->committed, committed);
+	e->committed_known = 1;
+	e->flushed_upto = 0;
+	e->applied_lsn = 0;
+	ST(&e->unflushed, 0);
+	ST(&e->pending, 0);
+	ST(&e->pend_neg, 0);
+	ST(&e->refs, 0);
+	ST(&e->state, COUNTER_EVICTED);
+	op_end(o, e);
+	ins_unlock(c);
+	return 1;
+}
+
+void
+counters_preload_done(struct counters *c)
+{
+	__atomic_store_n(&c->preloaded, 1, __ATOMIC_RELEASE);
+}
+
+int
+counters_preload_void(struct counters *c)
+{
+	return __atomic_exchange_n(&c->preloaded, 0, __ATOMIC_ACQ_REL);
 }
 
 uint32_t

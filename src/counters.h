@@ -68,6 +68,7 @@ struct counters {
 	uint64_t	bound;		/* index words bound; under ins_lock */
 	uint64_t	free_hand;	/* where the search for a free entry resumes */
 	uint64_t	rebuilds;
+	uint32_t	preloaded;	/* every key PostgreSQL had is here */
 	/* Keys whose slot was taken over, by hash: see counters_seed. */
 	uint32_t	takeovers[COUNTERS_SEED_GENS];
 	/* The index (nslots words), then the entries (nslots of them). */
@@ -184,6 +185,19 @@ struct counters_seed {
 	int		known;		/* 0: PostgreSQL could not be asked */
 	int64_t		committed;	/* its value, 0 when it has no row */
 };
+
+/*
+ * The flusher, at start: remember a key PostgreSQL holds, as an evicted
+ * entry (no room taken from max_keys), so that its first increment needs
+ * no look-up.  1 remembered, 0 held already, -1 no room for more.  Once
+ * every key PostgreSQL held is in (counters_preload_done), a key that is
+ * not is known to have no row, until a key of its hash is forgotten.
+ */
+int	counters_preload(struct counters *c, struct counter_owner *o,
+	    const char *key, size_t len, int64_t committed);
+void	counters_preload_done(struct counters *c);
+/* Another node writes too: keys not held need asking again.  1 if set. */
+int	counters_preload_void(struct counters *c);
 
 uint32_t counters_seed_gen(const struct counters *c, const char *key,
 	    size_t len);

@@ -50,6 +50,7 @@
 #include "metrics.h"
 #include "pg.h"
 #include "proc.h"
+#include "request.h"
 
 #define FL_BATCH_KEYS		50000	/* end a batch after this many keys */
 /*
@@ -152,6 +153,9 @@ struct fl_batch {
 	struct pg_reject *prej;
 };
 
+#define FL_PRELOAD_PAGE	10000	/* keys read ahead per statement */
+#define FL_PRELOAD_KEY	REQUEST_MAX_KEY_BYTES
+
 struct flusher {
 	const struct config	*cf;
 	struct shm		*shm;
@@ -180,6 +184,10 @@ struct flusher {
 	uint64_t		 stop_deadline_us;
 	int			 ckp_warned;
 	int			 skip_warned;	/* flusher_reconcile cannot skip */
+	int			 preload_tried;	/* flusher_preload, once */
+	char			 pre_key[FL_PRELOAD_KEY]; /* its last key */
+	size_t			 pre_len;
+	int			 pre_full;
 	int			 keys_loaded;	/* from PostgreSQL, once */
 	uint64_t		 next_prune_us;
 	/* For the committed-value lookups: keys copied out of the table. */
@@ -647,6 +655,10 @@ flusher_refresh_keys(struct flusher *fl)
 	if (strcmp(sig, fl->others) == 0)
 		return FL_REFRESH_ALONE_KEYS;
 	memcpy(fl->others, sig, sizeof(sig));
+	/* Another node may make keys this one takes for new. */
+	if (counters_preload_void(fl->shm->counters))
+		log_info("another node flushes: a key's first increment here "
+		    "asks PostgreSQL for its total again");
 	return FL_REFRESH_KEYS;
 }
 
@@ -871,6 +883,79 @@ flusher_connect(struct flusher *fl)
 	return rc;
 }
 
+static void
+flusher_preload_cb(void *arg, const char *key, size_t len, int64_t value)
+{
+	struct flusher *fl = arg;
+
+	/* A key no request can name (written by hand): stop there. */
+	if (len > sizeof(fl->pre_key)) {
+		fl->pre_full = 1;
+		return;
+	}
+	memcpy(fl->pre_key, key, len);
+	fl->pre_len = len;
+	if (!fl->pre_full && counters_preload(fl->shm->counters, fl->own,
+	    key, len, value) == -1)
+		fl->pre_full = 1;
+}
+
+/*
+ * Once, after the first connection: read every key PostgreSQL holds into
+ * the table (as evicted entries), when they fit in half of it.  Then a
+ * key's first increment after a restart needs no look-up, and one that
+ * is not there is known to have no row.  Errors leave the look-ups on.
+ */
+static int
+flusher_preload(struct flusher *fl)
+{
+	struct counters *c = fl->shm->counters;
+	uint64_t t0 = flusher_now_us(), n = 0;
+	int64_t est;
+	int got;
+
+	if (fl->preload_tried)
+		return 0;
+	fl->preload_tried = 1;
+	if ((est = pg_counters_estimate(&fl->pg)) == -1 && fl->pg.err[0]) {
+		flusher_pg_failed(fl, "reading the number of keys");
+		return -1;
+	}
+	if (est > (int64_t)(c->capacity / 2)) {
+		log_info("not reading PostgreSQL's %lld keys ahead: more than "
+		    "half of counters.max_keys (%llu); a key's first increment "
+		    "here asks PostgreSQL for its total", (long long)est,
+		    (unsigned long long)c->capacity);
+		return 0;
+	}
+	fl->pre_len = 0;
+	fl->pre_full = 0;
+	do {
+		if ((got = pg_counters_page(&fl->pg, fl->pre_key, fl->pre_len,
+		    FL_PRELOAD_PAGE, flusher_preload_cb, fl)) == -1) {
+			flusher_pg_failed(fl, "reading keys ahead");
+			return -1;
+		}
+		n += got;
+	} while (got == FL_PRELOAD_PAGE && !fl->pre_full &&
+	    flusher_stopping(fl) == 0);
+	if (fl->pre_full || got == FL_PRELOAD_PAGE) {
+		log_info("read %llu of PostgreSQL's keys ahead, then ran out of "
+		    "room; the first increment of the others here asks "
+		    "PostgreSQL for its total", (unsigned long long)n);
+		return 0;
+	}
+	log_info("read PostgreSQL's %llu keys ahead in %.2f s",
+	    (unsigned long long)n, (double)(flusher_now_us() - t0) / 1e6);
+	/*
+	 * Alone, a key not read is one PostgreSQL has no row for; while
+	 * other nodes flush, it may be theirs, made since.
+	 */
+	if (!fl->shared)
+		counters_preload_done(c);
+	return 0;
+}
+
 static int
 flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 {
@@ -904,7 +989,7 @@ flusher_connect_once(struct flusher *fl, uint64_t *cursorp)
 	}
 	if (flusher_reconcile(fl) == -1 ||
 	    flusher_refresh(fl, &cursor, UINT64_MAX, UINT64_MAX) == -1 ||
-	    flusher_load_keys(fl) == -1) {
+	    flusher_load_keys(fl) == -1 || flusher_preload(fl) == -1) {
 		pg_close(&fl->pg);
 		return -1;
 	}

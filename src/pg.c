@@ -584,6 +584,50 @@ pg_ensure_schema(struct pg *pg)
 	return -1;
 }
 
+int64_t
+pg_counters_estimate(struct pg *pg)
+{
+	const char *params[1] = { pg->schema_name };
+	PGresult *res;
+	int64_t n = 0;
+
+	if ((res = pg_exec(pg, "SELECT c.reltuples::bigint FROM pg_class c "
+	    "JOIN pg_namespace s ON s.oid = c.relnamespace "
+	    "WHERE s.nspname = $1 AND c.relname = 'tally_counters'", 1,
+	    params)) == NULL)
+		return -1;
+	if (PQntuples(res) > 0)
+		n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return n;	/* -1: never analyzed (PostgreSQL 14 on) */
+}
+
+int
+pg_counters_page(struct pg *pg, const char *after, size_t len, int limit,
+    pg_counter_fn cb, void *arg)
+{
+	const char *params[2];
+	int lens[2] = { (int)len, 0 }, formats[2] = { 1, 0 }, n;
+	char sql[512], lim[16];
+	PGresult *res;
+
+	snprintf(lim, sizeof(lim), "%d", limit);
+	params[0] = after;
+	params[1] = lim;
+	/* The primary key's order ("C"): each page is one index range. */
+	snprintf(sql, sizeof(sql), "SELECT key, value FROM %s.tally_counters "
+	    "WHERE key > $1::text ORDER BY key LIMIT $2::int", pg->schema);
+	if ((res = pg_exec_params(pg, sql, 2, params, lens, formats,
+	    0)) == NULL)
+		return -1;
+	n = PQntuples(res);
+	for (int i = 0; i < n; i++)
+		cb(arg, PQgetvalue(res, i, 0), PQgetlength(res, i, 0),
+		    strtoll(PQgetvalue(res, i, 1), NULL, 10));
+	PQclear(res);
+	return n;
+}
+
 int
 pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn)
 {

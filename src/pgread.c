@@ -60,6 +60,7 @@
 #define PGREAD_RETRY_MS		1000
 #define PGREAD_MAX_QUEUE	10000
 #define PGREAD_BATCH		256
+#define PGREAD_STMT		"tally_lookup"
 
 enum pgread_state {
 	PGREAD_IDLE,		/* no connection */
@@ -105,6 +106,8 @@ struct pgread {
 
 	struct pgread_list	 queue;		/* head: in flight when BUSY */
 	size_t			 nsent;		/* of the queue, in flight */
+	int			 preparing;	/* the statement is in flight */
+	int			 prepared;	/* ... and PostgreSQL has it */
 	int			 delivering;	/* answers being called back */
 	char			*arr;		/* the array parameter */
 	size_t			 arr_cap;
@@ -118,6 +121,7 @@ struct pgread {
 static void	pgread_on_read(h2o_socket_t *, const char *);
 static void	pgread_on_write(h2o_socket_t *, const char *);
 static void	pgread_send_next(struct pgread *);
+static void	pgread_flush(struct pgread *);
 
 static void
 pgread_list_init(struct pgread_list *l)
@@ -230,6 +234,7 @@ pgread_reset(struct pgread *p)
 	p->query = NULL;
 	p->state = PGREAD_IDLE;
 	p->nsent = 0;
+	p->preparing = 0;
 	/* The back-off runs from the failure, not from the last connect. */
 	p->last_attempt = h2o_now(p->loop);
 	while ((r = pgread_list_shift(&p->queue)) != NULL)
@@ -331,9 +336,21 @@ pgread_connected(struct pgread *p)
 	if (p->down)
 		log_info("pgread: connected to PostgreSQL again");
 	p->down = 0;
-	p->state = PGREAD_READY;
 	pgread_want(p, 1, 0);
-	pgread_send_next(p);
+	/*
+	 * Prepared once: a look-up of a few keys costs PostgreSQL less than
+	 * parsing and planning its query, and thousands go out a second
+	 * after a restart.  Should it fail, look-ups go unprepared.
+	 */
+	if (!PQsendPrepare(p->conn, PGREAD_STMT, p->query, 1, NULL)) {
+		pgread_fail(p, "cannot prepare the look-up",
+		    PQerrorMessage(p->conn));
+		return;
+	}
+	p->preparing = 1;
+	p->prepared = 0;
+	p->state = PGREAD_BUSY;
+	pgread_flush(p);
 }
 
 static void
@@ -494,8 +511,9 @@ pgread_send_next(struct pgread *p)
 		return;
 	}
 	values[0] = p->arr;
-	if (!PQsendQueryParams(p->conn, p->query, 1, NULL, values, NULL,
-	    NULL, 0)) {
+	if (!(p->prepared ? PQsendQueryPrepared(p->conn, PGREAD_STMT, 1,
+	    values, NULL, NULL, 0) : PQsendQueryParams(p->conn, p->query, 1,
+	    NULL, values, NULL, NULL, 0))) {
 		pgread_fail(p, "cannot send a look-up",
 		    PQerrorMessage(p->conn));
 		return;
@@ -548,6 +566,14 @@ pgread_take_result(struct pgread *p, PGresult *res)
 	int st = -1;
 	size_t i;
 
+	if (p->preparing) {
+		if ((p->prepared = PQresultStatus(res) == PGRES_COMMAND_OK))
+			return;
+		pgread_oneline(line, sizeof(line), PQresultErrorMessage(res));
+		log_warnx("pgread: cannot prepare the look-up, going on "
+		    "without: %s", line);
+		return;
+	}
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
 		for (int row = 0; row < PQntuples(res); row++)
@@ -599,6 +625,7 @@ pgread_complete(struct pgread *p)
 		return;
 	}
 	p->state = PGREAD_READY;
+	p->preparing = 0;
 	/* Look-ups the callbacks make go out together, after them. */
 	p->delivering = 1;
 	while ((r = pgread_list_shift(&done)) != NULL) {

@@ -939,6 +939,73 @@ START_TEST(test_seed)
 END_TEST
 
 /*
+ * Keys read ahead from PostgreSQL come back with their totals and no
+ * look-up; once all are in, a key that is not is new, until a key of its
+ * hash is forgotten; another node writing voids that.  Read-ahead keys
+ * take no room from max_keys and at most half the index.
+ */
+START_TEST(test_preload)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 64, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	struct counter_entry *e;
+	uint64_t idx;
+	int64_t cm, un;
+	int known, n = 0, rc;
+	char key[16];
+
+	ck_assert_int_eq(counters_preload(c, o, "p1", 2, 100), 1);
+	ck_assert_int_eq(counters_preload(c, o, "p1", 2, 100), 0);
+	ck_assert_uint_eq(counters_count(c), 0);
+	ck_assert(!held(c, "p1", &cm, &un, &known));
+	/* Not all in yet: a key not read ahead is asked for. */
+	ck_assert_int_eq(counters_acquire(c, o, "n1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_UNKNOWN);
+	counters_preload_done(c);
+	ck_assert_int_eq(counters_acquire(c, o, "p1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(e->committed, 100);
+	ck_assert_int_eq(e->committed_known, 1);
+	counters_release_head(c, o);
+	ck_assert_int_eq(counters_acquire(c, o, "n1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(e->committed, 0);
+	ck_assert_int_eq(e->committed_known, 1);
+	counters_release_head(c, o);
+	/* A forgotten key in a bucket: its keys are asked for again. */
+	c->takeovers[counters_hash("n2", 2) % COUNTERS_SEED_GENS]++;
+	ck_assert_int_eq(counters_acquire(c, o, "n2", 2, 1, NULL, &e, &idx),
+	    COUNTERS_UNKNOWN);
+	ck_assert_int_eq(counters_preload_void(c), 1);
+	ck_assert_int_eq(counters_preload_void(c), 0);
+	for (int i = 3; i < 100; i++) {
+		snprintf(key, sizeof(key), "n%d", i);
+		if (c->takeovers[counters_hash(key, strlen(key)) %
+		    COUNTERS_SEED_GENS] == 0)
+			break;
+	}
+	ck_assert_int_eq(counters_acquire(c, o, key, strlen(key), 1, NULL,
+	    &e, &idx), COUNTERS_UNKNOWN);
+	/* Room: half the index at most, never another key's slot. */
+	for (int i = 0; i < 1000; i++) {
+		snprintf(key, sizeof(key), "q%d", i);
+		if ((rc = counters_preload(c, o, key, strlen(key), i)) == -1)
+			break;
+		n += rc;
+	}
+	ck_assert_int_gt(n, 0);
+	ck_assert_uint_le(c->bound, c->nslots / 2);
+	ck_assert_int_eq(counters_acquire(c, o, "p1", 2, 1, NULL, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(e->committed, 100);
+	counters_release_head(c, o);
+	table_free(&om);
+	table_free(&m);
+}
+END_TEST
+
+/*
  * 500 keys through a table of 64, six increments each, flushing whenever
  * it is full: PostgreSQL's value plus the table's is each key's total.
  */
@@ -1508,6 +1575,7 @@ counters_suite(void)
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_evict_churn);
 	tcase_add_test(tc, test_seed);
+	tcase_add_test(tc, test_preload);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("churn");
