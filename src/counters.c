@@ -1010,6 +1010,24 @@ run_bind(struct counters *c, const struct run *r)
 	return i;
 }
 
+/* Within a change: e becomes key's, with nothing held, pending or added. */
+static void
+entry_fill(struct counter_entry *e, uint64_t h, const char *key, size_t len,
+    int64_t committed, int known)
+{
+	e->hash = h;
+	e->key_len = len;
+	memcpy(e->key, key, len);
+	ST(&e->committed, committed);
+	e->committed_known = known;
+	e->flushed_upto = 0;
+	e->applied_lsn = 0;
+	ST(&e->unflushed, 0);
+	ST(&e->pending, 0);
+	ST(&e->pend_neg, 0);
+	ST(&e->refs, 0);
+}
+
 /*
  * A key the table does not hold had no row in PostgreSQL when the
  * flusher read them all, and its slot cannot have been given up since.
@@ -1069,23 +1087,12 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
 			ST(&c->takeovers[e->hash % COUNTERS_SEED_GENS],
 			    c->takeovers[e->hash % COUNTERS_SEED_GENS] + 1);
 		}
-		e->hash = h;
-		e->key_len = len;
-		memcpy(e->key, key, len);
-		if (seed) {
-			ST(&e->committed, seed->committed);
-			e->committed_known = seed->known;
-		} else {
-			/* Known absent; recovery: the flusher reads it. */
-			ST(&e->committed, 0);
-			e->committed_known = o ? 1 : !LD(&c->forgot);
-		}
-		e->flushed_upto = 0;
-		e->applied_lsn = 0;
-		ST(&e->unflushed, 0);
-		ST(&e->pending, 0);
-		ST(&e->pend_neg, 0);
-		ST(&e->refs, 0);
+		if (seed)
+			entry_fill(e, h, key, len, seed->committed,
+			    seed->known);
+		else	/* Known absent; recovery: the flusher reads it. */
+			entry_fill(e, h, key, len, 0, o ? 1 :
+			    !LD(&c->forgot));
 	}
 	if (o && would_overflow(e, delta))
 		rc = COUNTERS_OVERFLOW;	/* revived: stays evicted */
@@ -1132,17 +1139,7 @@ counters_preload(struct counters *c, struct counter_owner *o,
 	}
 	e = entry_at(c, i);
 	op_begin(c, o, e, 1);
-	e->hash = h;
-	e->key_len = len;
-	memcpy(e->key, key, len);
-	ST(&e->committed, committed);
-	e->committed_known = 1;
-	e->flushed_upto = 0;
-	e->applied_lsn = 0;
-	ST(&e->unflushed, 0);
-	ST(&e->pending, 0);
-	ST(&e->pend_neg, 0);
-	ST(&e->refs, 0);
+	entry_fill(e, h, key, len, committed, 1);
 	ST(&e->state, COUNTER_EVICTED);
 	op_end(o, e);
 	ins_unlock(c);

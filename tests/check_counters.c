@@ -1159,6 +1159,27 @@ crash_child(struct counters *c, struct counter_owner *o,
  * value is exactly the sum of its published deltas, and nothing is left
  * pending, referenced or locked.
  */
+/*
+ * kill -9 the child ts after its third frame (its frame counter *next
+ * started at f0), when it has published some: counted from its start, a
+ * slow start (valgrind, a busy machine) would eat the delay.
+ */
+static void
+kill_child(pid_t pid, const uint64_t *next, uint64_t f0,
+    const struct timespec *ts, int round)
+{
+	int status;
+
+	for (int spin = 0; spin < 100000 &&
+	    __atomic_load_n(next, __ATOMIC_RELAXED) < f0 + 3; spin++)
+		sched_yield();
+	nanosleep(ts, NULL);
+	kill(pid, SIGKILL);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFSIGNALED(status), "round %d: child status %#x",
+	    round, status);
+}
+
 START_TEST(test_crash_exact)
 {
 	struct mapping m, om, jm;
@@ -1181,7 +1202,7 @@ START_TEST(test_crash_exact)
 	    adopted == 0) && round < 20 * CRASH_ROUNDS); round++) {
 		int64_t want[CRASH_KEYS], cm, un;
 		struct timespec ts = { 0, 1000 * (rnd(&seed) % 500) };
-		int status, known;
+		int known;
 		char key[16];
 		pid_t pid;
 
@@ -1193,19 +1214,7 @@ START_TEST(test_crash_exact)
 			ck_abort_msg("fork: %s", strerror(errno));
 		if (pid == 0)
 			crash_child(c, o, j, rnd(&seed));
-		/*
-		 * The delay counts from the child's third frame, when it has
-		 * published some: a slow start (valgrind, a busy machine)
-		 * would otherwise eat it.
-		 */
-		for (int spin = 0; spin < 100000 &&
-		    __atomic_load_n(&j->next, __ATOMIC_RELAXED) < f0 + 3; spin++)
-			sched_yield();
-		nanosleep(&ts, NULL);
-		kill(pid, SIGKILL);
-		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-		ck_assert_msg(WIFSIGNALED(status), "round %d: child status %#x",
-		    round, status);
+		kill_child(pid, &j->next, f0, &ts, round);
 		/* The master's part, then the next worker's. */
 		repaired += o->undo.valid;
 		counters_owner_repair(c, o);
@@ -1490,14 +1499,7 @@ START_TEST(test_rebuild_crash)
 			ck_abort_msg("fork: %s", strerror(errno));
 		if (pid == 0)
 			rb_churner(c, o, j, rnd(&seed));
-		for (int spin = 0; spin < 100000 &&
-		    __atomic_load_n(&j->next, __ATOMIC_RELAXED) < f0 + 3; spin++)
-			sched_yield();
-		nanosleep(&ts, NULL);
-		kill(pid, SIGKILL);
-		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-		ck_assert_msg(WIFSIGNALED(status), "round %d: child status %#x",
-		    round, status);
+		kill_child(pid, &j->next, f0, &ts, round);
 		inside = c->index_seq & 1;
 		midway += inside;
 		repaired += o->undo.valid;
