@@ -99,10 +99,10 @@
  * it (counters_seed), read before the insert, or knowing it has none.
  * The flusher reads every key PostgreSQL holds at start, as EVICTED
  * entries (counters_preload); once all are in, and while no other node
- * writes, a key of a hash no takeover touched is known to have no row.  A takeover is counted, by
- * the hash of the key taken over, and so is a rebuild's drop of a keyed
- * entry: an answer read before either may predate this node's last flush
- * of the key, and is asked again.  Between rebuilds, slots never return
+ * writes, a key of a hash no takeover touched is known to have no row.
+ * A takeover is counted, by the hash of the key taken over, and so is a
+ * rebuild's drop of a keyed entry: an answer read before either may
+ * predate this node's last flush of the key, and is asked again.  Between rebuilds, slots never return
  * to EMPTY, so a probe run never loses a key it passed; EVICTED slots are
  * reused by inserts.
  *
@@ -482,6 +482,26 @@ index_place(struct counters *c, uint64_t i, uint64_t h)
 	ST(index_at(c, pos), i + 1);
 }
 
+/* The takeovers of keys of hash h: see counters_seed. */
+static uint32_t *
+seed_gen_at(struct counters *c, uint64_t h)
+{
+	return &c->takeovers[h % COUNTERS_SEED_GENS];
+}
+
+/*
+ * Within a change: e's key, if it still has one, is about to go with its
+ * committed value (another key takes its slot, or a rebuild drops it).
+ */
+static void
+entry_forget(struct counters *c, const struct counter_entry *e)
+{
+	if (e->key_len == 0)
+		return;
+	ST(&c->forgot, 1);
+	ST(seed_gen_at(c, e->hash), *seed_gen_at(c, e->hash) + 1);
+}
+
 /*
  * Within a rebuild: EVICTED e becomes EMPTY, for a new key to take.  0
  * when it is locked (a probe's stale slot, a dead owner): it stays.
@@ -491,12 +511,7 @@ entry_drop(struct counters *c, struct counter_owner *o, struct counter_entry *e)
 {
 	if (!op_try_begin(c, o, e, 1))
 		return 0;
-	/* Its committed value goes, as when another key takes it over. */
-	if (e->key_len != 0) {
-		ST(&c->forgot, 1);
-		ST(&c->takeovers[e->hash % COUNTERS_SEED_GENS],
-		    c->takeovers[e->hash % COUNTERS_SEED_GENS] + 1);
-	}
+	entry_forget(c, e);
 	ST(&e->state, COUNTER_EMPTY);
 	e->key_len = 0;
 	op_end(o, e);
@@ -1033,10 +1048,9 @@ entry_fill(struct counter_entry *e, uint64_t h, const char *key, size_t len,
  * flusher read them all, and its slot cannot have been given up since.
  */
 static int
-known_absent(const struct counters *c, uint64_t h)
+known_absent(struct counters *c, uint64_t h)
 {
-	return LD(&c->preloaded) &&
-	    LD(&c->takeovers[h % COUNTERS_SEED_GENS]) == 0;
+	return LD(&c->preloaded) && LD(seed_gen_at(c, h)) == 0;
 }
 
 /*
@@ -1048,45 +1062,39 @@ insert(struct counters *c, struct counter_owner *o, uint64_t h,
     const char *key, size_t len, int64_t delta,
     const struct counters_seed *seed, uint64_t *slot, uint64_t *idx)
 {
-	int64_t found, revive, free_slot, i;
 	struct counter_entry *e;
 	enum counters_rc rc = COUNTERS_OK;
 	struct run r;
+	int64_t i;
 
 	ins_lock(c, owner_id(o));
 	run_walk(c, o, h, key, len, &r);
-	found = r.found;
-	revive = r.revive;
-	free_slot = r.free_slot;
-	if (found >= 0) {
-		*slot = found;
-		if (o && acquire_at(c, o, found, h, key, len, delta, &rc, idx))
+	if (r.found >= 0) {
+		*slot = r.found;
+		if (o && acquire_at(c, o, r.found, h, key, len, delta, &rc,
+		    idx))
 			rc = COUNTERS_FULL;	/* cannot be: it is READY */
 		ins_unlock(c);
 		return rc;
 	}
 	/* An owner's new key: its total must come from PostgreSQL. */
-	if (o && revive < 0 && !known_absent(c, h) && (seed == NULL ||
-	    (seed->known && seed->gen != LD(&c->takeovers[h %
-	    COUNTERS_SEED_GENS])))) {
+	if (o && r.revive < 0 && !known_absent(c, h) && (seed == NULL ||
+	    (seed->known && seed->gen != LD(seed_gen_at(c, h))))) {
 		ins_unlock(c);
 		return COUNTERS_UNKNOWN;
 	}
 	if (c->used >= c->capacity)
 		evict_some(c, o);
-	i = revive >= 0 ? revive : free_slot;
+	i = r.revive >= 0 ? r.revive : r.free_slot;
 	if (c->used >= c->capacity || (i < 0 && (i = run_bind(c, &r)) < 0)) {
 		ins_unlock(c);
 		return COUNTERS_FULL;
 	}
 	e = entry_at(c, i);
 	op_begin(c, o, e, 1);
-	if (revive < 0) {
-		if (e->state == COUNTER_EVICTED && e->key_len != 0) {
-			ST(&c->forgot, 1);
-			ST(&c->takeovers[e->hash % COUNTERS_SEED_GENS],
-			    c->takeovers[e->hash % COUNTERS_SEED_GENS] + 1);
-		}
+	if (r.revive < 0) {
+		if (e->state == COUNTER_EVICTED)
+			entry_forget(c, e);
 		if (seed)
 			entry_fill(e, h, key, len, seed->committed,
 			    seed->known);
@@ -1159,10 +1167,9 @@ counters_preload_void(struct counters *c)
 }
 
 uint32_t
-counters_seed_gen(const struct counters *c, const char *key, size_t len)
+counters_seed_gen(struct counters *c, const char *key, size_t len)
 {
-	return __atomic_load_n(&c->takeovers[counters_hash(key, len) %
-	    COUNTERS_SEED_GENS], __ATOMIC_RELAXED);
+	return LD(seed_gen_at(c, counters_hash(key, len)));
 }
 
 enum counters_rc

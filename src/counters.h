@@ -199,7 +199,7 @@ void	counters_preload_done(struct counters *c);
 /* Another node writes too: keys not held need asking again.  1 if set. */
 int	counters_preload_void(struct counters *c);
 
-uint32_t counters_seed_gen(const struct counters *c, const char *key,
+uint32_t counters_seed_gen(struct counters *c, const char *key,
 	    size_t len);
 
 /*

@@ -917,7 +917,7 @@ flusher_preload(struct flusher *fl)
 	if (fl->preload_tried)
 		return 0;
 	fl->preload_tried = 1;
-	if ((est = pg_counters_estimate(&fl->pg)) == -1 && fl->pg.err[0]) {
+	if ((est = pg_counters_estimate(&fl->pg)) == -1) {
 		flusher_pg_failed(fl, "reading the number of keys");
 		return -1;
 	}

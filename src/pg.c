@@ -599,7 +599,8 @@ pg_counters_estimate(struct pg *pg)
 	if (PQntuples(res) > 0)
 		n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
 	PQclear(res);
-	return n;	/* -1: never analyzed (PostgreSQL 14 on) */
+	/* Never analyzed, -1 from PostgreSQL 14 on: no estimate, so 0. */
+	return n < 0 ? 0 : n;
 }
 
 int

@@ -85,7 +85,7 @@ int	pg_ensure_schema(struct pg *pg);
 /* This node's checkpoint row: 1 found, 0 none, -1 error. */
 /*
  * About how many rows tally_counters holds (the planner's estimate: no
- * scan; -1 when it has none).  -1 on error too.
+ * scan; 0 when it has none).  -1 on error.
  */
 int64_t	pg_counters_estimate(struct pg *pg);
 /*

@@ -605,6 +605,18 @@ ctl_config(struct config *cf, const char *conf)
 	return -1;
 }
 
+/* The journal directory: argv[i] when given, else the configured one. */
+static const char *
+journal_dir_arg(int argc, char **argv, int i, struct config *cf,
+    const char *conf)
+{
+	if (argc > i)
+		return argv[i];
+	if (ctl_config(cf, conf) == -1)
+		return NULL;
+	return cf->journal_dir;
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -647,22 +659,14 @@ main(int argc, char *argv[])
 	if (argc >= 2 && argc <= 3 && !fast &&
 	    strcmp(argv[0], "journal") == 0 &&
 	    (strcmp(argv[1], "verify") == 0 || strcmp(argv[1], "dump") == 0)) {
-		if (argc == 3)
-			dir = argv[2];
-		else if (ctl_config(&cf, conf) == -1)
+		if ((dir = journal_dir_arg(argc, argv, 2, &cf, conf)) == NULL)
 			return 1;
-		else
-			dir = cf.journal_dir;
 		return journal_cmd(argv[1], dir);
 	}
 	if (argc >= 3 && argc <= 4 && !fast &&
 	    strcmp(argv[0], "journal") == 0 && strcmp(argv[1], "skip") == 0) {
-		if (argc == 4)
-			dir = argv[3];
-		else if (ctl_config(&cf, conf) == -1)
+		if ((dir = journal_dir_arg(argc, argv, 3, &cf, conf)) == NULL)
 			return 1;
-		else
-			dir = cf.journal_dir;
 		return journal_skip(dir, argv[2]);
 	}
 	/* A usage error is one whatever the configuration file holds. */
