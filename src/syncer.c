@@ -80,32 +80,87 @@ now_us(void)
 }
 
 /*
+ * Whether some writer took the journal on from e: the insert position is
+ * there, a living worker or a dead one noted e as where it reserved or
+ * tried to, or a frame starts there.  Each of those means the insert
+ * position once stood at e.  A writer notes before it moves the insert
+ * position and publishes its frame before it clears its notes, so reading
+ * in the same order misses none of them.
+ */
+static int
+syncer_taken_on(struct journal *j, struct shm_hdr *h, uint64_t e)
+{
+	const uint64_t *f;
+
+	if (shm_load(&h->insert_lsn) == e)
+		return 1;
+	for (int k = 0; k < CONFIG_MAX_WORKERS; k++)
+		if (shm_load(&h->slots[k].res_start) == e ||
+		    shm_load(&h->slots[k].res_try[0]) == e ||
+		    shm_load(&h->orphan_start[k]) == e)
+			return 1;
+	f = (const uint64_t *)(const void *)journal_at(j,
+	    journal_lsn_normalize(j->seg_size, e), 0);
+	return f != NULL && __atomic_load_n(f, __ATOMIC_ACQUIRE) != 0;
+}
+
+/*
  * A worker died while it tried for the range from s (orphan i), before it
  * noted whether it won: it did if the hole at p is where that range starts
  * and nobody else may own it.  A living winner notes s before its try and
  * keeps it noted until its frame is published; the frame is looked at
  * again after the notes, so that one published meanwhile is seen.
+ *
+ * Two or more workers may have died trying from the same s, all unsure
+ * (they read the same insert position, one exchange won, and the losers
+ * died before their next try).  The winner's end is where the insert
+ * position went next, so the journal was taken on from there; a loser's
+ * end either lies inside the winner's hole, where nobody ever stood, or
+ * past it, where the winner's end comes first.  The winner is the first
+ * end taken on.
  */
 static int
 syncer_orphan_won(struct journal *j, struct shm_hdr *h, int i, uint64_t s,
     uint64_t p)
 {
 	const uint64_t *f;
+	uint64_t best = 0;
+	int rivals = 0, won = -1;
 
 	if (p != journal_lsn_normalize(j->seg_size, s))
 		return 0;
 	for (int k = 0; k < CONFIG_MAX_WORKERS; k++) {
 		uint64_t o = shm_load(&h->orphan_start[k]);
 
-		/* Two dead triers (or one being added): whose end? */
-		if (k != i && (o == s || o == SHM_ORPHAN_BUSY))
-			return 0;
+		if (o == SHM_ORPHAN_BUSY)
+			return 0;	/* being added: look again later */
+		if (k != i && o == s) {
+			if (!h->orphan_unsure[k])
+				return 0;	/* it noted that it won */
+			rivals++;
+		}
 		if (shm_load(&h->slots[k].res_start) == s ||
 		    shm_load(&h->slots[k].res_try[0]) == s)
 			return 0;
 	}
 	f = (const uint64_t *)(const void *)journal_at(j, p, 0);
-	return f != NULL && __atomic_load_n(f, __ATOMIC_ACQUIRE) == 0;
+	if (f == NULL || __atomic_load_n(f, __ATOMIC_ACQUIRE) != 0)
+		return 0;
+	if (rivals == 0)
+		return 1;
+	for (int k = 0; k < CONFIG_MAX_WORKERS; k++) {
+		uint64_t e;
+
+		/* The end is written before the start is released. */
+		if (shm_load(&h->orphan_start[k]) != s)
+			continue;
+		e = shm_load(&h->orphan_end[k]);
+		if ((won == -1 || e < best) && syncer_taken_on(j, h, e)) {
+			won = k;
+			best = e;
+		}
+	}
+	return won == i;
 }
 
 /* If a dead worker's reservation holds up position p, pad it out. */

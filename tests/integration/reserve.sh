@@ -6,7 +6,9 @@
 # increments after it acknowledged, and in PostgreSQL once).  Then twice
 # in the same worker slot while the syncer is stopped: the second range
 # must not be lost for want of room.  gdb stops the worker as
-# journal_reserve returns; the kill is a real SIGKILL.
+# journal_reserve returns; the kill is a real SIGKILL.  Last, two workers
+# that died trying for the same range, one having won it: the syncer must
+# pad the winner's range, neither more nor less.
 . "$(dirname "$0")/lib.sh"
 need psql gdb
 
@@ -15,8 +17,10 @@ tallyd_conf
 sed -i 's/^workers = .*/workers = 1/' "$CONF"
 tallyd_start
 
+# worker_pid [N]: the pid of the Nth worker tallyctl status lists.
 worker_pid() {
-	tallyctl status | sed -n 's/.*worker *pid \([0-9]*\).*/\1/p' | head -n 1
+	tallyctl status | sed -n 's/.*worker *pid \([0-9]*\).*/\1/p' |
+	    sed -n "${1:-1}p"
 }
 
 # kill_in_reserve WHAT VALUE: the worker is killed as journal_reserve
@@ -32,7 +36,7 @@ kill_in_reserve() {
 	assert_match "$1: the worker's pid" '^[0-9]+$' "$w"
 	out=$T/gdb.$w
 	gdb_attach "$w" "$out" -ex 'break journal_reserve' -ex continue \
-	    -ex finish -ex kill
+	    -ex finish -ex 'print/x W.slot->res_try' -ex kill
 	g=$GDB_PID
 	curl -s -m 20 -o /dev/null -H 'Content-Type: application/json' \
 	    --data-binary "{\"key\":\"a\",\"value\":$2}" "$BASE/increment" &
@@ -88,4 +92,63 @@ TALLYD_PID=
 st=0
 tallyctl journal verify >"$T/verify" 2>&1 || st=$?
 assert_eq "journal verify" 0 "$st"
+[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
+
+# ================================================================
+note "two workers die trying for the same range"
+# Both read the same insert position and noted their tries; A's exchange
+# won, B's lost, and B died before its next try.  A is stopped by gdb as
+# journal_reserve returns, as above.  B's note is what its lost try
+# left: the same start, its own end, here past A's.  gdb writes it into
+# B's slot, then kills B.  Neither noted which won, so the syncer,
+# stopped meanwhile, finds two unsure ranges at the hole.
+sed -i 's/^workers = .*/workers = 2/' "$CONF"
+KILLED=
+tallyd_start
+assert_eq "two workers: an increment before" 202 "$(post b 1)"
+pg_wait_value b 1
+syncer=$(tallyctl status | sed -n 's/.*syncer *pid \([0-9]*\).*/\1/p' | head -n 1)
+wa=$(worker_pid 1)
+wb=$(worker_pid 2)
+assert_match "two workers: their pids" '^[0-9]+ [0-9]+$' "$wa $wb"
+kill -STOP "$syncer"
+# Stopped, B accepts nothing: the next POST goes to A.
+kill -STOP "$wb"
+kill_in_reserve "two workers, A" 2
+kill -CONT "$wb"
+# A's note: { start, end } of the range it won.
+try=$(sed -n 's/.*= {\(0x[0-9a-f]*\), \(0x[0-9a-f]*\)}.*/\1 \2/p' "$T/gdb.$wa")
+read -r s e <<<"$try"
+assert_match "two workers: A's noted range" '^0x[0-9a-f]+ 0x[0-9a-f]+$' "$try"
+gdb -q -nx -batch -p "$wb" -ex "set var W.slot->res_try[1] = $((e + 1000))" \
+    -ex "set var W.slot->res_try[0] = $((s))" -ex 'print/x W.slot->res_try' \
+    -ex kill >"$T/gdb.$wb" 2>&1 </dev/null
+assert_match "two workers: B's note is A's start, B's end" \
+    "= \\{$(printf '0x%x' $((s))), $(printf '0x%x' $((e + 1000)))\\}" \
+    "$(cat "$T/gdb.$wb")"
+for i in $(seq 100); do
+	grep -q "worker (pid $wb) killed by signal 9" "$TALLYD_LOG" && break
+	sleep 0.1
+done
+assert_match "two workers: B died of SIGKILL" \
+    "worker \\(pid $wb\\) killed by signal 9" "$(cat "$TALLYD_LOG")"
+kill -CONT "$syncer"
+assert_eq "two workers: an increment after, acknowledged" 202 "$(post b 4)"
+assert_match "two workers: the syncer padded A's range, not B's" \
+    "padded journal range $((s + 0))\\.\\.$((e + 0)) left unwritten by a worker" \
+    "$(cat "$TALLYD_LOG")"
+pg_wait_value b 5
+assert_eq "two workers: GET b" '{"b":5}' "$(get b)"
+assert_eq "two workers: no other process died" \
+    "$(printf '%s\n' "$wa" "$wb" | sort | tr '\n' ' ')" \
+    "$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG" |
+    sed -n 's/.*(pid \([0-9]*\)).*/\1/p' | sort -u | tr '\n' ' ')"
+kill -TERM "$TALLYD_PID"
+wait_gone 30 "$TALLYD_PID" || die "tallyd did not stop within 30 s of SIGTERM"
+wait "$TALLYD_PID"
+assert_eq "two workers: SIGTERM: exit status" 0 "$?"
+TALLYD_PID=
+st=0
+tallyctl journal verify >"$T/verify" 2>&1 || st=$?
+assert_eq "two workers: journal verify" 0 "$st"
 [ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
