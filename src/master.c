@@ -22,7 +22,6 @@
  */
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
-#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -46,6 +45,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "lockfile.h"
 #include "log.h"
 #include "master.h"
 #include "metrics.h"
@@ -191,20 +191,15 @@ master_lock_dir(const char *dir, const char *what)
 static int
 master_lock_file(const char *dir, const char *what)
 {
-	char path[1100], buf[32];
-	int fd, n;
+	char holder[32];
+	int fd;
 
-	snprintf(path, sizeof(path), "%s/tallyd.lock", dir);
-	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) == -1)
-		fatal(PROC_EXIT_FATAL, "cannot open lock file %s", path);
-	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
-		n = pread(fd, buf, sizeof(buf) - 1, 0);
-		buf[n > 0 ? n : 0] = '\0';
-		buf[strcspn(buf, "\n")] = '\0';
+	if ((fd = lockfile_take(dir, 1, holder, sizeof(holder))) != -1)
+		return fd;
+	if (errno == EWOULDBLOCK)
 		fatalx(PROC_EXIT_FATAL, "another tallyd (pid %s) is running on "
-		    "%s %s", buf[0] ? buf : "?", what, dir);
-	}
-	return fd;
+		    "%s %s", holder, what, dir);
+	fatal(PROC_EXIT_FATAL, "cannot open lock file %s/tallyd.lock", dir);
 }
 
 static void
@@ -233,13 +228,9 @@ master_lock_pid(void)
 {
 	const int fds[] = { M.lock_fd, M.journal_lock_fd };
 	const char *dirs[] = { M.cf->state_dir, M.cf->journal_dir };
-	char buf[32];
-	int n;
 
-	n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
 	for (int i = 0; i < 2; i++)
-		if (ftruncate(fds[i], 0) == -1 ||
-		    pwrite(fds[i], buf, n, 0) != n)
+		if (lockfile_write_pid(fds[i], getpid()) == -1)
 			log_warn("cannot write lock file in %s", dirs[i]);
 }
 

@@ -4,7 +4,6 @@
  * journal files offline, from the same code the daemon uses, so they work
  * on a copy of a journal or on one whose daemon cannot start.
  */
-#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -24,6 +23,7 @@
 #include "config.h"
 #include "control.h"
 #include "journal.h"
+#include "lockfile.h"
 #include "request.h"
 
 #ifndef SYSCONFDIR
@@ -303,23 +303,20 @@ skip_check(struct walk *w, uint64_t lsn, struct frame_info *fi)
 static int
 skip_lock(const char *dir)
 {
-	char path[1100], buf[32];
-	ssize_t n;
+	char holder[32];
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/tallyd.lock", dir);
-	if ((fd = open(path, O_RDWR | O_CLOEXEC)) == -1)
-		return errno == ENOENT ? -2 : -1;
-	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
-		n = pread(fd, buf, sizeof(buf) - 1, 0);
-		buf[n > 0 ? n : 0] = '\0';
-		buf[strcspn(buf, "\n")] = '\0';
+	if ((fd = lockfile_take(dir, 0, holder, sizeof(holder))) != -1)
+		return fd;
+	if (errno == ENOENT)
+		return -2;
+	if (errno == EWOULDBLOCK)
 		fprintf(stderr, "tallyctl: tallyd (pid %s) is running on %s; "
-		    "stop it first\n", buf[0] ? buf : "?", dir);
-		close(fd);
-		return -1;
-	}
-	return fd;
+		    "stop it first\n", holder, dir);
+	else
+		fprintf(stderr, "tallyctl: cannot lock %s/tallyd.lock: %s\n",
+		    dir, strerror(errno));
+	return -1;
 }
 
 /*
