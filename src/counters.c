@@ -630,6 +630,7 @@ counters_owner_repair(struct counters *c, struct counter_owner *o)
 struct peek {
 	int64_t	committed, unflushed;
 	int	known;
+	int	applied;	/* a durable delta was added since its fill */
 };
 
 static int
@@ -674,6 +675,7 @@ probe_run(struct counters *c, uint64_t h, const char *key, size_t len,
 				pk->committed = LD(&e->committed);
 				pk->unflushed = LD(&e->unflushed);
 				pk->known = LD(&e->committed_known);
+				pk->applied = LD(&e->applied_lsn) != 0;
 			}
 			__atomic_thread_fence(__ATOMIC_ACQUIRE);
 			w2 = __atomic_load_n(&e->lock, __ATOMIC_RELAXED);
@@ -741,14 +743,16 @@ counters_peek_try(struct counters *c, const char *key, size_t len,
 	int64_t i;
 
 	if (len == 0 || len > c->max_key_bytes)
-		return 0;
+		return COUNTERS_PEEK_NONE;
 	if ((i = probe_try(c, counters_hash(key, len), key, len, &pk,
 	    tries)) < 0)
-		return i == -2 ? -1 : 0;
+		return i == -2 ? -1 : COUNTERS_PEEK_NONE;
 	*committed = pk.committed;
 	*unflushed = pk.unflushed;
 	*known = pk.known;
-	return 1;
+	if (!pk.applied && pk.committed == 0 && pk.unflushed == 0)
+		return COUNTERS_PEEK_BARE;
+	return COUNTERS_PEEK_HELD;
 }
 
 size_t

@@ -261,9 +261,15 @@ size_t	counters_slot_key(struct counters *c, uint64_t i, char *buf);
 /* --- readers --- */
 
 /*
- * key's values in one consistent read.  1 when held, 0 when not (its
- * total is then PostgreSQL's).
+ * key's values in one consistent read.  COUNTERS_PEEK_HELD when held,
+ * COUNTERS_PEEK_NONE when not (its total is then PostgreSQL's).
+ * COUNTERS_PEEK_BARE when held with nothing in it: no durable increment
+ * since the key was taken in, and a committed value of 0, so whether any
+ * increment of it was ever acknowledged is PostgreSQL's to say (its
+ * increments so far may all be pending, or refused).
  */
+enum { COUNTERS_PEEK_NONE = 0, COUNTERS_PEEK_HELD = 1,
+	COUNTERS_PEEK_BARE = 2 };
 int	counters_peek(struct counters *c, const char *key, size_t len,
 	    int64_t *committed, int64_t *unflushed, int *known);
 /*

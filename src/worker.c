@@ -970,7 +970,7 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 	if (n <= 0)
 		return respond_error(req, 400, "bad key in path");
 	if (counters_peek(W.shm->counters, key, n, &committed, &unflushed,
-	    &known)) {
+	    &known) == COUNTERS_PEEK_HELD) {
 		/*
 		 * Rebuilt from the journal at start, or made again after
 		 * an eviction, and PostgreSQL's value not read since: only
@@ -984,6 +984,10 @@ handle_get(h2o_req_t *req, const char *raw, size_t raw_len)
 			return 0;
 		}
 	}
+	/*
+	 * Not held, or held bare: its increments here may all be pending
+	 * or refused, and PostgreSQL says whether any was acknowledged.
+	 */
 	if ((l = lookup_new(req, key, n, 0)) == NULL)
 		return respond_retry(req, "out of memory");
 	l->pr = pgread_lookup(W.pg, key, n, lookup_done, l);

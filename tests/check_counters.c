@@ -939,6 +939,44 @@ START_TEST(test_seed)
 END_TEST
 
 /*
+ * A key taken in for increments none of which is durable yet is held
+ * bare: whether any was acknowledged is for PostgreSQL to say.
+ */
+START_TEST(test_peek_bare)
+{
+	struct mapping m, om;
+	struct counters *c = table_new(&m, 4, 16);
+	struct counter_owner *o = owner_new(&om, 1, 64);
+	struct counter_entry *e;
+	int64_t cm, un;
+	uint64_t idx;
+	int known;
+
+	ck_assert_int_eq(held(c, "n", &cm, &un, &known), COUNTERS_PEEK_NONE);
+	/* Pending, then refused. */
+	ck_assert_int_eq(acquire(c, o, "n", 1, 3, &e, &idx), COUNTERS_OK);
+	ck_assert_int_eq(held(c, "n", &cm, &un, &known), COUNTERS_PEEK_BARE);
+	counters_release_head(c, o);
+	ck_assert_int_eq(held(c, "n", &cm, &un, &known), COUNTERS_PEEK_BARE);
+	/* Durable: held, even at a total of 0. */
+	ck_assert_int_eq(acquire(c, o, "n", 1, 3, &e, &idx), COUNTERS_OK);
+	durable(c, o, idx, 100);
+	counters_release_tail(c, o);
+	incr(c, o, "n", -3, 200);
+	ck_assert_int_eq(held(c, "n", &cm, &un, &known), COUNTERS_PEEK_HELD);
+	ck_assert_int_eq(cm + un, 0);
+	/* A total from PostgreSQL is there, pending or not. */
+	ck_assert_int_eq(acquire_pg(c, o, "p", 1, 1, 7, &e, &idx),
+	    COUNTERS_OK);
+	ck_assert_int_eq(held(c, "p", &cm, &un, &known), COUNTERS_PEEK_HELD);
+	ck_assert_int_eq(cm, 7);
+	counters_release_head(c, o);
+	table_free(&om);
+	table_free(&m);
+}
+END_TEST
+
+/*
  * Keys read ahead from PostgreSQL come back with their totals and no
  * look-up; once all are in, a key that is not is new, until a key of its
  * hash is forgotten; another node writing voids that.  Read-ahead keys
@@ -1577,6 +1615,7 @@ counters_suite(void)
 	tcase_add_test(tc, test_evict);
 	tcase_add_test(tc, test_evict_churn);
 	tcase_add_test(tc, test_seed);
+	tcase_add_test(tc, test_peek_bare);
 	tcase_add_test(tc, test_preload);
 	suite_add_tcase(s, tc);
 

@@ -23,8 +23,9 @@ worker_pid() {
 	    sed -n "${1:-1}p"
 }
 
-# kill_in_reserve WHAT VALUE: the worker is killed as journal_reserve
-# returns the range for a POST of a by VALUE (which is never answered).
+# kill_in_reserve WHAT VALUE [KEY]: the worker is killed as journal_reserve
+# returns the range for a POST of KEY (a) by VALUE (which is never
+# answered).
 KILLED=
 kill_in_reserve() {
 	local w g i out
@@ -39,7 +40,7 @@ kill_in_reserve() {
 	    -ex finish -ex 'print/x W.slot->res_try' -ex kill
 	g=$GDB_PID
 	curl -s -m 20 -o /dev/null -H 'Content-Type: application/json' \
-	    --data-binary "{\"key\":\"a\",\"value\":$2}" "$BASE/increment" &
+	    --data-binary "{\"key\":\"${3:-a}\",\"value\":$2}" "$BASE/increment" &
 	BGPIDS+=($!)
 	for i in $(seq 200); do
 		pid_alive "$g" || break
@@ -114,7 +115,7 @@ assert_match "two workers: their pids" '^[0-9]+ [0-9]+$' "$wa $wb"
 kill -STOP "$syncer"
 # Stopped, B accepts nothing: the next POST goes to A.
 kill -STOP "$wb"
-kill_in_reserve "two workers, A" 2
+kill_in_reserve "two workers, A" 2 c
 kill -CONT "$wb"
 # A's note: { start, end } of the range it won.
 try=$(sed -n 's/.*= {\(0x[0-9a-f]*\), \(0x[0-9a-f]*\)}.*/\1 \2/p' "$T/gdb.$wa")
@@ -139,6 +140,11 @@ assert_match "two workers: the syncer padded A's range, not B's" \
     "$(cat "$TALLYD_LOG")"
 pg_wait_value b 5
 assert_eq "two workers: GET b" '{"b":5}' "$(get b)"
+# The table took c in for the killed POST, which nothing acknowledged.
+assert_eq "two workers: GET c, never acknowledged: 404" 404 \
+    "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/increment/c")"
+assert_eq "two workers: PostgreSQL has no row for c" 0 \
+    "$(pg_sql "select count(*) from tally_counters where key = 'c'")"
 assert_eq "two workers: no other process died" \
     "$(printf '%s\n' "$wa" "$wb" | sort | tr '\n' ' ')" \
     "$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG" |
