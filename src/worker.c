@@ -24,7 +24,9 @@
  * requests be refused before together they push a total out of int64.
  */
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <malloc.h>
@@ -1319,6 +1321,72 @@ worker_stop_accepting(void)
 	}
 }
 
+/* What a graceful stop found, for its log line. */
+struct drain {
+	unsigned	busy;	/* a request begun: answered, then closed */
+	unsigned	idle;	/* closed at once */
+};
+
+/*
+ * A connection is busy while h2o's input holds bytes of a request (it
+ * keeps the request until the response is sent, and a partly received
+ * body until the body is complete) or the kernel holds bytes h2o has not
+ * read yet.  h2o makes every request whose headers it parses from now on
+ * close its connection (shutdown_requested); one parsed before the stop
+ * is told here, so that its answer says Connection: close as well.
+ *
+ * An idle connection ends now.  Its socket belongs to h2o's connection,
+ * which a close here would leave with a freed socket: shutting down the
+ * read side makes h2o's next read see end-of-file instead, and h2o closes
+ * the connection on its own path.  A request that arrives in between
+ * is still read before that end-of-file, and answered if it came whole.
+ */
+static int
+worker_drain_conn(h2o_req_t *req, void *arg)
+{
+	struct drain *d = arg;
+	h2o_socket_t *sock;
+	int fd, unread = 0;
+
+	if ((sock = req->conn->callbacks->get_socket(req->conn)) == NULL)
+		return 0;
+	fd = h2o_socket_get_fd(sock);
+	if (sock->input->size == 0 && ioctl(fd, FIONREAD, &unread) == -1)
+		unread = 1;	/* cannot tell: let it finish */
+	if (sock->input->size != 0 || unread != 0) {
+		req->http1_is_persistent = 0;
+		d->busy++;
+		return 0;
+	}
+	/* ENOTCONN: the peer is gone already, as h2o will see. */
+	if (shutdown(fd, SHUT_RD) == -1 && errno != ENOTCONN)
+		log_warn("stopping: shutdown of an idle connection");
+	d->idle++;
+	return 0;
+}
+
+/*
+ * The beginning of a graceful stop, as nginx does it: no new connections,
+ * idle ones closed, and each of the others closed once it has answered
+ * the request it began.  HTTP/2 connections get h2o's GOAWAY, which
+ * ends them once their streams are answered.
+ */
+static void
+worker_drain(void)
+{
+	struct drain d = { 0, 0 };
+
+	worker_stop_accepting();
+	h2o_context_request_shutdown(&W.ctx);
+	W.h2o.http1.callbacks.foreach_request(&W.ctx, worker_drain_conn, &d);
+	if (d.busy)
+		log_info("stopping: %u connection%s with a request in "
+		    "progress, %u idle closed", d.busy, d.busy == 1 ? "" : "s",
+		    d.idle);
+	else
+		log_debug("stopping: closing %u idle connections", d.idle);
+}
+
 int
 worker_main(const struct config *cf, struct shm *shm, int slot,
     const int *listen_fds, int nlisten)
@@ -1388,19 +1456,23 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 	while (worker_stop != 2) {
 		if (worker_stop == 1) {
 			if (!stopping) {
-				worker_stop_accepting();
+				worker_drain();
 				clock_gettime(CLOCK_MONOTONIC, &t0);
 				stopping = 1;
 			}
 			/* Answer what is in flight, then go. */
 			if (W.open == NULL && W.wait_head == NULL &&
-			    W.lookups == 0)
+			    W.lookups == 0 && W.nconns == 0)
 				break;
 			clock_gettime(CLOCK_MONOTONIC, &t);
 			if ((t.tv_sec - t0.tv_sec) * 1000 +
 			    (t.tv_nsec - t0.tv_nsec) / 1000000 > STOP_GRACE_MS) {
-				log_warnx("stopping with requests "
-				    "still unanswered");
+				log_warnx("stopping after %d s with %llu "
+				    "connections still in progress%s",
+				    STOP_GRACE_MS / 1000,
+				    (unsigned long long)W.nconns,
+				    W.open || W.wait_head || W.lookups ?
+				    " and requests unanswered" : "");
 				break;
 			}
 		}
