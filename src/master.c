@@ -472,6 +472,22 @@ master_reap(void)
 			master_reaped(c, status);
 }
 
+/*
+ * No worker is started again once a stop has begun: the sockets go with
+ * the workers' copies, so that new connections are refused at once (a
+ * load balancer tries another node) rather than left in the listen
+ * queue to be reset when the last copy closes.
+ */
+static void
+master_close_listeners(void)
+{
+	for (int i = 0; i < M.nlisten; i++) {
+		if (M.listen_fds[i] != -1)
+			close(M.listen_fds[i]);
+		M.listen_fds[i] = -1;
+	}
+}
+
 static void
 master_graceful(void)
 {
@@ -482,6 +498,7 @@ master_graceful(void)
 	M.state = STOP_WORKERS;
 	M.phase_ms = now_ms();
 	master_signal_role(PROC_WORKER, SIGTERM);
+	master_close_listeners();
 }
 
 /* Move the stop along as each phase's children are gone. */

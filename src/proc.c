@@ -93,6 +93,15 @@ proc_fork(enum proc_role role, int slot, const struct proc_env *env)
 		return pid;
 	if (env->child_close)
 		env->child_close();
+	/*
+	 * Only workers serve the listening sockets.  Held anywhere else,
+	 * a socket would outlive the workers' and the master's copies in a
+	 * stop, and the kernel would go on queueing connections on it.
+	 */
+	if (role != PROC_WORKER)
+		for (int i = 0; i < env->nlisten; i++)
+			if (env->listen_fds[i] != -1)
+				close(env->listen_fds[i]);
 	log_set_role(proc_name(role));
 	if (role == PROC_WORKER)
 		proctitle_set("worker process %d", slot);

@@ -2,7 +2,8 @@
 # A graceful stop answers every request a client has begun, each with
 # Connection: close, and closes idle connections at once:
 #  1. requests whose headers, or whose body, are partly received when the
-#     stop comes are answered once the client sends the rest;
+#     stop comes are answered once the client sends the rest, while new
+#     connections are refused;
 #  2. an idle keep-alive connection is closed, and does not hold the stop
 #     until the end of its grace period;
 #  3. requests in the kernel's socket buffer, not yet read by the worker
@@ -100,6 +101,10 @@ wait_grep 5 "$TALLYD_LOG" 'stopping: 2 connections with a request'
 assert_match "the worker waits for both connections" \
     'stopping: 2 connections with a request in progress' \
     "$(grep 'worker info: stopping' "$TALLYD_LOG")"
+# Meanwhile a new connection is refused, not left in the listen queue.
+st=0
+curl -s -o /dev/null -m 5 "$BASE/healthz" || st=$?
+assert_eq "a new connection during the stop: refused (curl exit 7)" 7 "$st"
 touch "$T/go1"
 wait "$head1" "$body1"
 answered "headers partly received at the stop" head1 drain-h 2
