@@ -57,21 +57,6 @@ answered() {
 	    "$(tail -n 1 "$T/$2.out")"
 }
 
-# stopped LABEL: tallyd, sent SIGTERM, has exited 0 within 30 s.
-stopped() {
-	local st
-	if wait_gone 30 "$TALLYD_PID"; then
-		wait "$TALLYD_PID" 2>/dev/null
-		st=$?
-		TALLYD_PID=
-		assert_eq "$1: tallyd exits 0" 0 "$st"
-		no_crashes
-	else
-		notok "$1: tallyd did not stop within 30 s"
-		tallyd_kill9_all
-	fi
-}
-
 # sigterm_pending PID: SIGTERM (bit 15) waits in the stopped process.
 sigterm_pending() {
 	local m
@@ -109,7 +94,7 @@ touch "$T/go1"
 wait "$head1" "$body1"
 answered "headers partly received at the stop" head1 drain-h 2
 answered "body partly received at the stop" body1 drain-b 3
-stopped "1"
+tallyd_stopped "1"
 assert_eq "PostgreSQL has drain-h" 2 "$(pg_value drain-h)"
 assert_eq "PostgreSQL has drain-b" 3 "$(pg_value drain-b)"
 
@@ -128,7 +113,7 @@ if wait_gone 5 "$TALLYD_PID"; then
 else
 	notok "tallyd still runs 5 s after SIGTERM with an idle connection"
 fi
-stopped "2"
+tallyd_stopped "2"
 wait "$idle2"
 assert_eq "the idle connection is closed" eof "$(tail -n 1 "$T/idle2.out")"
 
@@ -174,6 +159,6 @@ touch "$T/go3b"
 wait "$whole3" "$part3"
 answered "a whole request in the socket buffer at the stop" whole3 drain-w 4
 answered "a request begun in the socket buffer at the stop" part3 drain-k 5
-stopped "3"
+tallyd_stopped "3"
 assert_eq "PostgreSQL has drain-w" 4 "$(pg_value drain-w)"
 assert_eq "PostgreSQL has drain-k" 5 "$(pg_value drain-k)"

@@ -413,6 +413,22 @@ no_crashes() {
 	fi
 }
 
+# tallyd_stopped LABEL: tallyd, sent a stop signal, exits within 30 s with
+# status 0 (in TALLYD_STATUS) and no process crashed; else every process
+# is killed and the check fails.
+tallyd_stopped() {
+	if wait_gone 30 "$TALLYD_PID"; then
+		wait "$TALLYD_PID" 2>/dev/null
+		TALLYD_STATUS=$?
+		TALLYD_PID=
+		assert_eq "$1: exit status" 0 "$TALLYD_STATUS"
+		no_crashes
+	else
+		notok "$1: tallyd did not stop within 30 s"
+		tallyd_kill9_all
+	fi
+}
+
 # tallyd_kill9_all: SIGKILL the master and every descendant, by pid.  The
 # master is stopped first so that it cannot fork a replacement meanwhile,
 # then every other process, so that none dies while another still runs,

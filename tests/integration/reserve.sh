@@ -23,6 +23,17 @@ worker_pid() {
 	    sed -n "${1:-1}p"
 }
 
+# died WHO PID: the master logs (10 s) that worker PID died of SIGKILL.
+died() {
+	local i
+	for i in $(seq 100); do
+		grep -q "worker (pid $2) killed by signal 9" "$TALLYD_LOG" && break
+		sleep 0.1
+	done
+	assert_match "$1 died of SIGKILL" \
+	    "worker \\(pid $2\\) killed by signal 9" "$(cat "$TALLYD_LOG")"
+}
+
 # kill_in_reserve WHAT VALUE [KEY]: the worker is killed as journal_reserve
 # returns the range for a POST of KEY (a) by VALUE (which is never
 # answered).
@@ -50,13 +61,31 @@ kill_in_reserve() {
 	assert_match "$1: gdb stopped the worker as journal_reserve returned its LSN" \
 	    'in worker_write .*Value returned is [$][0-9]+ = [0-9]+' "$g"
 	[[ "$g" == *"Value returned"* ]] || sed 's/^/#   gdb: /' "$out"
-	for i in $(seq 100); do
-		grep -q "worker (pid $w) killed by signal 9" "$TALLYD_LOG" && break
-		sleep 0.1
-	done
-	assert_match "$1: the worker died of SIGKILL" \
-	    "worker \\(pid $w\\) killed by signal 9" "$(cat "$TALLYD_LOG")"
+	died "$1: the worker" "$w"
 	KILLED="$KILLED $w"
+}
+
+# finish PREFIX PID...: no tallyd process died but PIDs (killed here);
+# a graceful stop; the journal verifies.
+finish() {
+	local pre=$1 st
+	shift
+	assert_eq "${pre}no other process died" \
+	    "$(printf '%s\n' "$@" | sort | tr '\n' ' ')" \
+	    "$(grep -E 'killed by signal|exited with code|fatal code' \
+	    "$TALLYD_LOG" | sed -n 's/.*(pid \([0-9]*\)).*/\1/p' |
+	    sort -u | tr '\n' ' ')"
+	kill -TERM "$TALLYD_PID"
+	wait_gone 30 "$TALLYD_PID" ||
+	    die "tallyd did not stop within 30 s of SIGTERM"
+	st=0
+	wait "$TALLYD_PID" || st=$?
+	assert_eq "${pre}SIGTERM: exit status" 0 "$st"
+	TALLYD_PID=
+	st=0
+	tallyctl journal verify >"$T/verify" 2>&1 || st=$?
+	assert_eq "${pre}journal verify" 0 "$st"
+	[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
 }
 
 assert_eq "an increment before" 202 "$(post a 1)"
@@ -82,18 +111,7 @@ pg_wait_value a 37
 assert_eq "GET a: the increments acknowledged, once" '{"a":37}' "$(get a)"
 
 # No process died but the three killed here.
-assert_eq "no other process died" "$(echo $KILLED | tr ' ' '\n' | sort | tr '\n' ' ')" \
-    "$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG" |
-    sed -n 's/.*(pid \([0-9]*\)).*/\1/p' | sort -u | tr '\n' ' ')"
-kill -TERM "$TALLYD_PID"
-wait_gone 30 "$TALLYD_PID" || die "tallyd did not stop within 30 s of SIGTERM"
-wait "$TALLYD_PID"
-assert_eq "SIGTERM: exit status" 0 "$?"
-TALLYD_PID=
-st=0
-tallyctl journal verify >"$T/verify" 2>&1 || st=$?
-assert_eq "journal verify" 0 "$st"
-[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
+finish "" $KILLED
 
 # ================================================================
 note "two workers die trying for the same range"
@@ -127,12 +145,7 @@ gdb -q -nx -batch -p "$wb" -ex "set var W.slot->res_try[1] = $((e + 1000))" \
 assert_match "two workers: B's note is A's start, B's end" \
     "= \\{$(printf '0x%x' $((s))), $(printf '0x%x' $((e + 1000)))\\}" \
     "$(cat "$T/gdb.$wb")"
-for i in $(seq 100); do
-	grep -q "worker (pid $wb) killed by signal 9" "$TALLYD_LOG" && break
-	sleep 0.1
-done
-assert_match "two workers: B died of SIGKILL" \
-    "worker \\(pid $wb\\) killed by signal 9" "$(cat "$TALLYD_LOG")"
+died "two workers: B" "$wb"
 kill -CONT "$syncer"
 assert_eq "two workers: an increment after, acknowledged" 202 "$(post b 4)"
 assert_match "two workers: the syncer padded A's range, not B's" \
@@ -145,16 +158,4 @@ assert_eq "two workers: GET c, never acknowledged: 404" 404 \
     "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/increment/c")"
 assert_eq "two workers: PostgreSQL has no row for c" 0 \
     "$(pg_sql "select count(*) from tally_counters where key = 'c'")"
-assert_eq "two workers: no other process died" \
-    "$(printf '%s\n' "$wa" "$wb" | sort | tr '\n' ' ')" \
-    "$(grep -E 'killed by signal|exited with code|fatal code' "$TALLYD_LOG" |
-    sed -n 's/.*(pid \([0-9]*\)).*/\1/p' | sort -u | tr '\n' ' ')"
-kill -TERM "$TALLYD_PID"
-wait_gone 30 "$TALLYD_PID" || die "tallyd did not stop within 30 s of SIGTERM"
-wait "$TALLYD_PID"
-assert_eq "two workers: SIGTERM: exit status" 0 "$?"
-TALLYD_PID=
-st=0
-tallyctl journal verify >"$T/verify" 2>&1 || st=$?
-assert_eq "two workers: journal verify" 0 "$st"
-[ "$st" = 0 ] || sed 's/^/#   /' "$T/verify"
+finish "two workers: " "$wa" "$wb"

@@ -18,16 +18,7 @@ need psql gdb
 # stopped NODE: tallyd has exited, cleanly, and PostgreSQL's checkpoint
 # for NODE and the flusher's last word are the journal's end.
 stopped() {
-	if wait_gone 30 "$TALLYD_PID"; then
-		wait "$TALLYD_PID" 2>/dev/null
-		TALLYD_STATUS=$?
-		TALLYD_PID=
-		assert_eq "$1: exit status" 0 "$TALLYD_STATUS"
-		no_crashes
-	else
-		notok "$1: tallyd did not stop within 30 s"
-		tallyd_kill9_all
-	fi
+	tallyd_stopped "$1"
 	checkpoint_at_journal_end "$1" "$1"
 	assert_match "$1: the log's final flush is at the journal's end" \
 	    "final flush done at LSN $JOURNAL_END\$" \
