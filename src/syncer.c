@@ -80,6 +80,22 @@ now_us(void)
 }
 
 /*
+ * Whether a worker, living, notes at s what it reserves or tries for.
+ * Read before the orphans: the master hands a dead worker's notes to an
+ * orphan entry before it clears them, so a note that moves meanwhile is
+ * seen in one place or the other.
+ */
+static int
+syncer_noted(struct shm_hdr *h, uint64_t s)
+{
+	for (int k = 0; k < CONFIG_MAX_WORKERS; k++)
+		if (shm_load(&h->slots[k].res_start) == s ||
+		    shm_load(&h->slots[k].res_try[0]) == s)
+			return 1;
+	return 0;
+}
+
+/*
  * Whether some writer took the journal on from e: the insert position is
  * there, a living worker or a dead one noted e as where it reserved or
  * tried to, or a frame starts there.  Each of those means the insert
@@ -92,12 +108,10 @@ syncer_taken_on(struct journal *j, struct shm_hdr *h, uint64_t e)
 {
 	const uint64_t *f;
 
-	if (shm_load(&h->insert_lsn) == e)
+	if (shm_load(&h->insert_lsn) == e || syncer_noted(h, e))
 		return 1;
 	for (int k = 0; k < CONFIG_MAX_WORKERS; k++)
-		if (shm_load(&h->slots[k].res_start) == e ||
-		    shm_load(&h->slots[k].res_try[0]) == e ||
-		    shm_load(&h->orphan_start[k]) == e)
+		if (shm_load(&h->orphan_start[k]) == e)
 			return 1;
 	f = (const uint64_t *)(const void *)journal_at(j,
 	    journal_lsn_normalize(j->seg_size, e), 0);
@@ -127,7 +141,7 @@ syncer_orphan_won(struct journal *j, struct shm_hdr *h, int i, uint64_t s,
 	uint64_t best = 0;
 	int rivals = 0, won = -1;
 
-	if (p != journal_lsn_normalize(j->seg_size, s))
+	if (p != journal_lsn_normalize(j->seg_size, s) || syncer_noted(h, s))
 		return 0;
 	for (int k = 0; k < CONFIG_MAX_WORKERS; k++) {
 		uint64_t o = shm_load(&h->orphan_start[k]);
@@ -139,9 +153,6 @@ syncer_orphan_won(struct journal *j, struct shm_hdr *h, int i, uint64_t s,
 				return 0;	/* it noted that it won */
 			rivals++;
 		}
-		if (shm_load(&h->slots[k].res_start) == s ||
-		    shm_load(&h->slots[k].res_try[0]) == s)
-			return 0;
 	}
 	f = (const uint64_t *)(const void *)journal_at(j, p, 0);
 	if (f == NULL || __atomic_load_n(f, __ATOMIC_ACQUIRE) != 0)
