@@ -102,9 +102,9 @@
  * writes, a key of a hash no takeover touched is known to have no row.
  * A takeover is counted, by the hash of the key taken over, and so is a
  * rebuild's drop of a keyed entry: an answer read before either may
- * predate this node's last flush of the key, and is asked again.  Between rebuilds, slots never return
- * to EMPTY, so a probe run never loses a key it passed; EVICTED slots are
- * reused by inserts.
+ * predate this node's last flush of the key, and is asked again.
+ * Between rebuilds, slots never return to EMPTY, so a probe run never
+ * loses a key it passed; EVICTED slots are reused by inserts.
  *
  * Bounds.  A delta is reserved only if the total stays within int64
  * however the reservations then in flight end: each may be applied or

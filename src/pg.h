@@ -82,7 +82,6 @@ void	pg_free(struct pg *pg);
 
 /* Create schema and tables if missing; tolerates a concurrent creator. */
 int	pg_ensure_schema(struct pg *pg);
-/* This node's checkpoint row: 1 found, 0 none, -1 error. */
 /*
  * About how many rows tally_counters holds (the planner's estimate: no
  * scan; 0 when it has none).  -1 on error.
@@ -97,6 +96,7 @@ typedef void (*pg_counter_fn)(void *arg, const char *key, size_t len,
 	    int64_t value);
 int	pg_counters_page(struct pg *pg, const char *after, size_t len,
 	    int limit, pg_counter_fn cb, void *arg);
+/* This node's checkpoint row: 1 found, 0 none, -1 error. */
 int	pg_checkpoint_get(struct pg *pg, char epoch_hex[33], uint64_t *lsn);
 /*
  * Within a transaction: write this node's checkpoint row, if it still

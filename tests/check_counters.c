@@ -1192,12 +1192,6 @@ crash_child(struct counters *c, struct counter_owner *o,
 }
 
 /*
- * Kill -9 a process changing the table at random moments; after the
- * master's repair and the next owner's adoption, each key's unflushed
- * value is exactly the sum of its published deltas, and nothing is left
- * pending, referenced or locked.
- */
-/*
  * kill -9 the child ts after its third frame (its frame counter *next
  * started at f0), when it has published some: counted from its start, a
  * slow start (valgrind, a busy machine) would eat the delay.
@@ -1218,6 +1212,12 @@ kill_child(pid_t pid, const uint64_t *next, uint64_t f0,
 	    round, status);
 }
 
+/*
+ * Kill -9 a process changing the table at random moments; after the
+ * master's repair and the next owner's adoption, each key's unflushed
+ * value is exactly the sum of its published deltas, and nothing is left
+ * pending, referenced or locked.
+ */
 START_TEST(test_crash_exact)
 {
 	struct mapping m, om, jm;
