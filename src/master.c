@@ -783,9 +783,21 @@ ctl_get(struct control_client *c, const char *key, size_t len)
 		control_reply(c->fd, CTL_FAILED, buf, n);
 		return;
 	}
-	if (rc == 0) {
+	if (rc == COUNTERS_PEEK_NONE) {
 		n = snprintf(buf, sizeof(buf), "{\"error\":\"key not held in "
 		    "memory (GET /increment/KEY asks PostgreSQL)\"}");
+		control_reply(c->fd, CTL_FAILED, buf, n);
+		return;
+	}
+	/*
+	 * Taken in for increments still pending, refused or lost with their
+	 * worker: memory holds nothing acknowledged for it, and a total of 0
+	 * would say otherwise.
+	 */
+	if (rc == COUNTERS_PEEK_BARE) {
+		n = snprintf(buf, sizeof(buf), "{\"error\":\"no increment "
+		    "of the key acknowledged in memory (GET /increment/KEY "
+		    "asks PostgreSQL)\"}");
 		control_reply(c->fd, CTL_FAILED, buf, n);
 		return;
 	}

@@ -158,4 +158,8 @@ assert_eq "two workers: GET c, never acknowledged: 404" 404 \
     "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/increment/c")"
 assert_eq "two workers: PostgreSQL has no row for c" 0 \
     "$(pg_sql "select count(*) from tally_counters where key = 'c'")"
+out=$(tallyctl get c 2>&1)
+assert_eq "two workers: tallyctl get c: exit 1" 1 "$?"
+assert_match "two workers: tallyctl get c: nothing acknowledged" \
+    'no increment of the key acknowledged' "$out"
 finish "two workers: " "$wa" "$wb"
