@@ -105,6 +105,8 @@ static int	parse_name(struct cfparse *, const struct cfkey *, const char *,
 		    const char **);
 static int	parse_path(struct cfparse *, const struct cfkey *, const char *,
 		    const char **);
+static int	parse_opt_path(struct cfparse *, const struct cfkey *,
+		    const char *, const char **);
 static int	parse_account(struct cfparse *, const struct cfkey *,
 		    const char *, const char **);
 static int	parse_log_level(struct cfparse *, const struct cfkey *,
@@ -173,6 +175,8 @@ static const struct cfkey cfkeys[] = {
 	    "expected error, warning, info or debug", RELOAD },
 	{ "server", "syslog_facility", parse_facility, F(syslog_facility), 0, 0,
 	    "expected daemon or local0..local7", RESTART },
+	{ "server", "log_file", parse_opt_path, F(log_file), 0, 0, NULL,
+	    RESTART },
 
 	{ "journal", "dir", parse_path, F(journal_dir), 0, 0, NULL, RESTART },
 	{ "journal", "segment_size", parse_size_key, F(segment_size), MIB, GIB,
@@ -628,6 +632,16 @@ parse_path(struct cfparse *st, const struct cfkey *k, const char *v,
 	if (k->off == offsetof(struct config, journal_dir))
 		st->have_journal_dir = 1;
 	return 0;
+}
+
+/* A path, or nothing for none. */
+static int
+parse_opt_path(struct cfparse *st, const struct cfkey *k, const char *v,
+    const char **why)
+{
+	if (v[0] == '\0')
+		return copy_string(k, st->cf, v);
+	return parse_path(st, k, v, why);
 }
 
 static int

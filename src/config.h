@@ -43,6 +43,7 @@ struct config {
 	char		 group[64];
 	char		 log_level[16];		/* error|warning|info|debug */
 	char		 syslog_facility[16];	/* daemon, local0..local7 */
+	char		 log_file[1024];	/* empty: stderr or syslog */
 
 	/* [journal] */
 	char		 journal_dir[1024];	/* default: state_dir/journal */

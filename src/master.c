@@ -659,7 +659,9 @@ master_reload(void)
 	struct config_errors errs = { NULL, 0 };
 	const struct config *cur = M.cf;
 
+	/* The children follow, even when the file has errors. */
 	log_reopen();
+	__atomic_add_fetch(&M.shm.hdr->log_gen, 1, __ATOMIC_RELEASE);
 	if (config_load(&next, M.path, M.overrides, M.noverrides, &errs)) {
 		for (int i = 0; i < errs.n; i++)
 			log_warnx("reload: %s", errs.msgs[i]);
@@ -1090,6 +1092,10 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	for (M.nlisten = 0; M.nlisten < cf->nlisten; M.nlisten++)
 		M.listen_fds[M.nlisten] = master_bind_one(cf->listen[M.nlisten]);
 	master_user();
+	if (cf->log_file[0] && log_open_file(cf->log_file, M.env.uid,
+	    M.env.gid) == -1)
+		fatal(PROC_EXIT_FATAL, "cannot open log file %s",
+		    cf->log_file);
 	master_rundir(cf->control_socket);
 	M.ctl_fd = control_listen(cf->control_socket, M.env.uid, M.env.gid);
 	if (M.ctl_fd == -2)

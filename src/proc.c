@@ -43,9 +43,14 @@ proc_name(enum proc_role role)
 int
 proc_reloaded(struct shm_hdr *h)
 {
-	static uint64_t seen;
+	static uint64_t seen, seen_log;
 	uint64_t gen = __atomic_load_n(&h->reload_gen, __ATOMIC_ACQUIRE);
+	uint64_t log_gen = __atomic_load_n(&h->log_gen, __ATOMIC_ACQUIRE);
 
+	if (log_gen != seen_log) {
+		seen_log = log_gen;
+		log_reopen();
+	}
 	if (gen == seen)
 		return 0;
 	seen = gen;

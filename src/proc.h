@@ -34,8 +34,9 @@ struct proc_env {
 
 const char *proc_name(enum proc_role role);
 /*
- * In a child's loop: apply settings the master reloaded (log level).
- * Returns 1 when there was something new.
+ * In a child's loop: apply settings the master reloaded (log level), and
+ * reopen the log file after it did.  Returns 1 when there were new
+ * settings.
  */
 int	proc_reloaded(struct shm_hdr *h);
 /*

@@ -113,6 +113,8 @@ struct shm_hdr {
 	 * reload_gen; each child applies them when it sees a new value.
 	 */
 	uint64_t	reload_gen;
+	/* Bumped after the master reopened server.log_file: reopen it too. */
+	uint64_t	log_gen;
 	uint64_t	flush_interval_us;
 	int		log_level;
 	struct metrics_shm metrics;
