@@ -2,6 +2,7 @@
  * tallyd: parse the command line and the configuration, then hand over to
  * the master.  Everything else lives in the library.
  */
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <stdio.h>
@@ -66,6 +67,23 @@ tallyd_check_names(const struct config *cf, const char *path)
 	return bad ? -1 : 0;
 }
 
+/*
+ * Started with standard descriptors closed (tallyd <&- >&- 2>&-), the
+ * lock file, a listening socket or the log file would take one of them
+ * and be replaced by /dev/null when the daemon detaches: the lock would
+ * go, and the port.  Hold them with /dev/null first.
+ */
+static void
+tallyd_std_fds(void)
+{
+	int fd;
+
+	while ((fd = open("/dev/null", O_RDWR)) != -1 && fd <= STDERR_FILENO)
+		;
+	if (fd > STDERR_FILENO)
+		close(fd);
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -76,6 +94,7 @@ main(int argc, char *argv[])
 	char **overrides;
 	int ch, foreground = 0, test = 0, nover = 0, bad;
 
+	tallyd_std_fds();
 	argv = proctitle_init(argc, argv);
 	if ((overrides = calloc(argc, sizeof(*overrides))) == NULL)
 		return 1;

@@ -3,7 +3,8 @@
 # server.user, one the children may open again), and after a rotation
 # SIGHUP or tallyctl reload has each of them open the path anew; a path
 # that cannot be opened stops the start, or at a reopen keeps the old
-# file, saying why.
+# file, saying why.  A daemon started with descriptors 0-2 closed keeps
+# its lock, its port and its log.
 . "$(dirname "$0")/lib.sh"
 need psql
 
@@ -112,4 +113,28 @@ assert_match "the master's last line is in the current file" \
 assert_eq "no process crashed, by the log files" "" \
     "$(cat "$LOG"* | grep -E 'killed by signal|exited with code|fatal code')"
 pg_wait_value k 7
+
+# ---- a daemon started with its standard descriptors closed
+
+# Its lock file, sockets and log file must not take descriptors 0-2, which
+# the daemon points at /dev/null as it detaches.
+: >"$LOG"
+"$TALLYD" -c "$CONF" <&- >&- 2>&-
+assert_eq "daemon with 0-2 closed: started" 0 "$?"
+TALLYD_PID=$(cat "$T/tallyd.pid" 2>/dev/null)
+assert_match "daemon with 0-2 closed: pid file" '^[0-9]+$' "$TALLYD_PID"
+assert_eq "daemon with 0-2 closed: serves" 202 "$(post k 1)"
+assert_match "daemon with 0-2 closed: logs to the file" \
+    'master info: serving on' "$(cat "$LOG")"
+"$TALLYD" -f -c "$CONF" >"$T/second.out" 2>&1 </dev/null
+assert_eq "daemon with 0-2 closed: a second tallyd is refused" 2 "$?"
+assert_match "daemon with 0-2 closed: for the lock on the state directory" \
+    'another tallyd .* is running on state directory' "$(cat "$T/second.out")"
+kill -TERM "$TALLYD_PID"
+wait_gone 30 "$TALLYD_PID"
+assert_eq "daemon with 0-2 closed: stopped" 0 "$?"
+TALLYD_PID=
+assert_match "daemon with 0-2 closed: its stop is logged" \
+    'master info: stopped$' "$(tail -n 1 "$LOG")"
+pg_wait_value k 8
 
