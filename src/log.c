@@ -9,8 +9,6 @@
  * the children run as server.user, so the master hands them the file,
  * as nginx does with its logs.
  */
-#include <sys/stat.h>
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
