@@ -47,6 +47,7 @@
 #include "control.h"
 #include "lockfile.h"
 #include "log.h"
+#include "notify.h"
 #include "master.h"
 #include "metrics.h"
 #include "proc.h"
@@ -370,6 +371,7 @@ master_fast_stop(int code)
 	M.state = FAST_STOP;
 	M.phase_ms = now_ms();
 	M.exit_code = code;
+	notify_send("STOPPING=1\nSTATUS=fast stop");
 	for (int i = 0; i < M.nchildren; i++)
 		if (M.children[i].pid > 0)
 			kill(M.children[i].pid, SIGQUIT);
@@ -495,6 +497,7 @@ master_graceful(void)
 		return;
 	log_info("graceful stop: workers finish what is in flight, then the "
 	    "journal is synced and flushed to PostgreSQL");
+	notify_send("STOPPING=1\nSTATUS=graceful stop");
 	M.state = STOP_WORKERS;
 	M.phase_ms = now_ms();
 	master_signal_role(PROC_WORKER, SIGTERM);
@@ -653,7 +656,7 @@ master_restart_key(void *arg, const char *key)
  * that need a restart are named, so the operator knows.
  */
 static int
-master_reload(void)
+master_reload_file(void)
 {
 	static struct config next;
 	struct config_errors errs = { NULL, 0 };
@@ -688,6 +691,23 @@ master_reload(void)
 	    "log_level %s)", (unsigned long long)(M.cf->flush_interval_us /
 	    1000), M.cf->log_level);
 	return 0;
+}
+
+static int
+master_reload(void)
+{
+	struct timespec ts;
+	int rc;
+
+	if (M.state != RUNNING)
+		return master_reload_file();
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	notify_send("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading",
+	    (unsigned long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+	rc = master_reload_file();
+	notify_send("READY=1\nSTATUS=serving%s", rc == 0 ? "" :
+	    "; the reloaded configuration had errors and was not applied");
+	return rc;
 }
 
 /* --- the control socket --- */
@@ -1087,6 +1107,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	atexit(master_unlink);
 	log_init(1, "tallyd", LOG_DAEMON);
 	log_set_role("master");
+	notify_init();
 	/* Refusals that need no daemon are said on the terminal. */
 	master_lock();
 	for (M.nlisten = 0; M.nlisten < cf->nlisten; M.nlisten++)
@@ -1165,6 +1186,9 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		log_info("shared memory: %zu MiB reserved, in 4 KiB pages "
 		    "(%s: %s; \"advise\" gives its tables 2 MiB pages)",
 		    M.shm.size >> 20, SHM_THP_POLICY, thp);
+	notify_send("READY=1\nMAINPID=%d\nSTATUS=serving on %s%s with %d "
+	    "workers", (int)getpid(), cf->listen[0], cf->nlisten > 1 ?
+	    " and more" : "", cf->workers);
 	if (M.ready_fd != -1) {
 		(void)write(M.ready_fd, "", 1);
 		close(M.ready_fd);
