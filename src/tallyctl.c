@@ -64,6 +64,8 @@ usage(FILE *f)
 	    "  -s socket   control socket of a running tallyd\n"
 	    "  -j, --json  print the daemon's answers as JSON\n"
 	    "  -h, --help  this text\n"
+	    "  -v, --version\n"
+	    "              tallyctl's version\n"
 	    "\n"
 	    "Options may also follow the command; a KEY that begins with '-'\n"
 	    "follows \"--\".\n"
@@ -621,6 +623,7 @@ main(int argc, char *argv[])
 		{ "help", no_argument, NULL, 'h' },
 		{ "json", no_argument, NULL, 'j' },
 		{ "fast", no_argument, NULL, 'F' },
+		{ "version", no_argument, NULL, 'v' },
 		{ NULL, 0, NULL, 0 }
 	};
 	static struct config cf;
@@ -629,7 +632,8 @@ main(int argc, char *argv[])
 	int ch, json = 0, fast = 0, type;
 
 	/* Options may follow the command too ("status --json"). */
-	while ((ch = getopt_long(argc, argv, "c:hjs:", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:hjs:v", longopts, NULL)) !=
+	    -1) {
 		switch (ch) {
 		case 'c':
 			conf = optarg;
@@ -645,6 +649,9 @@ main(int argc, char *argv[])
 			break;
 		case 'h':
 			usage(stdout);
+			return 0;
+		case 'v':
+			printf("tallyctl %s\n", PACKAGE_VERSION);
 			return 0;
 		default:
 			usage(stderr);

@@ -23,7 +23,8 @@
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: tallyd [-ft] [-c file] [-o section.key=value]...\n");
+	fprintf(stderr, "usage: tallyd [-ftv] [-c file] [-o section.key=value]..."
+	    "\n");
 	exit(1);
 }
 
@@ -98,7 +99,7 @@ main(int argc, char *argv[])
 	argv = proctitle_init(argc, argv);
 	if ((overrides = calloc(argc, sizeof(*overrides))) == NULL)
 		return 1;
-	while ((ch = getopt(argc, argv, "c:fho:t")) != -1) {
+	while ((ch = getopt(argc, argv, "c:fho:tv")) != -1) {
 		switch (ch) {
 		case 'c':
 			path = optarg;
@@ -112,6 +113,10 @@ main(int argc, char *argv[])
 		case 't':
 			test = 1;
 			break;
+		case 'v':
+			printf("tallyd %s\n", PACKAGE_VERSION);
+			free(overrides);
+			return 0;
 		default:
 			usage();
 		}

@@ -25,6 +25,9 @@ GOOD=$CONF
 # --- good configurations
 assert_eq "-t on the test configuration: exit 0" 0 "$(check_conf "$GOOD")"
 assert_eq "-t prints configuration OK" "configuration OK" "$(out)"
+out=$("$TALLYD" -v); st=$?
+assert_eq "-v exits 0" 0 "$st"
+assert_match "-v prints the version" '^tallyd [0-9]+\.[0-9]+\.[0-9]+$' "$out"
 : >"$T/empty.conf"
 assert_eq "-t on an empty file (every key has a default)" 0 "$(check_conf "$T/empty.conf")"
 printf '# only a comment\n\n[server]\n# and another\n' >"$T/comments.conf"

@@ -344,3 +344,8 @@ for c in status flush get reload stop "journal verify" "journal dump"; do
 	    notok "tallyctl(8) documents $c"
 done
 ok "every command in --help is in tallyctl(8)"
+for v in -v --version; do
+	out=$("$TALLYCTL" "$v"); st=$?
+	assert_eq "$v exits 0" 0 "$st"
+	assert_match "$v prints the version" '^tallyctl [0-9]+\.[0-9]+\.[0-9]+$' "$out"
+done
