@@ -138,6 +138,7 @@ assert_defaults(const struct config *c)
 	ck_assert_str_eq(c->node, host);
 	ck_assert_str_eq(c->state_dir, LOCALSTATEDIR "/lib/tallyd");
 	ck_assert_str_eq(c->pid_file, RUNSTATEDIR "/tallyd/tallyd.pid");
+	ck_assert_str_eq(c->log_file, "");
 	ck_assert_str_eq(c->control_socket, RUNSTATEDIR "/tallyd/tallyd.sock");
 	ck_assert_uint_eq(c->max_body, 4096);
 	ck_assert_uint_eq(c->request_timeout_us, 10000000);
@@ -245,6 +246,7 @@ START_TEST(values_every_key)
 	    "group = tally\n"
 	    "log_level = debug\n"
 	    "syslog_facility = local3\n"
+	    "log_file = /var/log/t.log\n"
 	    "[journal]\n"
 	    "dir = /j\n"
 	    "segment_size = 1M\n"
@@ -277,6 +279,7 @@ START_TEST(values_every_key)
 	ck_assert_str_eq(cf.node, "node-1.example_a");
 	ck_assert_str_eq(cf.state_dir, "/srv/tally");
 	ck_assert_str_eq(cf.pid_file, "/tmp/t.pid");
+	ck_assert_str_eq(cf.log_file, "/var/log/t.log");
 	ck_assert_str_eq(cf.control_socket, "/tmp/t.sock");
 	ck_assert_uint_eq(cf.max_body, 8192);
 	ck_assert_str_eq(cf.user, "_tallyd");
@@ -627,6 +630,8 @@ START_TEST(values_bounds)
 		    "for server.state_dir: expected an absolute path" },
 		{ "[server]\npid_file = ./t.pid", "bad value './t.pid' for "
 		    "server.pid_file: expected an absolute path" },
+		{ "[server]\nlog_file = t.log", "bad value 't.log' for "
+		    "server.log_file: expected an absolute path" },
 		{ "[journal]\ndir = j", "bad value 'j' for journal.dir: "
 		    "expected an absolute path" },
 		{ "[server]\ncontrol_socket = /tmp/"
