@@ -529,6 +529,27 @@ badport:
 	return -1;
 }
 
+/* "unix:/path": a Unix socket, its path absolute and within sun_path. */
+static int
+parse_unix(struct cfparse *st, const char *tok, char *out, size_t len,
+    const char **why)
+{
+	size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+
+	if (tok[5] != '/') {
+		*why = "expected an absolute path after unix:";
+		return -1;
+	}
+	if (strlen(tok + 5) > max || strlen(tok) >= len) {
+		snprintf(st->why, sizeof(st->why), "a Unix socket path longer "
+		    "than %zu characters", max);
+		*why = st->why;
+		return -1;
+	}
+	snprintf(out, len, "%s", tok);
+	return 0;
+}
+
 static int
 parse_listen(struct cfparse *st, const struct cfkey *k, const char *v,
     const char **why)
@@ -550,8 +571,9 @@ parse_listen(struct cfparse *st, const struct cfkey *k, const char *v,
 			rc = -1;
 			break;
 		}
-		if (parse_address(tok, 1, list[n], sizeof(list[n]), why) ==
-		    -1) {
+		if ((strncmp(tok, "unix:", 5) == 0 ? parse_unix(st, tok,
+		    list[n], sizeof(list[n]), why) : parse_address(tok, 1,
+		    list[n], sizeof(list[n]), why)) == -1) {
 			rc = -1;
 			break;
 		}

@@ -15,6 +15,7 @@
 
 #include "control.h"
 #include "le.h"
+#include "unixsock.h"
 
 void
 control_header(uint8_t *out, uint16_t type_or_status, uint16_t len)
@@ -88,75 +89,10 @@ control_json_escape(char *out, size_t cap, const char *s, size_t len)
 	return (int)o;
 }
 
-/*
- * 1 when a server answers on the socket at sun: another tallyd, maybe on
- * another state directory, which unlinking the path would cut off from
- * tallyctl.  A socket nothing answers on was left by a master that died:
- * it goes.  Anything else there is left for bind() to refuse.
- */
-static int
-control_in_use(const struct sockaddr_un *sun)
-{
-	struct stat st;
-	int fd, rc;
-
-	if (lstat(sun->sun_path, &st) == -1 || !S_ISSOCK(st.st_mode))
-		return 0;
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-	    0)) == -1)
-		return 0;
-	rc = connect(fd, (const struct sockaddr *)sun, sizeof(*sun));
-	/* EAGAIN: its backlog is full, but it listens. */
-	if (rc == 0 || errno == EAGAIN) {
-		close(fd);
-		return 1;
-	}
-	if (errno == ECONNREFUSED)
-		unlink(sun->sun_path);
-	close(fd);
-	return 0;
-}
-
 int
 control_listen(const char *path, uid_t uid, gid_t gid)
 {
-	struct sockaddr_un sun;
-	mode_t old;
-	int fd;
-
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof(sun.sun_path)) {
-		errno = ENAMETOOLONG;
-		return -1;
-	}
-	strcpy(sun.sun_path, path);
-	if (control_in_use(&sun))
-		return -2;
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-	    0)) == -1)
-		return -1;
-	old = umask(0117);
-	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
-	    listen(fd, 16) == -1) {
-		int e = errno;
-
-		umask(old);
-		close(fd);
-		errno = e;
-		return -1;
-	}
-	umask(old);
-	if (chmod(path, 0660) == -1 ||
-	    (uid != (uid_t)-1 && chown(path, uid, gid) == -1)) {
-		int e = errno;
-
-		close(fd);
-		unlink(path);
-		errno = e;
-		return -1;
-	}
-	return fd;
+	return unixsock_listen(path, 0660, 16, uid, gid);
 }
 
 int

@@ -48,6 +48,7 @@
 #include "lockfile.h"
 #include "log.h"
 #include "notify.h"
+#include "unixsock.h"
 #include "master.h"
 #include "metrics.h"
 #include "proc.h"
@@ -122,6 +123,19 @@ master_bind_one(const char *spec)
 	struct addrinfo hints, *res, *ai;
 	int fd = -1, on = 1, rc;
 
+	/*
+	 * Anyone who may reach the port may reach the socket: the directory
+	 * it is in says who may.
+	 */
+	if (strncmp(spec, "unix:", 5) == 0) {
+		if ((fd = unixsock_listen(spec + 5, 0666, 4096, (uid_t)-1,
+		    (gid_t)-1)) == -2)
+			fatalx(PROC_EXIT_FATAL, "another server is listening on "
+			    "%s", spec);
+		if (fd == -1)
+			fatal(PROC_EXIT_FATAL, "cannot listen on %s", spec);
+		return fd;
+	}
 	snprintf(host, sizeof(host), "%s", spec);
 	if ((port = strrchr(host, ':')) == NULL)
 		fatalx(PROC_EXIT_FATAL, "listen address '%s' has no port", spec);
@@ -281,6 +295,12 @@ master_unlink(void)
 		log_warn("cannot remove control socket %s",
 		    M.cf->control_socket);
 	M.ctl_made = 0;
+	/* The first nlisten were bound by us; one refused was not. */
+	for (int i = 0; i < M.nlisten; i++)
+		if (strncmp(M.cf->listen[i], "unix:", 5) == 0 &&
+		    unlink(M.cf->listen[i] + 5) == -1 && errno != ENOENT)
+			log_warn("cannot remove socket %s", M.cf->listen[i]);
+	M.nlisten = 0;
 }
 
 static void
