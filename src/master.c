@@ -760,6 +760,7 @@ ctl_status(struct control_client *c)
 {
 	struct shm_hdr *h = M.shm.hdr;
 	char buf[CONTROL_MAX_PAYLOAD], epoch[33];
+	char esc[sizeof(M.cf->listen[0]) * 6], dir[sizeof(M.cf->journal_dir)];
 	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
 	uint64_t bad = shm_load(&h->corrupt_lsn);
 	char seg[32];
@@ -767,14 +768,25 @@ ctl_status(struct control_client *c)
 
 	journal_epoch_hex(h->epoch, epoch);
 	journal_seg_name(seg, sizeof(seg), journal_seg_base(h->seg_size, bad));
+	/* Paths are the operator's: any byte but NUL, quotes too. */
+	control_json_escape(dir, sizeof(dir), M.cf->journal_dir,
+	    strlen(M.cf->journal_dir));
 	o += snprintf(buf + o, sizeof(buf) - o, "{\"version\":\"%s\","
 	    "\"pid\":%d,\"uptime_s\":%lld,\"node\":\"%s\",\"state\":\"%s\","
-	    "\"flush_interval_ms\":%llu,\"log_level\":\"%s\","
-	    "\"processes\":[", PACKAGE_VERSION, (int)getpid(),
+	    "\"flush_interval_ms\":%llu,\"log_level\":\"%s\",\"listen\":[",
+	    PACKAGE_VERSION, (int)getpid(),
 	    (long long)(time(NULL) - M.started), M.cf->node,
 	    M.state == RUNNING ? "running" : "stopping",
 	    (unsigned long long)(M.cf->flush_interval_us / 1000),
 	    M.cf->log_level);
+	for (int i = 0; i < M.cf->nlisten && o < sizeof(buf) - 64; i++) {
+		control_json_escape(esc, sizeof(esc), M.cf->listen[i],
+		    strlen(M.cf->listen[i]));
+		o += snprintf(buf + o, sizeof(buf) - o, "%s\"%s\"", i ? "," :
+		    "", esc);
+	}
+	if (o < sizeof(buf))
+		o += snprintf(buf + o, sizeof(buf) - o, "],\"processes\":[");
 	for (int i = 0; i < M.nchildren && o < sizeof(buf) - 64; i++)
 		o += snprintf(buf + o, sizeof(buf) - o,
 		    "%s{\"role\":\"%s\",\"pid\":%d}", i ? "," : "",
@@ -793,7 +805,7 @@ ctl_status(struct control_client *c)
 		    ",\"evicted\":%" PRIu64 ",\"capacity\":%" PRIu64 "},"
 		    "\"postgres\":{\"up\":%s},"
 		    "\"rejected_records\":%" PRIu64 "}",
-		    M.cf->journal_dir, epoch,
+		    dir, epoch,
 		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
 		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,
 		    ins > ck ? ins - ck : 0, h->journal_errno, bad,

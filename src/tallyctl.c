@@ -503,7 +503,8 @@ ctl_print(int type, const char *json)
 	    *badoff[] = { "journal", "corrupt_offset", NULL },
 	    *badlsn[] = { "journal", "corrupt_lsn", NULL },
 	    *err[] = { "error", NULL }, *key[] = { "key", NULL },
-	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL };
+	    *value[] = { "value", NULL }, *procs[] = { "processes", NULL },
+	    *listen[] = { "listen", NULL };
 	yajl_val v = yajl_tree_parse(json, NULL, 0), p;
 
 	if (v == NULL) {
@@ -516,6 +517,14 @@ ctl_print(int type, const char *json)
 		printf("tallyd %s, pid %s, node %s, %s for %s s\n",
 		    jstr(v, version), jstr(v, pid), jstr(v, node), jstr(v, state),
 		    jstr(v, uptime));
+		if ((p = yajl_tree_get(v, listen, yajl_t_array)) != NULL) {
+			printf("listening on");
+			for (size_t i = 0; i < YAJL_GET_ARRAY(p)->len; i++)
+				if (YAJL_IS_STRING(YAJL_GET_ARRAY(p)->values[i]))
+					printf(" %s", YAJL_GET_STRING(
+					    YAJL_GET_ARRAY(p)->values[i]));
+			printf("\n");
+		}
 		if ((p = yajl_tree_get(v, procs, yajl_t_array)) != NULL) {
 			static const char *role[] = { "role", NULL },
 			    *ppid[] = { "pid", NULL };

@@ -1,6 +1,7 @@
 #!/bin/bash
 # HTTP over a Unix socket (listen = unix:/path), beside a TCP address:
 # the same API over HTTP/1.1 and HTTP/2 with the same totals, mode 0666,
+# both addresses in tallyctl status (its JSON intact by a quote in the path),
 # rate limits as tallyd.conf(5) says for Unix-socket peers, the socket
 # file removed at a stop and replaced when a killed tallyd left it; a
 # path another server answers on, or a file that is not a socket, is
@@ -9,7 +10,8 @@
 need psql python3
 
 pg_start
-SOCK=$T/http.sock
+# A quote in the path: tallyctl status must still be JSON.
+SOCK=$T/'ht"tp.sock'
 
 # ---- bad paths
 
@@ -30,6 +32,12 @@ sed -i "s|^listen = .*|& unix:$SOCK|" "$CONF"
 tallyd_start
 assert_eq "socket file is a socket" socket "$(stat -c %F "$SOCK")"
 assert_eq "socket mode 0666" 666 "$(stat -c %a "$SOCK")"
+assert_eq "tallyctl status lists the addresses" \
+    "listening on 127.0.0.1:$TPORT unix:$SOCK" \
+    "$(tallyctl status | grep '^listening on')"
+assert_eq "tallyctl --json status: JSON, with the socket's path" "unix:$SOCK" \
+    "$(tallyctl --json status | python3 -c \
+    'import json, sys; print(json.load(sys.stdin)["listen"][1])')"
 U=(--unix-socket "$SOCK")
 assert_eq "POST over the socket" 202 "$(post_body '{"key":"u","value":2}' "${U[@]}")"
 assert_eq "POST over the socket: the total" '{"key":"u","value":2}' "$(last_body)"
