@@ -27,7 +27,8 @@ assert_match "-t: says so" 'a Unix socket path longer than 107 characters' "$out
 
 # ---- the API over the socket
 
-tallyd_conf "[ratelimit]" "rate = 0.01" "burst = 2" "trusted_proxies = unix"
+tallyd_conf "[ratelimit]" "rate = 0.01" "burst = 2" "trusted_proxies = unix" \
+    "[journal]" "dir = $T/jo\"urnal"
 sed -i "s|^listen = .*|& unix:$SOCK|" "$CONF"
 tallyd_start
 assert_eq "socket file is a socket" socket "$(stat -c %F "$SOCK")"
@@ -35,9 +36,10 @@ assert_eq "socket mode 0666" 666 "$(stat -c %a "$SOCK")"
 assert_eq "tallyctl status lists the addresses" \
     "listening on 127.0.0.1:$TPORT unix:$SOCK" \
     "$(tallyctl status | grep '^listening on')"
-assert_eq "tallyctl --json status: JSON, with the socket's path" "unix:$SOCK" \
-    "$(tallyctl --json status | python3 -c \
-    'import json, sys; print(json.load(sys.stdin)["listen"][1])')"
+assert_eq "tallyctl --json status: JSON, with the paths" "unix:$SOCK $T/jo\"urnal" \
+    "$(tallyctl --json status | python3 -c 'import json, sys
+j = json.load(sys.stdin)
+print(j["listen"][1], j["journal"]["dir"])')"
 U=(--unix-socket "$SOCK")
 assert_eq "POST over the socket" 202 "$(post_body '{"key":"u","value":2}' "${U[@]}")"
 assert_eq "POST over the socket: the total" '{"key":"u","value":2}' "$(last_body)"
