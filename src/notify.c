@@ -21,6 +21,14 @@
 static struct sockaddr_un	notify_sa;
 static socklen_t		notify_len;	/* 0: no service manager */
 static char			notify_name[sizeof(notify_sa.sun_path) + 1];
+/*
+ * The environment's "NOTIFY_SOCKET=..." string: unsetenv() drops it from
+ * environ, and proctitle_init() made it a heap copy, which must stay
+ * reachable rather than read as a leak.
+ */
+static const char *volatile	notify_env;
+
+extern char **environ;
 
 int
 notify_init(void)
@@ -31,6 +39,9 @@ notify_init(void)
 	if (s == NULL || s[0] == '\0')
 		return 0;
 	snprintf(notify_name, sizeof(notify_name), "%s", s);
+	for (char **e = environ; *e != NULL; e++)
+		if (strncmp(*e, "NOTIFY_SOCKET=", 14) == 0)
+			notify_env = *e;
 	/* Ours alone: a child must not speak for the service. */
 	unsetenv("NOTIFY_SOCKET");
 	n = strlen(notify_name);
