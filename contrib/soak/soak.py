@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Clients for contrib/soak/soak.sh.
+
+load PORT OUTDIR CONNS: CONNS threads, each on one keep-alive HTTP/1.1
+connection at a time, post increments until OUTDIR/stop exists, then
+settle every Idempotency-Key request still unanswered and write
+OUTDIR/ledger.json: per key what was acknowledged, and what was sent on a
+connection that died before an answer came (split by sign, so that the
+bounds on a total are exact).
+
+Half the keys ("i-N") only ever get requests with an Idempotency-Key, each
+key of its own and retried with the same key and body until it gets an
+answer other than a connection failure, 409 or 503: their totals must be
+exact.  The other half ("n-N") only get requests without one, never
+retried: an increment lost in flight may or may not have been applied.
+
+check LEDGER PGVALUES GETVALUES IDEMROWS: compare, print one line per
+violation and a last line "keys N violations N".
+"""
+
+import http.client
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+
+NKEYS = 50
+VALUES = [1, 2, 7, 100, 1000, 65537, 123456789, 1000000000007]
+IDEM_SETTLE_S = 180
+
+
+class Ledger:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.keys = {}
+        self.stats = {"sent": 0, "acked": 0, "replayed": 0, "lost": 0,
+                      "refused": 0, "retries": 0, "conflicts": 0,
+                      "idem_done": 0, "idem_unresolved": 0, "anomalies": 0}
+        self.anomalies = []
+
+    def key(self, k):
+        e = self.keys.get(k)
+        if e is None:
+            e = self.keys[k] = {"acked": 0, "nacked": 0, "lost_pos": 0,
+                                "lost_neg": 0, "nlost": 0}
+        return e
+
+    def add(self, k, field, v):
+        with self.lock:
+            self.key(k)[field] += v
+
+    def count(self, name, n=1):
+        with self.lock:
+            self.stats[name] += n
+
+    def anomaly(self, msg):
+        with self.lock:
+            self.stats["anomalies"] += 1
+            if len(self.anomalies) < 200:
+                self.anomalies.append(msg)
+
+
+class Conn:
+    """One keep-alive connection; send() says what became of a request."""
+
+    def __init__(self, port):
+        self.port = port
+        self.c = None
+
+    def close(self):
+        if self.c is not None:
+            self.c.close()
+            self.c = None
+
+    # Returns ("unsent", None), ("lost", None) or (status, headers, body).
+    def send(self, body, headers):
+        if self.c is None:
+            self.c = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                timeout=30)
+            try:
+                self.c.connect()
+            except OSError:
+                # Nothing reached the server: nothing can have applied.
+                self.close()
+                return ("unsent", None, None)
+        try:
+            self.c.request("POST", "/increment", body=body, headers=headers)
+            r = self.c.getresponse()
+            data = r.read()
+            st, hdrs = r.status, r.getheaders()
+            if r.will_close:
+                self.close()
+            return (st, dict((h.lower(), v) for h, v in hdrs), data)
+        except (OSError, http.client.HTTPException) as e:
+            # Sent, maybe in part: the server may or may not have it.
+            self.close()
+            if isinstance(e, socket.timeout):
+                return ("timeout", None, None)
+            return ("lost", None, None)
+
+
+def body_of(key, value):
+    return json.dumps({"key": key, "value": value},
+                      separators=(",", ":")).encode()
+
+
+def client(n, port, outdir, led, stop):
+    rnd = random.Random(os.getpid() * 1000 + n)
+    conn = Conn(port)
+    seq = 0
+    hdr = {"Content-Type": "application/json"}
+    while not stop.is_set():
+        v = rnd.choice(VALUES) * rnd.choice((1, -1))
+        idem = rnd.random() < 0.5
+        if not idem:
+            k = "n-%d" % rnd.randrange(NKEYS // 2)
+            led.count("sent")
+            st, h, data = conn.send(body_of(k, v), hdr)
+            if st == 202:
+                led.add(k, "acked", v)
+                led.add(k, "nacked", 1)
+                led.count("acked")
+            elif st in ("lost", "timeout"):
+                led.add(k, "lost_pos" if v > 0 else "lost_neg", v)
+                led.add(k, "nlost", 1)
+                led.count("lost")
+                if st == "timeout":
+                    led.anomaly("no answer within 30 s (%s %d)" % (k, v))
+            elif st == "unsent" or st == 503:
+                led.count("refused")
+                if st == "unsent":
+                    time.sleep(0.05)
+            else:
+                led.anomaly("%s %d: status %s %r" % (k, v, st, data[:200]))
+            continue
+        seq += 1
+        k = "i-%d" % rnd.randrange(NKEYS // 2)
+        ik = "soak-%d-%d-%d-%d" % (os.getpid(), n, seq, rnd.getrandbits(32))
+        h = dict(hdr)
+        h["Idempotency-Key"] = ik
+        body = body_of(k, v)
+        tries = 0
+        deadline = None
+        while True:
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + IDEM_SETTLE_S
+            if deadline is not None and time.monotonic() > deadline:
+                led.add(k, "lost_pos" if v > 0 else "lost_neg", v)
+                led.count("idem_unresolved")
+                led.anomaly("%s %d key %s: no answer after %d tries" %
+                            (k, v, ik, tries))
+                break
+            tries += 1
+            led.count("sent")
+            if tries > 1:
+                led.count("retries")
+            st, rh, data = conn.send(body, h)
+            if st == 202:
+                led.add(k, "acked", v)
+                led.add(k, "nacked", 1)
+                led.count("acked")
+                led.count("idem_done")
+                if rh.get("idempotent-replayed") == "true":
+                    led.count("replayed")
+                break
+            if st in ("lost", "timeout", "unsent", 503, 409):
+                if st == 409:
+                    led.count("conflicts")
+                elif st == "lost" or st == "timeout":
+                    led.count("lost")
+                time.sleep(0.05 if st != "unsent" else 0.1)
+                continue
+            led.anomaly("%s %d key %s: status %s %r" %
+                        (k, v, ik, st, data[:200]))
+            # Not applied, by the API's word; nothing to retry for.
+            break
+    conn.close()
+
+
+def load(port, outdir, conns):
+    led = Ledger()
+    stop = threading.Event()
+    threads = [threading.Thread(target=client,
+                                args=(i, port, outdir, led, stop))
+               for i in range(conns)]
+    for t in threads:
+        t.start()
+    stopfile = os.path.join(outdir, "stop")
+    statfile = os.path.join(outdir, "stats")
+    while not os.path.exists(stopfile):
+        time.sleep(0.5)
+        with led.lock:
+            s = dict(led.stats)
+        with open(statfile + ".tmp", "w") as f:
+            json.dump(s, f)
+        os.rename(statfile + ".tmp", statfile)
+    stop.set()
+    for t in threads:
+        t.join()
+    with open(os.path.join(outdir, "ledger.json"), "w") as f:
+        json.dump({"keys": led.keys, "stats": led.stats,
+                   "anomalies": led.anomalies}, f, indent=1)
+
+
+def read_tab(path):
+    d = {}
+    with open(path) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            k, v = line.split("\t", 1)
+            d[k] = v
+    return d
+
+
+def check(ledger_path, pg_path, get_path, idem_rows):
+    with open(ledger_path) as f:
+        led = json.load(f)
+    pg = read_tab(pg_path)
+    got = read_tab(get_path)
+    bad = 0
+    keys = sorted(set(led["keys"]) | set(pg) | set(got))
+
+    def violation(msg):
+        nonlocal bad
+        bad += 1
+        print("violation: " + msg)
+
+    for k in keys:
+        e = led["keys"].get(k, {"acked": 0, "lost_pos": 0, "lost_neg": 0})
+        lo = e["acked"] + e["lost_neg"]
+        hi = e["acked"] + e["lost_pos"]
+        v = int(pg.get(k, "0"))
+        if not lo <= v <= hi:
+            violation("%s: PostgreSQL has %d, acknowledged %d, bounds "
+                      "%d..%d" % (k, v, e["acked"], lo, hi))
+        g = got.get(k, "none")
+        if g != pg.get(k, "none"):
+            violation("%s: GET answers %s, PostgreSQL has %s" %
+                      (k, g, pg.get(k, "none")))
+    done = led["stats"]["idem_done"]
+    if led["stats"]["idem_unresolved"] == 0 and int(idem_rows) != done:
+        violation("tally_idempotency has %s rows, %d keyed requests were "
+                  "acknowledged" % (idem_rows, done))
+    for a in led["anomalies"]:
+        print("anomaly: " + a)
+    print("keys %d violations %d" % (len(keys), bad))
+
+
+def main():
+    if sys.argv[1] == "load":
+        load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "check":
+        check(*sys.argv[2:6])
+    else:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

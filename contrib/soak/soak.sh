@@ -1,0 +1,204 @@
+#!/bin/bash
+# A randomized crash campaign against the durability promise: clients post
+# increments (half of them with an Idempotency-Key) over keep-alive
+# connections while, every few seconds, one fault strikes: kill -9 of a
+# worker, the syncer, the flusher, the master or everything, a fast or
+# graceful stop, PostgreSQL stopped at once, a restart with another number
+# of workers.  At the end every key's total, in PostgreSQL and from a
+# restarted tallyd, must hold every acknowledged increment once, plus at
+# most what was lost in flight without an answer; keyed requests exactly
+# once.  Not part of make check: run from a built tree,
+#
+#	contrib/soak/soak.sh [SECONDS]		(default 600)
+#
+# CONNS (default 12) sets the client connections, KEEP=1 keeps the
+# temporary directory (kept anyway on a violation).  Prints one line:
+# faults done, requests acknowledged, keys checked, violations.
+top_builddir=$(cd "$(dirname "$0")/../.." && pwd)
+SELF_DIR=$(cd "$(dirname "$0")" && pwd)
+. "$top_builddir/tests/integration/lib.sh"
+need psql python3
+
+DURATION=${1:-600}
+CONNS=${CONNS:-12}
+VIOLATIONS=0
+FAULTS=0
+WORKERS=2
+PIDS_SEEN=" "
+
+# A violation keeps the temporary directory for a look.
+die() {
+	notok "$*"
+	KEEP=1
+	exit 1
+}
+
+violation() {
+	VIOLATIONS=$((VIOLATIONS + 1))
+	KEEP=1
+	notok "$*"
+}
+
+start() { tallyd_start -o server.workers=$WORKERS; }
+
+# Every pid tallyd had, so that none can be left behind unseen.
+remember_pids() {
+	local p
+	[ -n "$TALLYD_PID" ] || return 0
+	for p in $TALLYD_PID $(descendants "$TALLYD_PID"); do
+		case "$PIDS_SEEN" in *" $p "*) ;; *) PIDS_SEEN="$PIDS_SEEN$p " ;; esac
+	done
+}
+
+# stop_wait LABEL SIGNAL: stop by signal; the master and its children gone
+# in 30 s.
+stop_wait() {
+	local pids
+	pids="$TALLYD_PID $(descendants "$TALLYD_PID")"
+	kill "-$2" "$TALLYD_PID"
+	# shellcheck disable=SC2086
+	if ! wait_gone 30 $pids; then
+		violation "$1: tallyd did not stop within 30 s of SIG$2"
+		tallyd_kill9_all
+		return
+	fi
+	wait "$TALLYD_PID" 2>/dev/null
+	TALLYD_STATUS=$?
+	[ "$TALLYD_STATUS" = 0 ] ||
+	    violation "$1: SIG$2 exit status $TALLYD_STATUS"
+	TALLYD_PID=
+}
+
+kill_role() {
+	local pids n
+	pids=($(role_pids "$1"))
+	n=${#pids[@]}
+	if [ "$n" = 0 ]; then
+		note "fault $FAULTS: no $1 to kill"
+		return
+	fi
+	kill -9 "${pids[RANDOM % n]}"
+}
+
+fault() {
+	local f=$((RANDOM % 10)) pids
+	FAULTS=$((FAULTS + 1))
+	remember_pids
+	case $f in
+	0|1)	note "fault $FAULTS: kill -9 a worker"; kill_role worker ;;
+	2)	note "fault $FAULTS: kill -9 the syncer"; kill_role syncer ;;
+	3)	note "fault $FAULTS: kill -9 the flusher"; kill_role flusher ;;
+	4)	note "fault $FAULTS: kill -9 the master"
+		pids=$(descendants "$TALLYD_PID")
+		kill -9 "$TALLYD_PID"
+		wait "$TALLYD_PID" 2>/dev/null
+		# Its children follow it (PR_SET_PDEATHSIG).
+		# shellcheck disable=SC2086
+		if ! wait_gone 30 $pids; then
+			violation "children outlived a killed master: $pids"
+			# shellcheck disable=SC2086
+			kill -9 $pids 2>/dev/null
+		fi
+		TALLYD_PID=
+		start ;;
+	5)	note "fault $FAULTS: kill -9 everything"
+		tallyd_kill9_all >/dev/null
+		start ;;
+	6)	note "fault $FAULTS: SIGQUIT"
+		stop_wait SIGQUIT QUIT
+		start ;;
+	7)	note "fault $FAULTS: SIGTERM"
+		stop_wait SIGTERM TERM
+		start ;;
+	8)	note "fault $FAULTS: PostgreSQL stopped at once"
+		as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop \
+		    >/dev/null || die "PostgreSQL did not stop"
+		PG_STARTED=0
+		sleep $((1 + RANDOM % 6))
+		pg_start >/dev/null ;;
+	9)	WORKERS=$((1 + (WORKERS + RANDOM % 2) % 3))
+		note "fault $FAULTS: restart with $WORKERS workers"
+		if [ $((RANDOM % 2)) = 0 ]; then
+			stop_wait "SIGTERM for $WORKERS workers" TERM
+		else
+			tallyd_kill9_all >/dev/null
+		fi
+		start ;;
+	esac
+}
+
+stats() { cat "$T/stats" 2>/dev/null; }
+
+pg_start
+tallyd_conf
+start
+
+python3 "$SELF_DIR/soak.py" load "$TPORT" "$T" "$CONNS" &
+LOADPID=$!
+BGPIDS+=("$LOADPID")
+END=$((SECONDS + DURATION))
+while [ $SECONDS -lt "$END" ]; do
+	sleep "$((2 + RANDOM % 5)).$((RANDOM % 10))"
+	pid_alive "$LOADPID" || die "the clients died"
+	fault
+	[ $((FAULTS % 20)) = 0 ] && note "$FAULTS faults; $(stats)"
+done
+sleep 2
+remember_pids
+
+touch "$T/stop"
+wait "$LOADPID" || die "the clients failed"
+BGPIDS=()
+note "clients done: $(stats)"
+
+tallyctl flush >/dev/null || violation "tallyctl flush failed"
+stop_wait "final stop" TERM
+st=0
+tallyctl journal verify >"$T/verify.out" 2>&1 || st=$?
+[ "$st" = 0 ] || { violation "journal verify: exit $st"; sed 's/^/#   /' "$T/verify.out"; }
+
+left=
+for p in $PIDS_SEEN; do
+	pid_alive "$p" && left="$left $p"
+done
+[ -z "$left" ] || violation "tallyd processes left:$left"
+
+# Totals from a restarted tallyd, then stopped again.
+start
+: >"$T/get.tab"
+for i in $(seq 0 24); do
+	for k in "i-$i" "n-$i"; do
+		printf '%s\t%s\n' "$k" "$(total "$k")" >>"$T/get.tab"
+	done
+done
+remember_pids
+stop_wait "stop after the GETs" TERM
+
+psql "$DSN" -XAtq -F "$(printf '\t')" \
+    -c "select key, value from tally_counters" >"$T/pg.tab" ||
+    die "cannot read tally_counters"
+rejected=$(pg_sql "select count(*) from tally_rejected")
+[ "$rejected" = 0 ] || violation "tally_rejected has $rejected rows"
+idemrows=$(pg_sql "select count(*) from tally_idempotency")
+
+python3 "$SELF_DIR/soak.py" check "$T/ledger.json" "$T/pg.tab" \
+    "$T/get.tab" "$idemrows" >"$T/check.out"
+sed 's/^/# /' "$T/check.out"
+n=$(sed -n 's/^keys [0-9]* violations \([0-9]*\)$/\1/p' "$T/check.out")
+[ -n "$n" ] || die "the check did not finish"
+[ "$n" = 0 ] || violation "$n keys out of bounds"
+keys=$(sed -n 's/^keys \([0-9]*\) .*/\1/p' "$T/check.out")
+
+# Deaths the faults did not cause: the master logs every child's death;
+# SIGKILL is ours, anything else is a crash.
+crashes=$(cat "$T"/tallyd.*.log | grep -E 'killed by signal|exited with code|fatal|AddressSanitizer|runtime error' |
+    grep -v 'killed by signal 9 ')
+if [ -n "$crashes" ]; then
+	violation "crashes in the logs"
+	printf '%s\n' "$crashes" | sed 's/^/#   /'
+fi
+san_reports || VIOLATIONS=$((VIOLATIONS + 1))
+
+acked=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["stats"]["acked"])' "$T/ledger.json")
+echo "soak: $FAULTS faults, $acked requests acknowledged, $keys keys checked, $VIOLATIONS violations"
+[ "$VIOLATIONS" = 0 ]
