@@ -30,6 +30,9 @@ import time
 NKEYS = 50
 VALUES = [1, 2, 7, 100, 1000, 65537, 123456789, 1000000000007]
 IDEM_SETTLE_S = 180
+# A pause of up to this many seconds after each answer keeps the load
+# modest (some 1000 requests/s from 12 clients).
+PAUSE_S = 0.01
 
 
 class Ledger:
@@ -113,6 +116,7 @@ def client(n, port, outdir, led, stop):
     seq = 0
     hdr = {"Content-Type": "application/json"}
     while not stop.is_set():
+        time.sleep(rnd.random() * PAUSE_S)
         v = rnd.choice(VALUES) * rnd.choice((1, -1))
         idem = rnd.random() < 0.5
         if not idem:
@@ -144,14 +148,15 @@ def client(n, port, outdir, led, stop):
         body = body_of(k, v)
         tries = 0
         deadline = None
+        last = None
         while True:
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + IDEM_SETTLE_S
             if deadline is not None and time.monotonic() > deadline:
                 led.add(k, "lost_pos" if v > 0 else "lost_neg", v)
                 led.count("idem_unresolved")
-                led.anomaly("%s %d key %s: no answer after %d tries" %
-                            (k, v, ik, tries))
+                led.anomaly("%s %d key %s: no answer after %d tries, "
+                            "the last %r" % (k, v, ik, tries, last))
                 break
             tries += 1
             led.count("sent")
@@ -167,6 +172,7 @@ def client(n, port, outdir, led, stop):
                     led.count("replayed")
                 break
             if st in ("lost", "timeout", "unsent", 503, 409):
+                last = (st, data[:200] if data else None)
                 if st == 409:
                     led.count("conflicts")
                 elif st == "lost" or st == "timeout":
@@ -248,7 +254,8 @@ def check(ledger_path, pg_path, get_path, idem_rows):
                   "acknowledged" % (idem_rows, done))
     for a in led["anomalies"]:
         print("anomaly: " + a)
-    print("keys %d violations %d" % (len(keys), bad))
+    print("keys %d violations %d anomalies %d" %
+          (len(keys), bad, led["stats"]["anomalies"]))
 
 
 def main():
