@@ -3,17 +3,19 @@
 # increments (half of them with an Idempotency-Key) over keep-alive
 # connections while, every few seconds, one fault strikes: kill -9 of a
 # worker, the syncer, the flusher, the master or everything, a fast or
-# graceful stop, PostgreSQL stopped at once, a restart with another number
-# of workers.  At the end every key's total, in PostgreSQL and from a
-# restarted tallyd, must hold every acknowledged increment once, plus at
-# most what was lost in flight without an answer; keyed requests exactly
-# once.  Not part of make check: run from a built tree,
+# graceful stop, PostgreSQL stopped at once (alone, or across a crash and
+# a start of tallyd), a restart with another number of workers.  At the
+# end every key's total, in PostgreSQL and from a restarted tallyd, must
+# hold every acknowledged increment once, plus at most what was lost in
+# flight without an answer; keyed requests exactly once.  Not part of
+# make check: run from a built tree,
 #
 #	contrib/soak/soak.sh [SECONDS]		(default 600)
 #
 # CONNS (default 12) sets the client connections, KEEP=1 keeps the
 # temporary directory (kept anyway on a violation).  Prints one line:
-# faults done, requests acknowledged, keys checked, violations.
+# faults done, requests acknowledged, keys checked, violations and
+# anomalies (answers no request should get, keyed requests never settled).
 top_builddir=$(cd "$(dirname "$0")/../.." && pwd)
 SELF_DIR=$(cd "$(dirname "$0")" && pwd)
 . "$top_builddir/tests/integration/lib.sh"
@@ -81,7 +83,7 @@ kill_role() {
 }
 
 fault() {
-	local f=$((RANDOM % 10)) pids
+	local f=$((RANDOM % 11)) pids
 	FAULTS=$((FAULTS + 1))
 	remember_pids
 	case $f in
@@ -124,6 +126,16 @@ fault() {
 			tallyd_kill9_all >/dev/null
 		fi
 		start ;;
+	10)	note "fault $FAULTS: PostgreSQL down across a kill -9 of everything"
+		as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w stop \
+		    >/dev/null || die "PostgreSQL did not stop"
+		PG_STARTED=0
+		sleep $((RANDOM % 3))
+		tallyd_kill9_all >/dev/null
+		start
+		# Keyed requests get 503 until the keys are read back.
+		sleep $((1 + RANDOM % 5))
+		pg_start >/dev/null ;;
 	esac
 }
 
@@ -140,7 +152,9 @@ LOADPID=$!
 BGPIDS+=("$LOADPID")
 END=$((SECONDS + DURATION))
 while [ $SECONDS -lt "$END" ]; do
-	sleep "$((2 + RANDOM % 5)).$((RANDOM % 10))"
+	# Now and then two faults close together, the second on a tallyd
+	# just started.
+	sleep "$((RANDOM % 7)).$((RANDOM % 10))"
 	pid_alive "$LOADPID" || die "the clients died"
 	fault
 	[ $((FAULTS % 20)) = 0 ] && note "$FAULTS faults; $(stats)"
