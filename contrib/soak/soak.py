@@ -8,14 +8,15 @@ OUTDIR/ledger.json: per key what was acknowledged, and what was sent on a
 connection that died before an answer came (split by sign, so that the
 bounds on a total are exact).
 
-Half the keys ("i-N") only ever get requests with an Idempotency-Key, each
-key of its own and retried with the same key and body until it gets an
-answer other than a connection failure, 409 or 503: their totals must be
-exact.  The other half ("n-N") only get requests without one, never
-retried: an increment lost in flight may or may not have been applied.
+Half the keys (of KEYS in the environment, default 50), "i-N", only ever
+get requests with an Idempotency-Key, each key of its own and retried with
+the same key and body until it gets an answer other than a connection
+failure, 409 or 503: their totals must be exact.  The other half, "n-N",
+only get requests without one, never retried: an increment lost in flight
+may or may not have been applied.
 
 check LEDGER PGVALUES GETVALUES IDEMROWS: compare, print one line per
-violation and a last line "keys N violations N".
+violation or anomaly and a last line "keys N violations N anomalies N".
 """
 
 import http.client
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 
-NKEYS = 50
+NKEYS = int(os.environ.get("KEYS", "50"))
 VALUES = [1, 2, 7, 100, 1000, 65537, 123456789, 1000000000007]
 IDEM_SETTLE_S = 180
 # A pause of up to this many seconds after each answer keeps the load

@@ -12,8 +12,10 @@
 #
 #	contrib/soak/soak.sh [SECONDS]		(default 600)
 #
-# CONNS (default 12) sets the client connections, KEEP=1 keeps the
-# temporary directory (kept anyway on a violation).  Prints one line:
+# CONNS (default 12) sets the client connections, KEYS (default 50) the
+# keys, TALLYD_ARGS more arguments to tallyd (-o counters.max_keys=64 for
+# eviction and PostgreSQL look-ups), KEEP=1 keeps the temporary directory
+# (kept anyway on a violation).  Prints one line:
 # faults done, requests acknowledged, keys checked, violations and
 # anomalies (answers no request should get, keyed requests never settled).
 top_builddir=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,6 +25,8 @@ need psql python3
 
 DURATION=${1:-600}
 CONNS=${CONNS:-12}
+export KEYS=${KEYS:-50}
+TALLYD_ARGS=${TALLYD_ARGS:-}
 VIOLATIONS=0
 FAULTS=0
 WORKERS=2
@@ -41,7 +45,8 @@ violation() {
 	notok "$*"
 }
 
-start() { tallyd_start -o server.workers=$WORKERS; }
+# shellcheck disable=SC2086
+start() { tallyd_start -o server.workers=$WORKERS $TALLYD_ARGS; }
 
 # Every pid tallyd had, so that none can be left behind unseen.
 remember_pids() {
@@ -182,7 +187,7 @@ done
 # Totals from a restarted tallyd, then stopped again.
 start
 : >"$T/get.tab"
-for i in $(seq 0 24); do
+for i in $(seq 0 $((KEYS / 2 - 1))); do
 	for k in "i-$i" "n-$i"; do
 		printf '%s\t%s\n' "$k" "$(total "$k")" >>"$T/get.tab"
 	done
