@@ -48,12 +48,18 @@ violation() {
 # shellcheck disable=SC2086
 start() { tallyd_start -o server.workers=$WORKERS $TALLYD_ARGS; }
 
-# Every pid tallyd had, so that none can be left behind unseen.
+# A process's start time: with its pid, it names the process, as pids
+# come round again in a long run.
+started() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# Every process tallyd had (pid:start time), so that none can be left
+# behind unseen.
 remember_pids() {
-	local p
+	local p id
 	[ -n "$TALLYD_PID" ] || return 0
 	for p in $TALLYD_PID $(descendants "$TALLYD_PID"); do
-		case "$PIDS_SEEN" in *" $p "*) ;; *) PIDS_SEEN="$PIDS_SEEN$p " ;; esac
+		id=$p:$(started "$p")
+		case "$PIDS_SEEN" in *" $id "*) ;; *) PIDS_SEEN="$PIDS_SEEN$id " ;; esac
 	done
 }
 
@@ -179,8 +185,9 @@ tallyctl journal verify >"$T/verify.out" 2>&1 || st=$?
 [ "$st" = 0 ] || { violation "journal verify: exit $st"; sed 's/^/#   /' "$T/verify.out"; }
 
 left=
-for p in $PIDS_SEEN; do
-	pid_alive "$p" && left="$left $p"
+for id in $PIDS_SEEN; do
+	p=${id%%:*}
+	pid_alive "$p" && [ "$(started "$p")" = "${id#*:}" ] && left="$left $p"
 done
 [ -z "$left" ] || violation "tallyd processes left:$left"
 
