@@ -2,7 +2,9 @@
  * The local checkpoint file, state_dir/checkpoint.
  *
  * The flusher writes it after every commit to PostgreSQL, so it never runs
- * ahead of the checkpoint row there.  Recovery uses it to know where the
+ * ahead of the checkpoint row there, and before the batch's keys may be
+ * evicted, so that recovery never finds more keys past it than the
+ * counter table held.  Recovery uses it to know where the
  * unflushed part of the journal starts when PostgreSQL cannot be asked;
  * the flusher corrects it from PostgreSQL once connected.
  *

@@ -547,7 +547,10 @@ flusher_write_checkpoint(struct flusher *fl, uint64_t lsn)
 	memcpy(cp.epoch, fl->h->epoch, JOURNAL_EPOCH_LEN);
 	cp.lsn = lsn;
 	if (checkpoint_write(fl->cf->state_dir, &cp) == -1) {
-		/* PostgreSQL has the checkpoint; this copy only saves work. */
+		/*
+		 * PostgreSQL has the checkpoint; this copy saves recovery
+		 * work and bounds the keys it replays (flusher_commit).
+		 */
 		if (!fl->ckp_warned)
 			log_warn("cannot write %s/checkpoint (LSN %llu)",
 			    fl->cf->state_dir, (unsigned long long)lsn);
@@ -591,6 +594,8 @@ flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
 			e->sum = (int64_t)((uint64_t)e->sum + (uint64_t)r.value);
 		}
 	}
+	/* First, as in flusher_commit: recovery must not start before it. */
+	flusher_write_checkpoint(fl, to);
 	/*
 	 * Keep each total as it was; the committed values are read from
 	 * PostgreSQL right after this.  Entries that took this batch in
@@ -686,7 +691,6 @@ flusher_reconcile(struct flusher *fl)
 	    "checkpoint moved to %llu", (unsigned long long)cur,
 	    (unsigned long long)to, (unsigned long long)to);
 	shm_store(&h->checkpoint_lsn, to);
-	flusher_write_checkpoint(fl, to);
 	return 0;
 }
 
@@ -978,6 +982,16 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		return -1;
 	}
 	/*
+	 * The local checkpoint moves before the batch's entries are
+	 * settled, which is what lets them be evicted: recovery after a
+	 * crash replays from this file, into a table of the same size, so
+	 * it must find no more keys than the table held.  Written after the
+	 * entries, a crash in between left it a batch behind while their
+	 * places went to new keys, and recovery, finding both, stopped on a
+	 * full table.
+	 */
+	flusher_write_checkpoint(fl, upto);
+	/*
 	 * Should this process die inside this loop, the respawned flusher
 	 * finds PostgreSQL's checkpoint ahead of the shared one and takes
 	 * the batch out of the table again (flusher_skip_flushed); entries
@@ -1019,7 +1033,6 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 		shm_store(&h->corrupt_lsn, 0);
 		fl->bad_lsn = 0;
 	}
-	flusher_write_checkpoint(fl, upto);
 	/* Not the segment of a frame a dead worker left unsettled. */
 	keep = upto;
 	for (int i = 0; i < CONFIG_MAX_WORKERS; i++) {

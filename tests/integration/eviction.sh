@@ -5,7 +5,7 @@
 # PostgreSQL and GET on the node then agree on every total, evicted or
 # held, including keys evicted and incremented again.
 . "$(dirname "$0")/lib.sh"
-need psql
+need psql gdb
 
 pg_start
 tallyd_conf "[counters]" "max_keys = 64"
@@ -108,5 +108,54 @@ sed -i 's/^flush_interval = 1h$/flush_interval = 200ms/' "$CONF"
 assert_eq "reload to 200ms: exit 0" 0 "$(tallyctl reload >/dev/null; echo $?)"
 assert_eq "after the reload: POST" 202 "$(post after-reload 4)"
 pg_wait_value after-reload 4 5
+tallyd_stop
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# --- kill -9 between a flush's COMMIT and the local checkpoint file.
+# Recovery replays from that file into a table of the same size, so the
+# keys of the batch PostgreSQL took must keep their places until the file
+# has moved past them: were they evicted first, for new keys, recovery
+# would find them and the new ones, more than the table holds, and refuse
+# to start.  gdb holds the flusher as it writes the file.
+tallyd_conf "[counters]" "max_keys = 50" "[postgres]" "flush_interval = 1h"
+tallyd_start
+n=0
+for k in $(seq 40); do
+	[ "$(post "ck-$k" 1)" = 202 ] && n=$((n + 1))
+done
+assert_eq "40 keys acknowledged before the flush" 40 "$n"
+flusher=$(role_pids flusher)
+gdb_attach "$flusher" "$T/gdb-ck.out" -ex 'break checkpoint_write' \
+    -ex continue -ex 'shell sleep 600'
+timeout 60 "$TALLYCTL" -c "$CONF" flush >/dev/null 2>&1 &
+BGPIDS+=($!)
+wait_grep 30 "$T/gdb-ck.out" '^Breakpoint 1, '
+assert_match "gdb holds the flusher as it writes the local checkpoint" \
+    'Breakpoint 1, .*checkpoint_write' "$(cat "$T/gdb-ck.out")"
+assert_eq "PostgreSQL has the batch" 40 \
+    "$(pg_sql "select count(*) from tally_counters where key like 'ck-%'")"
+# New keys: 202 while the table has room, 503 once it is full.
+declare -A NEW
+for k in $(seq 40); do
+	st=$(post "ck-new-$k" 3)
+	case "$st" in
+	202) NEW[ck-new-$k]=3 ;;
+	503) ;;
+	*) notok "POST ck-new-$k: status $st: $(last_body)" ;;
+	esac
+done
+note "${#NEW[@]} new keys acknowledged while the flusher was held"
+tallyd_kill9_all
+kill -9 "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID") 2>/dev/null
+tallyd_start
+ok "tallyd starts again: recovery found no more keys than the table holds"
+flush
+bad=0
+for k in $(seq 40); do
+	[ "$(pg_value "ck-$k")" = 1 ] || bad=$((bad + 1))
+	[ "$(pg_value "ck-new-$k")" = "${NEW[ck-new-$k]:-none}" ] ||
+	    bad=$((bad + 1))
+done
+assert_eq "after the restart: PostgreSQL has the flushed keys once, and the new keys acknowledged, only those" 0 "$bad"
 tallyd_stop
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
