@@ -4,9 +4,7 @@
  * that what reaches it is one well-formed message.
  */
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <sys/un.h>
 
 #include <errno.h>
 #include <stdio.h>

@@ -47,15 +47,15 @@
 #include "control.h"
 #include "lockfile.h"
 #include "log.h"
-#include "notify.h"
-#include "unixsock.h"
 #include "master.h"
 #include "metrics.h"
+#include "notify.h"
 #include "proc.h"
 #include "proctitle.h"
 #include "shm.h"
 #include "statsd.h"
 #include "syncer.h"
+#include "unixsock.h"
 
 #define STOP_PHASE_MS	30000	/* then SIGKILL the phase's children */
 #define FAST_STOP_MS	5000
