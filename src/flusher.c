@@ -691,6 +691,7 @@ flusher_reconcile(struct flusher *fl)
 	    "checkpoint moved to %llu", (unsigned long long)cur,
 	    (unsigned long long)to, (unsigned long long)to);
 	shm_store(&h->checkpoint_lsn, to);
+	idem_flushed(fl->shm->idem, to);
 	return 0;
 }
 
@@ -703,6 +704,14 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 	int64_t total = value, c, u;
 	int status, known;
 
+	/*
+	 * Newest first: once the table is full, the older keys stay in
+	 * PostgreSQL rather than take the room of newer ones.
+	 */
+	if (idem_count(fl->shm->idem) >= idem_capacity(fl->shm->idem)) {
+		fl->keys_left = 1;
+		return;
+	}
 	if (!counters_peek(fl->shm->counters, key, key_len, &c, &u, &known) ||
 	    __builtin_add_overflow(c, u, &total))
 		total = value;
@@ -710,10 +719,19 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 	 * Claimed and completed like a worker would, so that a key a worker
 	 * holds already (in flight or kept) is left alone.
 	 */
-	if (idem_begin(fl->shm->idem, ik, ik_len, key, key_len, value,
-	    idem_now_us(), getpid(), &ie, &status, &total) == IDEM_NEW)
+	switch (idem_begin(fl->shm->idem, ik, ik_len, key, key_len, value,
+	    idem_now_us(), getpid(), &ie, &status, &total)) {
+	case IDEM_NEW:
+		/* PostgreSQL holds it: it may be forgotten again. */
 		idem_complete(fl->shm->idem, ie, 202, total,
-		    time_us + fl->cf->idem_ttl_us);
+		    time_us + fl->cf->idem_ttl_us, 0);
+		break;
+	case IDEM_FULL:
+		fl->keys_left = 1;
+		break;
+	default:
+		break;
+	}
 }
 
 /*
@@ -724,12 +742,27 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 static int
 flusher_load_keys(struct flusher *fl)
 {
+	uint64_t cap = idem_capacity(fl->shm->idem);
+
 	if (fl->keys_loaded)
 		return 0;
-	if (pg_idem_load(&fl->pg, fl->cf->idem_ttl_us,
-	    idem_capacity(fl->shm->idem), flusher_load_cb, fl) == -1) {
+	fl->keys_left = 0;
+	/* One more than fits, to know whether any is left out. */
+	if (pg_idem_load(&fl->pg, fl->cf->idem_ttl_us, cap + 1,
+	    flusher_load_cb, fl) == -1) {
 		flusher_pg_failed(fl, "loading Idempotency-Keys");
 		return -1;
+	}
+	/*
+	 * PostgreSQL holds more of this node's keys than the table took:
+	 * the workers ask it about keys they do not know.
+	 */
+	if (fl->keys_left && cap > 0) {
+		log_info("more Idempotency-Keys in PostgreSQL than "
+		    "idempotency.max_keys (%llu) takes: keys not held are "
+		    "looked up there", (unsigned long long)cap);
+		idem_forget_until(fl->shm->idem, idem_now_us() +
+		    fl->cf->idem_ttl_us);
 	}
 	fl->keys_loaded = 1;
 	/* Workers take keyed requests from here on (handle_post). */
@@ -1027,6 +1060,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	fl->pg_cp_lsn = upto;
 	__atomic_store_n(&fl->h->pg_cp_current, 1, __ATOMIC_RELAXED);
 	shm_store(&h->checkpoint_lsn, upto);
+	idem_flushed(fl->shm->idem, upto);
 	/* Past a frame once unreadable (a mapping that failed): clear. */
 	if (shm_load(&h->corrupt_lsn) != 0 && upto > shm_load(
 	    &h->corrupt_lsn)) {

@@ -129,6 +129,7 @@ struct flusher {
 	size_t			 pre_len;
 	int			 pre_full;
 	int			 keys_loaded;	/* from PostgreSQL, once */
+	int			 keys_left;	/* ... not all: no room */
 	uint64_t		 next_prune_us;
 	/* For the committed-value lookups: keys copied out of the table. */
 	char			*lk_keys;

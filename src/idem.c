@@ -43,7 +43,9 @@
  *	TENTATIVE	  -> TOMBSTONE	the claimant backing off, or a rival
  *	INFLIGHT	  -> DONE	idem_complete (fields written first)
  *	INFLIGHT	  -> TOMBSTONE	idem_abort
- *	DONE		  -> TOMBSTONE	idem_sweep once expired; idem_restore
+ *	DONE		  -> TOMBSTONE	idem_sweep once expired; idem_restore;
+ *				a claimant finding no unit of the count
+ *				left (idem_forget_one)
  *	CLAIMED, TENTATIVE,
  *	 INFLIGHT	  -> TOMBSTONE	idem_release_owner: the owner died
  *
@@ -102,6 +104,7 @@
 
 #define IDEM_PROBE	128	/* slots probed from the home slot */
 #define IDEM_RETRIES	16	/* lost races before answering IN FLIGHT */
+#define IDEM_FORGET_SCAN 64	/* bodies looked at to free a unit */
 #define IDEM_NONE	UINT64_MAX
 
 enum {
@@ -128,6 +131,7 @@ struct idem_entry {
 	int64_t		value;
 	int64_t		total;
 	uint64_t	expires_us;
+	uint64_t	lsn;		/* its frame's end; see idem_flushed */
 	int32_t		status;
 	uint16_t	key_len;
 	uint8_t		ik_len;
@@ -143,6 +147,10 @@ struct idem_table {
 	uint64_t	max_key_bytes;
 	uint64_t	count;		/* atomic: held slots */
 	uint64_t	nbodies;	/* atomic: bodies handed out */
+	uint64_t	flushed_lsn;	/* atomic: PostgreSQL holds up to it */
+	uint64_t	forgot_until;	/* atomic: a key forgotten expires */
+	uint64_t	forgotten;	/* atomic: keys forgotten so far */
+	uint64_t	hand;		/* atomic: next body to look at */
 	uint8_t		area[] __attribute__((aligned(64)));
 };
 
@@ -212,6 +220,10 @@ idem_init(void *mem, uint64_t max_keys, size_t max_key_bytes)
 	t->max_key_bytes = max_key_bytes;
 	t->count = 0;
 	t->nbodies = 0;
+	t->flushed_lsn = 0;
+	t->forgot_until = 0;
+	t->forgotten = 0;
+	t->hand = 0;
 	return t;
 }
 
@@ -362,6 +374,17 @@ view_free(const struct idem_view *v, uint64_t now_us)
 	    (st == ST_DONE && v->expires_us <= now_us);
 }
 
+/* Raise *at to v if it is lower. */
+static void
+atomic_max(uint64_t *at, uint64_t v)
+{
+	uint64_t cur = __atomic_load_n(at, __ATOMIC_SEQ_CST);
+
+	while (cur < v && !__atomic_compare_exchange_n(at, &cur, v, 0,
+	    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+		;
+}
+
 /* The answer a live entry for the ik gives. */
 static enum idem_result
 view_result(const struct idem_view *v, int *status, int64_t *total)
@@ -401,6 +424,67 @@ slot_bury(struct idem_table *t, uint64_t i, uint64_t w)
 	return 1;
 }
 
+static uint64_t	bodies_out(struct idem_table *);
+static uint64_t	body_slot(struct idem_table *, uint64_t);
+
+/*
+ * No unit of the count is left: free one.  Of the next IDEM_FORGET_SCAN
+ * bodies from the hand, an expired entry goes at once; else the kept
+ * entry nearest expiry whose request PostgreSQL holds (flushed up to its
+ * frame's end) is given up, since a retry of it can still be told apart
+ * there (idem_forgetting).  The hand moves on for the next claimant, so
+ * that the bodies are visited in turn.  1 when a unit was freed.
+ */
+static int
+idem_forget_one(struct idem_table *t, uint64_t now_us)
+{
+	uint64_t nb = bodies_out(t), n, start, flushed;
+	uint64_t best = IDEM_NONE, bw = 0, bx = 0;
+
+	if (nb == 0)
+		return 0;
+	n = nb < IDEM_FORGET_SCAN ? nb : IDEM_FORGET_SCAN;
+	flushed = __atomic_load_n(&t->flushed_lsn, __ATOMIC_ACQUIRE);
+	start = __atomic_fetch_add(&t->hand, n, __ATOMIC_RELAXED);
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t b = (start + k) % nb, i = body_slot(t, b), w, x, lsn;
+		struct idem_entry *e = body_at(t, b);
+
+		if (i == IDEM_NONE)
+			continue;
+		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
+		if (W_STATE(w) != ST_DONE)
+			continue;
+		x = __atomic_load_n(&e->expires_us, __ATOMIC_RELAXED);
+		lsn = __atomic_load_n(&e->lsn, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&index_at(t, i)->word,
+		    __ATOMIC_RELAXED) != w)
+			continue;
+		if (x <= now_us || (lsn <= flushed &&
+		    (best == IDEM_NONE || x < bx))) {
+			best = i;
+			bw = w;
+			bx = x;
+			if (x <= now_us)
+				break;
+		}
+	}
+	if (best == IDEM_NONE)
+		return 0;
+	if (bx > now_us)
+		/*
+		 * Before the entry goes: a claimant that misses it from
+		 * then on must find that keys are forgotten.
+		 */
+		atomic_max(&t->forgot_until, bx);
+	if (!slot_bury(t, best, bw))
+		return 0;
+	if (bx > now_us)
+		__atomic_add_fetch(&t->forgotten, 1, __ATOMIC_RELAXED);
+	return 1;
+}
+
 static void
 slot_write(struct idem_table *t, uint64_t i, const struct idem_req *q)
 {
@@ -415,6 +499,7 @@ slot_write(struct idem_table *t, uint64_t i, const struct idem_req *q)
 	__atomic_store_n(&e->status, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->total, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->expires_us, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->lsn, IDEM_LSN_NONE, __ATOMIC_RELAXED);
 	bytes_put(e->data, q->ik, q->ik_len);
 	bytes_put(e->data + q->ik_len, q->key, q->key_len);
 }
@@ -511,7 +596,9 @@ idem_claim(struct idem_table *t, const struct idem_req *q, uint64_t now_us,
 			else if (xd != IDEM_NONE) {
 				fd = xd;
 				fw = xw;
-			} else
+			} else if (idem_forget_one(t, now_us))
+				continue;	/* a unit is free: again */
+			else
 				return IDEM_FULL;
 		}
 		mine = (home + fd) & mask;
@@ -598,7 +685,7 @@ inflight_word(struct idem_table *t, uint64_t i)
 
 void
 idem_complete(struct idem_table *t, struct idem_entry *e, int status,
-    int64_t total, uint64_t expires_us)
+    int64_t total, uint64_t expires_us, uint64_t lsn)
 {
 	uint64_t i = e->slot, w;
 
@@ -608,6 +695,7 @@ idem_complete(struct idem_table *t, struct idem_entry *e, int status,
 	__atomic_store_n(&e->status, status, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->total, total, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->expires_us, expires_us, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->lsn, lsn, __ATOMIC_RELAXED);
 	if (!word_cas(index_at(t, i), &w, word_next(w, ST_DONE, 0)))
 		log_warnx("idempotency slot %llu: released while in flight",
 		    (unsigned long long)i);
@@ -628,7 +716,7 @@ idem_abort(struct idem_table *t, struct idem_entry *e)
 int
 idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
     const char *key, size_t key_len, int64_t value, int status,
-    int64_t total, uint64_t expires_us)
+    int64_t total, uint64_t expires_us, uint64_t lsn)
 {
 	struct idem_req q;
 	enum idem_result res;
@@ -644,7 +732,7 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 		switch (res) {
 		case IDEM_NEW:
 			idem_complete(t, entry_at(t, slot), status, total,
-			    expires_us);
+			    expires_us, lsn);
 			return 0;
 		case IDEM_REPLAY:
 		case IDEM_MISMATCH:
@@ -744,6 +832,30 @@ idem_release_owner(struct idem_table *t, pid_t pid)
 		}
 	}
 	return n;
+}
+
+void
+idem_flushed(struct idem_table *t, uint64_t lsn)
+{
+	atomic_max(&t->flushed_lsn, lsn);
+}
+
+void
+idem_forget_until(struct idem_table *t, uint64_t until_us)
+{
+	atomic_max(&t->forgot_until, until_us);
+}
+
+int
+idem_forgetting(struct idem_table *t, uint64_t now_us)
+{
+	return now_us < __atomic_load_n(&t->forgot_until, __ATOMIC_SEQ_CST);
+}
+
+uint64_t
+idem_forgotten(const struct idem_table *t)
+{
+	return __atomic_load_n(&t->forgotten, __ATOMIC_RELAXED);
 }
 
 uint64_t

@@ -2,7 +2,8 @@
  * The Idempotency-Key table: a fixed-capacity hash table in the shared
  * region that remembers, per Idempotency-Key, the request it was first
  * used with and, once that request is durable, its response, until the
- * key expires.  Workers use it concurrently without a lock; the master
+ * key expires (or, the table full, its room is needed and PostgreSQL
+ * holds it).  Workers use it concurrently without a lock; the master
  * releases the claims of a worker that died.  Like the counter table it
  * is a cache, rebuilt at start from the journal (idem_restore).
  */
@@ -15,6 +16,8 @@
 #include <stdint.h>
 
 #define IDEM_MAX_IK_BYTES	255
+/* An entry's LSN when its request is not known to be in PostgreSQL. */
+#define IDEM_LSN_NONE		UINT64_MAX
 
 struct idem_table;		/* header and slots, in the shared region */
 struct idem_entry;		/* a claim, handed back by idem_begin */
@@ -44,9 +47,13 @@ enum idem_result idem_begin(struct idem_table *t, const char *ik,
 	    size_t ik_len, const char *key, size_t key_len, int64_t value,
 	    uint64_t now_us, pid_t owner, struct idem_entry **out,
 	    int *status, int64_t *total);
-/* The claimed request is durable and answered: keep it until expires_us. */
+/*
+ * The claimed request is durable and answered: keep it until expires_us.
+ * lsn is the end of the journal frame that holds it (0: PostgreSQL holds
+ * it already; IDEM_LSN_NONE: not known).
+ */
 void	idem_complete(struct idem_table *t, struct idem_entry *e, int status,
-	    int64_t total, uint64_t expires_us);
+	    int64_t total, uint64_t expires_us, uint64_t lsn);
 /* The claimed request was refused: forget the claim. */
 void	idem_abort(struct idem_table *t, struct idem_entry *e);
 
@@ -57,7 +64,23 @@ void	idem_abort(struct idem_table *t, struct idem_entry *e);
  */
 int	idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	    const char *key, size_t key_len, int64_t value, int status,
-	    int64_t total, uint64_t expires_us);
+	    int64_t total, uint64_t expires_us, uint64_t lsn);
+
+/*
+ * Forgetting.  When no slot is free, a claim takes the slot of the kept
+ * entry nearest expiry whose request PostgreSQL holds: the flusher says
+ * how far that is with idem_flushed.  From then until that entry would
+ * have expired, idem_forgetting is true: a key the table does not know
+ * may have been used, and only PostgreSQL can tell (the worker asks it
+ * before going on).  idem_forget_until says the same of keys never
+ * taken in (more in PostgreSQL than the table holds).  Entries whose
+ * requests are not in PostgreSQL are never forgotten: with none other
+ * left, a claim still answers IDEM_FULL.
+ */
+void	idem_flushed(struct idem_table *t, uint64_t lsn);
+void	idem_forget_until(struct idem_table *t, uint64_t until_us);
+int	idem_forgetting(struct idem_table *t, uint64_t now_us);
+uint64_t idem_forgotten(const struct idem_table *t);	/* so far */
 
 /*
  * The wall clock of journal record times and Idempotency-Key expiries, in

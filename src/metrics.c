@@ -83,6 +83,9 @@ static const struct mdef mdefs[] = {
 	  "Requests answered from a kept Idempotency-Key response." },
 	{ "key_lookups_total", "key_lookups", MT_COUNTER, S(key_lookups),
 	  "Increments of keys not held that asked PostgreSQL for the total." },
+	{ "idempotency_lookups_total", "idempotency_lookups", MT_COUNTER,
+	  S(idem_lookups), "Idempotency-Keys not held that were looked up "
+	  "in PostgreSQL." },
 	{ "ratelimited_requests_total", "ratelimited_requests", MT_COUNTER,
 	  S(ratelimited), "Requests refused by the rate limit." },
 	{ "journal_bytes_total", "journal_bytes", MT_COUNTER,
@@ -126,6 +129,9 @@ static const struct mdef mdefs[] = {
 	  "Idempotency-Keys held." },
 	{ "idempotency_keys_capacity", "idempotency_keys_capacity", MT_GAUGE,
 	  S(idem_capacity), "Capacity of the Idempotency-Key table." },
+	{ "idempotency_keys_forgotten_total", "idempotency_keys_forgotten",
+	  MT_COUNTER, S(idem_forgotten), "Idempotency-Keys held in PostgreSQL "
+	  "that the full table gave up for new ones." },
 	{ "process_restarts_total", "process_restarts", MT_RESTARTS,
 	  S(restarts), "Child processes restarted after an unexpected exit." },
 };
@@ -231,6 +237,7 @@ metrics_snapshot(const struct shm *shm, struct metrics_snap *sn)
 	sn->increments = LOAD(st->increments);
 	sn->replays = LOAD(st->replays);
 	sn->key_lookups = LOAD(st->key_lookups);
+	sn->idem_lookups = LOAD(st->idem_lookups);
 	sn->ratelimited = LOAD(st->ratelimited);
 	sn->journal_bytes = LOAD(st->journal_bytes);
 	sn->frames = LOAD(st->frames);
@@ -251,6 +258,7 @@ metrics_snapshot(const struct shm *shm, struct metrics_snap *sn)
 	sn->keys_capacity = shm->counters->capacity;
 	sn->idem_keys = idem_count(shm->idem);
 	sn->idem_capacity = idem_capacity(shm->idem);
+	sn->idem_forgotten = idem_forgotten(shm->idem);
 }
 
 #undef LOAD

@@ -23,7 +23,9 @@
  * primary key look-up costs PostgreSQL far less than the round trip, and
  * the first increments of many new keys (a restart, a new key space) ask
  * for thousands of keys a second.  The rows name their keys; a key with
- * no row has none.
+ * no row has none.  Idempotency-Keys the shared table may have forgotten
+ * are looked up the same way, in queries of their own: a query carries
+ * the look-ups of one kind at the queue's head.
  *
  * Failure policy: any connection failure fails every queued look-up with
  * -1 (the worker answers 503 with Retry-After), the connection is dropped
@@ -62,6 +64,11 @@
 #define PGREAD_BATCH		256
 #define PGREAD_STMT		"tally_lookup"
 
+enum pgread_kind {
+	PGREAD_KEY,		/* a counter key's total */
+	PGREAD_IDEM		/* an Idempotency-Key's use */
+};
+
 enum pgread_state {
 	PGREAD_IDLE,		/* no connection */
 	PGREAD_CONNECTING,	/* PQconnectPoll in progress */
@@ -73,13 +80,18 @@ struct pgread_req {
 	struct pgread_req	*next;
 	struct pgread		*p;
 	h2o_timeout_entry_t	 deadline;
-	pgread_cb		 cb;
+	enum pgread_kind	 kind;
+	pgread_cb		 cb;		/* PGREAD_KEY */
+	pgread_idem_cb		 idem_cb;	/* PGREAD_IDEM */
 	void			*arg;
 	int			 status;
 	int64_t			 value;
+	uint64_t		 used_us;	/* PGREAD_IDEM */
 	int			 cancelled;	/* its client went away */
-	size_t			 len;
-	char			 key[];
+	size_t			 len;		/* the key, or the ik */
+	size_t			 fp_len;	/* PGREAD_IDEM: "value:key" */
+	size_t			 key_len;	/* PGREAD_IDEM: the counter key */
+	char			 key[];		/* then the fingerprint, key */
 };
 
 struct pgread_list {
@@ -92,11 +104,13 @@ struct pgread {
 	h2o_loop_t		*loop;
 	char			*dsn;
 	char			*schema;
+	uint64_t		 idem_ttl_us;
 
 	enum pgread_state	 state;
 	PGconn			*conn;
 	PostgresPollingStatusType want;	/* while connecting */
 	char			*query;		/* with the quoted schema */
+	char			*query_idem;
 	h2o_socket_t		*sock;		/* watches a dup of libpq's fd */
 	dev_t			 sock_dev;
 	ino_t			 sock_ino;
@@ -189,6 +203,17 @@ pgread_finish_later(struct pgread *p, struct pgread_req *r, int status,
 		h2o_timeout_link(p->loop, &p->zero_to, &p->deliver);
 }
 
+/* Answer r, then free it. */
+static void
+pgread_call(struct pgread_req *r)
+{
+	if (r->kind == PGREAD_IDEM)
+		r->idem_cb(r->arg, r->status, r->value, r->used_us);
+	else
+		r->cb(r->arg, r->status, r->value);
+	free(r);
+}
+
 static void
 pgread_on_deliver(h2o_timeout_entry_t *ent)
 {
@@ -200,10 +225,8 @@ pgread_on_deliver(h2o_timeout_entry_t *ent)
 	if (batch.head == NULL)
 		return;
 	pgread_list_init(&p->done);
-	while ((r = pgread_list_shift(&batch)) != NULL) {
-		r->cb(r->arg, r->status, r->value);
-		free(r);
-	}
+	while ((r = pgread_list_shift(&batch)) != NULL)
+		pgread_call(r);
 }
 
 static void
@@ -231,7 +254,8 @@ pgread_reset(struct pgread *p)
 		p->conn = NULL;
 	}
 	free(p->query);
-	p->query = NULL;
+	free(p->query_idem);
+	p->query = p->query_idem = NULL;
 	p->state = PGREAD_IDLE;
 	p->nsent = 0;
 	p->preparing = 0;
@@ -323,15 +347,27 @@ pgread_connected(struct pgread *p)
 		    PQerrorMessage(p->conn));
 		return;
 	}
-	sz = strlen(ident) + 96;
+	sz = 2 * strlen(ident) + 512;
 	p->query = malloc(sz);
-	if (p->query == NULL) {
+	p->query_idem = malloc(sz);
+	if (p->query == NULL || p->query_idem == NULL) {
 		PQfreemem(ident);
 		pgread_fail(p, "cannot build the look-up query", "out of memory");
 		return;
 	}
 	snprintf(p->query, sz, "SELECT key, value FROM %s.tally_counters "
 	    "WHERE key = ANY($1::text[])", ident);
+	/*
+	 * A use older than ttl is over, as in the shared table; the
+	 * fingerprint is the flusher's ("value:key", pg_idem_claim).
+	 */
+	snprintf(p->query_idem, sz, "SELECT u.i, t.fingerprint = u.f, "
+	    "(extract(epoch FROM t.created_at) * 1000000)::bigint, c.value "
+	    "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, f, k) "
+	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
+	    "LEFT JOIN %s.tally_counters c ON c.key = u.k "
+	    "WHERE t.created_at > now() - $4::bigint * "
+	    "interval '1 microsecond'", ident, ident);
 	PQfreemem(ident);
 	if (p->down)
 		log_info("pgread: connected to PostgreSQL again");
@@ -449,17 +485,44 @@ pgread_flush(struct pgread *p)
 }
 
 /*
- * The array literal of the first n keys: each quoted, with its quotes
- * and backslashes escaped.  -1 when out of memory.
+ * Field f of look-up r: 0 the key (or ik), 1 the fingerprint, 2 the
+ * counter key.
+ */
+static const char *
+pgread_field(const struct pgread_req *r, int f, size_t *len)
+{
+	switch (f) {
+	case 1:
+		*len = r->fp_len;
+		return r->key + r->len;
+	case 2:
+		*len = r->key_len;
+		return r->key + r->len + r->fp_len;
+	default:
+		*len = r->len;
+		return r->key;
+	}
+}
+
+/*
+ * The array literals of fields 0 to nf - 1 of the first n look-ups, one
+ * after the other in p->arr (field f's at at[f]): each element quoted,
+ * with its quotes and backslashes escaped.  -1 when out of memory.
  */
 static int
-pgread_build_array(struct pgread *p, size_t n)
+pgread_build_arrays(struct pgread *p, size_t n, int nf, size_t *at)
 {
 	struct pgread_req *r;
-	size_t need = 3, o = 0, i;
+	const char *v;
+	size_t need = 0, o = 0, len, i;
 
-	for (r = p->queue.head, i = 0; i < n; r = r->next, i++)
-		need += 2 * r->len + 3;
+	for (int f = 0; f < nf; f++) {
+		need += 3;
+		for (r = p->queue.head, i = 0; i < n; r = r->next, i++) {
+			(void)pgread_field(r, f, &len);
+			need += 2 * len + 3;
+		}
+	}
 	if (need > p->arr_cap) {
 		char *a = realloc(p->arr, need);
 
@@ -468,21 +531,25 @@ pgread_build_array(struct pgread *p, size_t n)
 		p->arr = a;
 		p->arr_cap = need;
 	}
-	p->arr[o++] = '{';
-	for (r = p->queue.head, i = 0; i < n; r = r->next, i++) {
-		if (i > 0)
-			p->arr[o++] = ',';
-		p->arr[o++] = '"';
-		for (size_t k = 0; k < r->len; k++) {
-			if (r->key[k] == '"' || r->key[k] == '\\')
-				p->arr[o++] = '\\';
-			p->arr[o++] = r->key[k];
+	for (int f = 0; f < nf; f++) {
+		at[f] = o;
+		p->arr[o++] = '{';
+		for (r = p->queue.head, i = 0; i < n; r = r->next, i++) {
+			v = pgread_field(r, f, &len);
+			if (i > 0)
+				p->arr[o++] = ',';
+			p->arr[o++] = '"';
+			for (size_t k = 0; k < len; k++) {
+				if (v[k] == '"' || v[k] == '\\')
+					p->arr[o++] = '\\';
+				p->arr[o++] = v[k];
+			}
+			p->arr[o++] = '"';
+			r->status = 0;
 		}
-		p->arr[o++] = '"';
-		r->status = 0;
+		p->arr[o++] = '}';
+		p->arr[o++] = '\0';
 	}
-	p->arr[o++] = '}';
-	p->arr[o] = '\0';
 	return 0;
 }
 
@@ -490,8 +557,10 @@ static void
 pgread_send_next(struct pgread *p)
 {
 	struct pgread_req *r;
-	const char *values[1];
-	size_t n;
+	const char *values[4];
+	char ttl[24];
+	size_t n, at[3] = { 0, 0, 0 };
+	int ok;
 
 	if (p->state != PGREAD_READY || p->delivering)
 		return;
@@ -505,15 +574,29 @@ pgread_send_next(struct pgread *p)
 	}
 	if (r == NULL)
 		return;
-	n = p->queue.n < PGREAD_BATCH ? p->queue.n : PGREAD_BATCH;
-	if (pgread_build_array(p, n) == -1) {
+	/* The look-ups of the head's kind that follow it. */
+	for (n = 1; n < PGREAD_BATCH && (r = r->next) != NULL &&
+	    r->kind == p->queue.head->kind; n++)
+		;
+	r = p->queue.head;
+	if (pgread_build_arrays(p, n, r->kind == PGREAD_IDEM ? 3 : 1,
+	    at) == -1) {
 		pgread_fail(p, "cannot build a look-up", "out of memory");
 		return;
 	}
-	values[0] = p->arr;
-	if (!(p->prepared ? PQsendQueryPrepared(p->conn, PGREAD_STMT, 1,
-	    values, NULL, NULL, 0) : PQsendQueryParams(p->conn, p->query, 1,
-	    NULL, values, NULL, NULL, 0))) {
+	for (int f = 0; f < 3; f++)
+		values[f] = p->arr + at[f];
+	if (r->kind == PGREAD_IDEM) {
+		snprintf(ttl, sizeof(ttl), "%llu",
+		    (unsigned long long)p->idem_ttl_us);
+		values[3] = ttl;
+		ok = PQsendQueryParams(p->conn, p->query_idem, 4, NULL,
+		    values, NULL, NULL, 0);
+	} else
+		ok = p->prepared ? PQsendQueryPrepared(p->conn, PGREAD_STMT,
+		    1, values, NULL, NULL, 0) : PQsendQueryParams(p->conn,
+		    p->query, 1, NULL, values, NULL, NULL, 0);
+	if (!ok) {
 		pgread_fail(p, "cannot send a look-up",
 		    PQerrorMessage(p->conn));
 		return;
@@ -521,6 +604,49 @@ pgread_send_next(struct pgread *p)
 	p->nsent = n;
 	p->state = PGREAD_BUSY;
 	pgread_flush(p);
+}
+
+/* An integer column; -1 (logged) when it is not one. */
+static int
+pgread_int(PGresult *res, int row, int col, int64_t *out)
+{
+	const char *v = PQgetvalue(res, row, col);
+	char *end;
+
+	*out = strtoll(v, &end, 10);
+	if (end == v || *end != '\0') {
+		log_warnx("pgread: '%.*s': '%s' is not an integer",
+		    (int)(PQgetlength(res, row, 0) > 64 ? 64 :
+		    PQgetlength(res, row, 0)), PQgetvalue(res, row, 0), v);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * A row of an Idempotency-Key look-up: the ik, whether the fingerprint
+ * is the request's, when it was used, the counter key's total (NULL:
+ * none).
+ */
+static void
+pgread_take_idem_row(struct pgread *p, PGresult *res, int row)
+{
+	const char *ik = PQgetvalue(res, row, 0);
+	size_t iklen = PQgetlength(res, row, 0), i;
+	struct pgread_req *r;
+	int64_t used = 0, total = 0;
+	int status;
+
+	status = strcmp(PQgetvalue(res, row, 1), "t") == 0 ? 1 : 2;
+	if (pgread_int(res, row, 2, &used) == -1 || (!PQgetisnull(res, row,
+	    3) && pgread_int(res, row, 3, &total) == -1))
+		status = -1;
+	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
+		if (r->len == iklen && memcmp(r->key, ik, iklen) == 0) {
+			r->status = status;
+			r->value = total;
+			r->used_us = used > 0 ? (uint64_t)used : 0;
+		}
 }
 
 /* The value of a row for the look-ups in flight that asked for its key. */
@@ -577,7 +703,10 @@ pgread_take_result(struct pgread *p, PGresult *res)
 	switch (PQresultStatus(res)) {
 	case PGRES_TUPLES_OK:
 		for (int row = 0; row < PQntuples(res); row++)
-			pgread_take_row(p, res, row);
+			if (p->queue.head->kind == PGREAD_IDEM)
+				pgread_take_idem_row(p, res, row);
+			else
+				pgread_take_row(p, res, row);
 		return;
 	case PGRES_FATAL_ERROR:
 		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
@@ -628,10 +757,8 @@ pgread_complete(struct pgread *p)
 	p->preparing = 0;
 	/* Look-ups the callbacks make go out together, after them. */
 	p->delivering = 1;
-	while ((r = pgread_list_shift(&done)) != NULL) {
-		r->cb(r->arg, r->status, r->value);
-		free(r);
-	}
+	while ((r = pgread_list_shift(&done)) != NULL)
+		pgread_call(r);
 	p->delivering = 0;
 	pgread_send_next(p);
 }
@@ -714,6 +841,7 @@ pgread_new(h2o_loop_t *loop, const struct config *cf)
 		return NULL;
 	}
 	p->loop = loop;
+	p->idem_ttl_us = cf->idem_ttl_us;
 	p->dsn = strdup(cf->dsn);
 	p->schema = strdup(cf->schema[0] != '\0' ? cf->schema : "public");
 	if (p->dsn == NULL || p->schema == NULL) {
@@ -732,27 +860,30 @@ pgread_new(h2o_loop_t *loop, const struct config *cf)
 	return p;
 }
 
-struct pgread_req *
-pgread_lookup(struct pgread *p, const char *key, size_t len,
-    pgread_cb cb, void *arg)
+static struct pgread_req *
+pgread_req_new(struct pgread *p, enum pgread_kind kind, size_t len,
+    size_t fp_len, size_t key_len, void *arg)
 {
 	struct pgread_req *r;
-	uint64_t now = h2o_now(p->loop);
 
-	r = h2o_mem_alloc(sizeof(*r) + len);
+	r = h2o_mem_alloc(sizeof(*r) + len + fp_len + key_len);
 	memset(r, 0, sizeof(*r));
 	r->p = p;
-	r->cb = cb;
+	r->kind = kind;
 	r->arg = arg;
 	r->len = len;
-	memcpy(r->key, key, len);
+	r->fp_len = fp_len;
+	r->key_len = key_len;
 	r->deadline.cb = pgread_on_deadline;
+	return r;
+}
 
-	/* A text value cannot hold NUL: no such key can exist. */
-	if (memchr(key, '\0', len) != NULL) {
-		pgread_finish_later(p, r, 0, 0);
-		return r;
-	}
+/* Queue r, or fail it at once. */
+static struct pgread_req *
+pgread_enqueue(struct pgread *p, struct pgread_req *r)
+{
+	uint64_t now = h2o_now(p->loop);
+
 	if (p->queue.n >= PGREAD_MAX_QUEUE) {
 		pgread_finish_later(p, r, -1, 0);
 		return r;
@@ -771,6 +902,46 @@ pgread_lookup(struct pgread *p, const char *key, size_t len,
 	return r;
 }
 
+struct pgread_req *
+pgread_lookup(struct pgread *p, const char *key, size_t len,
+    pgread_cb cb, void *arg)
+{
+	struct pgread_req *r = pgread_req_new(p, PGREAD_KEY, len, 0, 0, arg);
+
+	r->cb = cb;
+	memcpy(r->key, key, len);
+	/* A text value cannot hold NUL: no such key can exist. */
+	if (memchr(key, '\0', len) != NULL) {
+		pgread_finish_later(p, r, 0, 0);
+		return r;
+	}
+	return pgread_enqueue(p, r);
+}
+
+struct pgread_req *
+pgread_lookup_idem(struct pgread *p, const char *ik, size_t ik_len,
+    const char *key, size_t key_len, int64_t value, pgread_idem_cb cb,
+    void *arg)
+{
+	char fp[24];
+	int n = snprintf(fp, sizeof(fp), "%lld:", (long long)value);
+	struct pgread_req *r = pgread_req_new(p, PGREAD_IDEM, ik_len,
+	    n + key_len, key_len, arg);
+
+	r->idem_cb = cb;
+	memcpy(r->key, ik, ik_len);
+	memcpy(r->key + ik_len, fp, n);
+	memcpy(r->key + ik_len + n, key, key_len);
+	memcpy(r->key + ik_len + n + key_len, key, key_len);
+	/* Neither can hold NUL (request.c): no row can match. */
+	if (memchr(ik, '\0', ik_len) != NULL || memchr(key, '\0',
+	    key_len) != NULL) {
+		pgread_finish_later(p, r, 0, 0);
+		return r;
+	}
+	return pgread_enqueue(p, r);
+}
+
 void
 pgread_cancel(struct pgread_req *r)
 {
@@ -787,10 +958,8 @@ pgread_free(struct pgread *p)
 	pgread_reset(p);
 	/* Exactly once, even now: whatever is left hears -1. */
 	h2o_timeout_unlink(&p->deliver);
-	while ((r = pgread_list_shift(&p->done)) != NULL) {
-		r->cb(r->arg, r->status, r->value);
-		free(r);
-	}
+	while ((r = pgread_list_shift(&p->done)) != NULL)
+		pgread_call(r);
 	h2o_timeout_dispose(p->loop, &p->deadline_to);
 	h2o_timeout_dispose(p->loop, &p->zero_to);
 	free(p->dsn);

@@ -127,7 +127,8 @@ recovery_add_staged(struct rec_state *rs)
 			if (idem_restore(rs->shm->idem, r->idem, r->idem_len,
 			    r->key, r->key_len, r->value, 202,
 			    counters_total(e, &overflow),
-			    r->time_us + rs->cf->idem_ttl_us) == -1 &&
+			    r->time_us + rs->cf->idem_ttl_us, s->frame_end) ==
+			    -1 &&
 			    !rs->idem_full_logged) {
 				log_warnx("Idempotency-Key table full "
 				    "(idempotency.max_keys %llu) at LSN %llu; "

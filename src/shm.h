@@ -57,6 +57,7 @@ struct shm_stats {
 	uint64_t	ratelimited;	/* requests refused by the rate limit */
 	uint64_t	rejected;	/* records set aside as undeliverable */
 	uint64_t	key_lookups;	/* new keys' totals asked of PostgreSQL */
+	uint64_t	idem_lookups;	/* Idempotency-Keys asked of PostgreSQL */
 };
 
 struct shm_hdr {

@@ -112,7 +112,8 @@ struct post {
 
 /*
  * A request waiting for PostgreSQL: a GET of a key the table does not
- * hold, or the first increment of one (is_post).
+ * hold, the first increment of one (is_post), or an increment whose
+ * Idempotency-Key the table may have forgotten (idem_checked).
  */
 struct lookup {
 	h2o_req_t	*req;
@@ -166,7 +167,7 @@ static struct worker {
 	uint8_t			*frame;		/* scratch for one frame */
 	size_t			 frame_cap;
 	struct pgread		*pg;
-	int			 lookups;	/* GETs waiting on PostgreSQL */
+	int			 lookups;	/* requests waiting on PostgreSQL */
 	int			 group;
 	struct metrics_slot	*mslot;
 	struct req_ctx		 cur;	/* the request being answered */
@@ -431,7 +432,8 @@ batch_ack(struct batch *b)
 		total = counters_total(w->e, &overflow);
 		/* Kept even if the client went away: its retry replays it. */
 		if (w->ie)
-			idem_complete(W.shm->idem, w->ie, 202, total, expires);
+			idem_complete(W.shm->idem, w->ie, 202, total, expires,
+			    b->end_lsn);
 		if (w->req != NULL) {
 			worker_resume(w->tok, w->req);
 			respond_total(w->req, 202, w->e->key, w->e->key_len,
@@ -722,8 +724,10 @@ idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
 static int	post_accept(h2o_req_t *, const struct post *,
 		    const struct counters_seed *);
 static int	post_ask(h2o_req_t *, const struct post *);
+static int	post_check_idem(h2o_req_t *, const struct post *);
 static void	lookup_token_dispose(void *);
 static void	lookup_done(void *, int, int64_t);
+static void	idem_checked(void *, int, int64_t, uint64_t);
 
 static int
 handle_post(h2o_req_t *req)
@@ -769,6 +773,8 @@ handle_post(h2o_req_t *req)
 	p.ik_len = ik_len;
 	p.ie = ie;
 	p.asked = 0;
+	if (ie != NULL && idem_forgetting(W.shm->idem, idem_now_us()))
+		return post_check_idem(req, &p);
 	return post_accept(req, &p, NULL);
 }
 
@@ -915,6 +921,91 @@ post_asked(struct lookup *l, int status, int64_t value)
 		    "counting from 0", (int)(l->key_len > 64 ? 64 :
 		    l->key_len), l->key);
 	post_accept(l->req, &l->post, &seed);
+}
+
+/*
+ * The table has given up keys whose requests PostgreSQL holds (idem.h,
+ * "Forgetting"), and this one it does not know: our claim keeps its
+ * retries out (409) while PostgreSQL says whether it was used, and the
+ * request goes on in idem_checked().
+ */
+static int
+post_check_idem(h2o_req_t *req, const struct post *p)
+{
+	struct lookup *l;
+
+	if (!__atomic_load_n(&W.h->pg_up, __ATOMIC_RELAXED)) {
+		idem_abort(W.shm->idem, p->ie);
+		return respond_retry(req, "PostgreSQL unavailable to check "
+		    "the Idempotency-Key");
+	}
+	if ((l = lookup_new(req, p->key, p->key_len, p->ik_len)) == NULL) {
+		idem_abort(W.shm->idem, p->ie);
+		return respond_retry(req, "out of memory");
+	}
+	memcpy(l->key + p->key_len, p->ik, p->ik_len);
+	l->post = *p;
+	l->post.key = l->key;
+	l->post.ik = l->key + p->key_len;
+	shm_count(&W.h->stats.idem_lookups, 1);
+	l->pr = pgread_lookup_idem(W.pg, l->post.ik, p->ik_len, l->key,
+	    l->key_len, p->value, idem_checked, l);
+	return 0;
+}
+
+static void
+idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
+{
+	struct lookup *l = arg;
+	struct post *p = &l->post;
+	h2o_req_t *req = l->req;
+	int64_t committed, unflushed, total;
+	int known;
+
+	W.lookups--;
+	if (req == NULL) {
+		/* Its client went away before anything was journaled. */
+		idem_abort(W.shm->idem, p->ie);
+		free(l);
+		return;
+	}
+	l->req = NULL;
+	l->tok->l = NULL;
+	worker_resume_at(req, l->tok->t0, l->tok->route);
+	switch (status) {
+	case 0:
+		post_accept(req, p, NULL);
+		break;
+	case 1:
+		/*
+		 * Answered before, as after a restart: the kept response
+		 * is gone, so the replay reports the total known now.
+		 */
+		if (counters_peek(W.shm->counters, p->key, p->key_len,
+		    &committed, &unflushed, &known) != COUNTERS_PEEK_HELD ||
+		    !known || __builtin_add_overflow(committed, unflushed,
+		    &total))
+			total = pg_total;
+		idem_complete(W.shm->idem, p->ie, 202, total,
+		    used_us + W.cf->idem_ttl_us, 0);
+		shm_count(&W.h->stats.replays, 1);
+		h2o_add_header_by_str(&req->pool, &req->res.headers,
+		    H2O_STRLIT("idempotent-replayed"), 0, NULL,
+		    H2O_STRLIT("true"));
+		respond_total(req, 202, p->key, p->key_len, total, 0);
+		break;
+	case 2:
+		idem_abort(W.shm->idem, p->ie);
+		respond_error(req, 422, "Idempotency-Key already used for "
+		    "another request");
+		break;
+	default:
+		idem_abort(W.shm->idem, p->ie);
+		respond_retry(req, "PostgreSQL unavailable to check the "
+		    "Idempotency-Key");
+		break;
+	}
+	free(l);
 }
 
 static void

@@ -73,7 +73,16 @@ put(struct idem_table *t, const char *ik, const char *key, int64_t value,
 	ck_assert_int_eq(begin(t, ik, key, value, now, getpid(), &e, &st,
 	    &tot), IDEM_NEW);
 	ck_assert_ptr_nonnull(e);
-	idem_complete(t, e, 202, total, expires);
+	idem_complete(t, e, 202, total, expires, IDEM_LSN_NONE);
+}
+
+/* idem_restore with C strings, status 202, not known to be flushed. */
+static int
+restore(struct idem_table *t, const char *ik, const char *key, int64_t value,
+    int64_t total, uint64_t expires)
+{
+	return idem_restore(t, ik, strlen(ik), key, strlen(key), value, 202,
+	    total, expires, IDEM_LSN_NONE);
 }
 
 static void
@@ -128,7 +137,7 @@ START_TEST(test_new_replay_mismatch)
 	ck_assert_int_eq(try(t, "ik1", "k", 6, 1000), IDEM_INFLIGHT);
 	ck_assert_int_eq(try(t, "ik1", "other", 5, 1000), IDEM_INFLIGHT);
 
-	idem_complete(t, e, 202, 42, 2000);
+	idem_complete(t, e, 202, 42, 2000, IDEM_LSN_NONE);
 	expect_replay(t, "ik1", "k", 5, 1500, 42);
 	expect_replay(t, "ik1", "k", 5, 1999, 42);
 
@@ -159,7 +168,7 @@ START_TEST(test_replay_keeps_status)
 
 	ck_assert_int_eq(begin(t, "neg", "k", INT64_MIN, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 299, INT64_MIN, FAR);
+	idem_complete(t, e, 299, INT64_MIN, FAR, IDEM_LSN_NONE);
 	ck_assert_int_eq(begin(t, "neg", "k", INT64_MIN, 0, getpid(), &e,
 	    &st, &tot), IDEM_REPLAY);
 	ck_assert_int_eq(st, 299);
@@ -187,7 +196,7 @@ START_TEST(test_abort_releases)
 	ck_assert_int_eq(begin(t, "a", "j", 2, 0, getpid(), &e, &st, &tot),
 	    IDEM_NEW);
 	ck_assert_uint_eq(idem_count(t), 1);
-	idem_complete(t, e, 202, 2, FAR);
+	idem_complete(t, e, 202, 2, FAR, IDEM_LSN_NONE);
 	expect_replay(t, "a", "j", 2, 0, 2);
 	ck_assert_int_eq(try(t, "a", "k", 1, 0), IDEM_MISMATCH);
 
@@ -282,7 +291,7 @@ START_TEST(test_release_owner)
 	}
 	ck_assert_int_eq(begin(t, "dead-done", "k", 1, 0, 1111, &e, &st,
 	    &tot), IDEM_NEW);
-	idem_complete(t, e, 202, 1, FAR);
+	idem_complete(t, e, 202, 1, FAR, IDEM_LSN_NONE);
 	for (int i = 0; i < 3; i++) {
 		snprintf(ik, sizeof(ik), "live-%d", i);
 		ck_assert_int_eq(begin(t, ik, "k", 1, 0, 2222, &e, &st, &tot),
@@ -440,7 +449,7 @@ START_TEST(test_release_reads_slots_in_use)
 		ck_assert_int_eq(begin(t, ik, "k", 1, 1, i < 60 ? 1111 : 2222,
 		    &e, &st, &tot), IDEM_NEW);
 		if (i % 10 == 0)
-			idem_complete(t, e, 202, 1, FAR);
+			idem_complete(t, e, 202, 1, FAR, IDEM_LSN_NONE);
 	}
 	before = resident_pages(&m);
 	ck_assert_uint_lt(before, 400);
@@ -475,6 +484,108 @@ START_TEST(test_expired_slots_reused_when_full)
 }
 END_TEST
 
+/* Claim and complete with the frame end lsn; the key must be new. */
+static void
+put_lsn(struct idem_table *t, const char *ik, int64_t value, uint64_t now,
+    uint64_t expires, uint64_t lsn)
+{
+	struct idem_entry *e;
+	int st;
+	int64_t tot;
+
+	ck_assert_int_eq(begin(t, ik, "k", value, now, getpid(), &e, &st,
+	    &tot), IDEM_NEW);
+	idem_complete(t, e, 202, value, expires, lsn);
+}
+
+START_TEST(test_forget_when_full)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 3, 16);
+	struct idem_entry *ed, *ee, *ef;
+	int st;
+	int64_t tot;
+
+	put_lsn(t, "a", 1, 0, 100, 10);
+	put_lsn(t, "b", 2, 0, 200, 20);
+	put_lsn(t, "c", 3, 0, 300, 30);
+	ck_assert_int_eq(idem_forgetting(t, 0), 0);
+	/* Nothing is in PostgreSQL yet: no room is made. */
+	ck_assert_int_eq(try(t, "d", "k", 4, 50), IDEM_FULL);
+	ck_assert_uint_eq(idem_forgotten(t), 0);
+	ck_assert_int_eq(idem_forgetting(t, 50), 0);
+
+	/* a and b are flushed: the one nearest expiry, a, goes. */
+	idem_flushed(t, 20);
+	ck_assert_int_eq(begin(t, "d", "k", 4, 50, getpid(), &ed, &st, &tot),
+	    IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 1);
+	ck_assert_uint_eq(idem_count(t), 3);
+	expect_replay(t, "b", "k", 2, 50, 2);
+	expect_replay(t, "c", "k", 3, 50, 3);
+	/* Until a would have expired, a key not held may have been used. */
+	ck_assert_int_eq(idem_forgetting(t, 50), 1);
+	ck_assert_int_eq(idem_forgetting(t, 99), 1);
+	ck_assert_int_eq(idem_forgetting(t, 100), 0);
+	idem_complete(t, ed, 202, 4, 400, 40);
+
+	/* Then b; c and d are not flushed. */
+	ck_assert_int_eq(begin(t, "e", "k", 5, 50, getpid(), &ee, &st, &tot),
+	    IDEM_NEW);
+	ck_assert_int_eq(idem_forgetting(t, 199), 1);
+	ck_assert_int_eq(try(t, "f", "k", 6, 50), IDEM_FULL);
+	/* The flushed position never goes back. */
+	idem_flushed(t, 30);
+	idem_flushed(t, 10);
+	ck_assert_int_eq(begin(t, "f", "k", 6, 50, getpid(), &ef, &st, &tot),
+	    IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 3);
+	expect_replay(t, "d", "k", 4, 50, 4);
+
+	/* The nearest expiry goes first, whatever the LSNs. */
+	idem_complete(t, ee, 202, 5, 600, 70);
+	idem_complete(t, ef, 202, 6, 700, 60);
+	idem_flushed(t, 100);
+	ck_assert_int_eq(try(t, "g", "k", 7, 50), IDEM_NEW);	/* d goes */
+	ck_assert_int_eq(try(t, "d", "k", 4, 50), IDEM_NEW);	/* e goes */
+	ck_assert_int_eq(idem_forgetting(t, 599), 1);
+	ck_assert_int_eq(idem_forgetting(t, 600), 0);
+	expect_replay(t, "f", "k", 6, 50, 6);
+	ck_assert_int_eq(try(t, "h", "k", 8, 50), IDEM_NEW);	/* f goes */
+	/* In flight, g, d and h are never given up. */
+	ck_assert_int_eq(try(t, "i", "k", 9, 50), IDEM_FULL);
+	ck_assert_int_eq(try(t, "g", "k", 7, 50), IDEM_INFLIGHT);
+	ck_assert_uint_eq(idem_forgotten(t), 6);
+	table_free(&m);
+
+	/* LSN 0: PostgreSQL held it already (read back at start). */
+	t = table_new(&m, 2, 16);
+	put_lsn(t, "old", 1, 0, 10, 0);
+	put_lsn(t, "keep", 2, 0, 1000, 0);
+	/* An expired entry is reused first: nothing is forgotten. */
+	ck_assert_int_eq(try(t, "new", "k", 3, 20), IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 0);
+	ck_assert_int_eq(idem_forgetting(t, 20), 0);
+	expect_replay(t, "keep", "k", 2, 20, 2);
+	ck_assert_int_eq(try(t, "newer", "k", 4, 20), IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 1);
+	ck_assert_int_eq(try(t, "newest", "k", 5, 20), IDEM_FULL);
+	table_free(&m);
+
+	t = table_new(&m, 1, 16);
+	put_lsn(t, "x", 1, 0, 1000, 0);
+	ck_assert_int_eq(try(t, "y", "k", 2, 0), IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 1);
+	ck_assert_int_eq(idem_forgetting(t, 999), 1);
+	/* Keys never taken in: the flusher says so. */
+	idem_forget_until(t, 5000);
+	idem_forget_until(t, 3000);
+	ck_assert_int_eq(idem_forgetting(t, 4999), 1);
+	ck_assert_int_eq(idem_forgetting(t, 5000), 0);
+	table_free(&m);
+}
+END_TEST
+
 /* ---- recovery ---- */
 
 START_TEST(test_restore)
@@ -482,33 +593,29 @@ START_TEST(test_restore)
 	struct mapping m;
 	struct idem_table *t = table_new(&m, 4, 16);
 
-	ck_assert_int_eq(idem_restore(t, "r1", 2, "k", 1, 5, 202, 77, 10000),
-	    0);
+	ck_assert_int_eq(restore(t, "r1", "k", 5, 77, 10000), 0);
 	ck_assert_uint_eq(idem_count(t), 1);
 	expect_replay(t, "r1", "k", 5, 100, 77);
 	ck_assert_int_eq(try(t, "r1", "k", 6, 100), IDEM_MISMATCH);
 	ck_assert_int_eq(try(t, "r1", "j", 5, 100), IDEM_MISMATCH);
 
 	/* A later record for the same ik replaces the entry. */
-	ck_assert_int_eq(idem_restore(t, "r1", 2, "k", 1, 5, 202, 88, 20000),
-	    0);
+	ck_assert_int_eq(restore(t, "r1", "k", 5, 88, 20000), 0);
 	ck_assert_uint_eq(idem_count(t), 1);
 	expect_replay(t, "r1", "k", 5, 15000, 88);
-	ck_assert_int_eq(idem_restore(t, "r1", 2, "j", 1, 9, 202, 99, 20000),
-	    0);
+	ck_assert_int_eq(restore(t, "r1", "j", 9, 99, 20000), 0);
 	ck_assert_uint_eq(idem_count(t), 1);
 	expect_replay(t, "r1", "j", 9, 100, 99);
 	ck_assert_int_eq(try(t, "r1", "k", 5, 100), IDEM_MISMATCH);
 	/* Restored entries expire like the others. */
 	ck_assert_int_eq(try(t, "r1", "k", 5, 20000), IDEM_NEW);
 
-	ck_assert_int_eq(idem_restore(t, "r2", 2, "k", 1, 1, 202, 1, 100), 0);
-	ck_assert_int_eq(idem_restore(t, "r3", 2, "k", 1, 1, 202, 1, 100), 0);
-	ck_assert_int_eq(idem_restore(t, "r4", 2, "k", 1, 1, 202, 1, 100), 0);
+	ck_assert_int_eq(restore(t, "r2", "k", 1, 1, 100), 0);
+	ck_assert_int_eq(restore(t, "r3", "k", 1, 1, 100), 0);
+	ck_assert_int_eq(restore(t, "r4", "k", 1, 1, 100), 0);
 	ck_assert_uint_eq(idem_count(t), 4);
-	ck_assert_int_eq(idem_restore(t, "r5", 2, "k", 1, 1, 202, 1, 100),
-	    -1);
-	ck_assert_int_eq(idem_restore(t, "", 0, "k", 1, 1, 202, 1, 100), -1);
+	ck_assert_int_eq(restore(t, "r5", "k", 1, 1, 100), -1);
+	ck_assert_int_eq(restore(t, "", "k", 1, 1, 100), -1);
 	ck_assert_uint_eq(idem_count(t), 4);
 	table_free(&m);
 }
@@ -528,7 +635,7 @@ START_TEST(test_limits)
 	/* Printable ASCII, quote and backslash included. */
 	ck_assert_int_eq(idem_begin(t, "\"", 1, "k", 1, 1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 202, 1, FAR);
+	idem_complete(t, e, 202, 1, FAR, IDEM_LSN_NONE);
 	ck_assert_int_eq(idem_begin(t, "\\", 1, "k", 1, 1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
 	ck_assert_int_eq(idem_begin(t, "\"", 1, "k", 1, 1, 0, getpid(), &e,
@@ -539,11 +646,11 @@ START_TEST(test_limits)
 	ik[254] = 'a';
 	ck_assert_int_eq(idem_begin(t, ik, 255, "k", 1, 1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 202, 2, FAR);
+	idem_complete(t, e, 202, 2, FAR, IDEM_LSN_NONE);
 	ik[254] = 'b';
 	ck_assert_int_eq(idem_begin(t, ik, 255, "k", 1, 1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 202, 3, FAR);
+	idem_complete(t, e, 202, 3, FAR, IDEM_LSN_NONE);
 	ck_assert_int_eq(idem_begin(t, ik, 254, "k", 1, 1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
 	ik[254] = 'a';
@@ -562,7 +669,7 @@ START_TEST(test_limits)
 	    &st, &tot), IDEM_MISMATCH);
 	ck_assert_int_eq(idem_begin(t, "long", 4, key, 300, 1, 0, getpid(),
 	    &e, &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 202, 300, FAR);
+	idem_complete(t, e, 202, 300, FAR, IDEM_LSN_NONE);
 	ck_assert_int_eq(idem_begin(t, "long", 4, key, 300, 1, 0, getpid(),
 	    &e, &st, &tot), IDEM_REPLAY);
 	ck_assert_int_eq(tot, 300);
@@ -578,7 +685,7 @@ START_TEST(test_limits)
 	ik[254] = 'z';
 	ck_assert_int_eq(idem_begin(t, ik, 255, key, 300, -1, 0, getpid(), &e,
 	    &st, &tot), IDEM_NEW);
-	idem_complete(t, e, 202, -1, FAR);
+	idem_complete(t, e, 202, -1, FAR, IDEM_LSN_NONE);
 	ck_assert_int_eq(idem_begin(t, ik, 255, key, 300, -1, 0, getpid(), &e,
 	    &st, &tot), IDEM_REPLAY);
 	ck_assert_int_eq(tot, -1);
@@ -629,7 +736,7 @@ START_TEST(test_model)
 				x->total = rand_r(&seed);
 				x->expires = now + rand_r(&seed) % 60;
 				idem_complete(t, x->e, 202, x->total,
-				    x->expires);
+				    x->expires, IDEM_LSN_NONE);
 				x->state = 2;
 				continue;
 			}
@@ -720,7 +827,7 @@ race_child(struct idem_table *t, struct race *r, int p)
 		    getpid(), &e, &st, &tot);
 		if (res == IDEM_NEW) {
 			tot = (int64_t)p * 100000 + id;
-			idem_complete(t, e, 202, tot, FAR);
+			idem_complete(t, e, 202, tot, FAR, IDEM_LSN_NONE);
 		}
 		r->result[p][id] = res;
 		r->total[p][id] = tot;
@@ -911,6 +1018,7 @@ idem_suite(void)
 	tc = tcase_create("capacity");
 	tcase_add_test(tc, test_capacity);
 	tcase_add_test(tc, test_expired_slots_reused_when_full);
+	tcase_add_test(tc, test_forget_when_full);
 	tcase_add_test(tc, test_dense_bodies);
 	tcase_add_test(tc, test_sweep_reads_slots_in_use);
 	suite_add_tcase(s, tc);

@@ -3,7 +3,8 @@
 # for a key reused for another request, 409 while the first use is in
 # flight, retry storms across workers, kill -9 before and after the flush
 # and in the middle of keyed load, two nodes on one PostgreSQL, expiry, a
-# full key table, keyed requests refused until the keys are read back from
+# full key table (kept keys given up once flushed, then looked up in
+# PostgreSQL), keyed requests refused until the keys are read back from
 # PostgreSQL, and a key reused for another request on a node that did not
 # know it, parked at flush.  Whatever the retries, PostgreSQL counts each
 # keyed increment once, and no acknowledged increment vanishes unseen.
@@ -630,15 +631,27 @@ tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 
 # ================================================================ table full
+# Room is made only from keys PostgreSQL holds: with every kept key still
+# to flush, a new key waits (503).  Once flushed, the oldest are given up
+# for new ones, and a key the table no longer holds is looked up in
+# PostgreSQL: a retry is still a replay, another request still a 422.
 phase "table full"
-node_conf nfull "[idempotency]" "max_keys = 3"
+node_conf nfull "[idempotency]" "max_keys = 3" "[postgres]" \
+    "flush_interval = 1h"
 use_node nfull
 tallyd_start
+# metric NAME: its value in /metrics.
+metric() {
+	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
+}
 fresh "full: key 1" full1 full 1 1
 fresh "full: key 2" full2 full 1 2
 fresh "full: key 3" full3 full 1 3
-assert_eq "full: a 4th key: 503" 503 "$(ipost full4 full 1)"
+RECS=$(journal_records)
+assert_eq "full, nothing flushed: a 4th key: 503" 503 "$(ipost full4 full 1)"
 json_error "full: 503"
+assert_match "full: the error says why" '"error":"Idempotency-Key table full"' \
+    "$(last_body)"
 assert_match "full: Retry-After" '^[0-9]+$' "$(last_header Retry-After)"
 assert_eq "full: an unkeyed request still 202" 202 "$(post full 10)"
 assert_eq "full: unkeyed total" '{"key":"full","value":13}' "$(last_body)"
@@ -646,7 +659,74 @@ replay "full: a known key still replays" full2 full 1 2
 assert_eq "full: a known key, another request: 422" 422 "$(ipost full3 full 2)"
 assert_eq "full: the 4th key again: 503" 503 "$(ipost full4 other 1)"
 assert_eq "full: the refused request's counter key was never incremented (404)" none "$(total other)"
-pg_wait_value full 13
+assert_eq "full: only the unkeyed request journaled" $((RECS + 1)) \
+    "$(journal_records)"
+assert_eq "full: no key given up" 0 "$(metric idempotency_keys_forgotten_total)"
+assert_eq "full: no look-up in PostgreSQL" 0 "$(metric idempotency_lookups_total)"
+
+flush
+# The three kept keys are in PostgreSQL now: three new keys take their room.
+fresh "flushed: key 4" full4 full 1 14
+fresh "flushed: key 5" full5 full 1 15
+fresh "flushed: key 6" full6 full 1 16
+assert_eq "flushed: the three kept keys given up" 3 \
+    "$(metric idempotency_keys_forgotten_total)"
+assert_eq "flushed: the table still holds 3" 3 "$(metric idempotency_keys)"
+LOOKUPS=$(metric idempotency_lookups_total)
+assert_eq "flushed: each new key looked up in PostgreSQL" 3 "$LOOKUPS"
+assert_eq "keys 4-6 not flushed: a 7th key: 503" 503 "$(ipost full7 full 1)"
+assert_eq "keys 4-6 not flushed: a given-up key's retry: 503, no room" \
+    503 "$(ipost full1 full 1)"
+flush
+RECS=$(journal_records)
+replay "given up: a retry, from PostgreSQL" full1 full 1 16
+replay "given up: a retry again, from the table" full1 full 1 16
+assert_eq "given up: another request: 422" 422 "$(ipost full2 full 5)"
+json_error "given up: 422"
+assert_eq "given up: nothing journaled" "$RECS" "$(journal_records)"
+assert_eq "given up: PostgreSQL asked twice more" $((LOOKUPS + 2)) \
+    "$(metric idempotency_lookups_total)"
+pg_stop
+assert_eq "PostgreSQL down: a given-up key cannot be checked: 503" 503 \
+    "$(ipost full3 full 1)"
+assert_match "PostgreSQL down: the error says why" \
+    '"error":"PostgreSQL unavailable to check the Idempotency-Key"' \
+    "$(last_body)"
+assert_eq "PostgreSQL down: nothing journaled" "$RECS" "$(journal_records)"
+pg_start
+for i in $(seq 50); do
+	[ "$(ipost full3 full 1)" = 202 ] && break
+	sleep 0.2
+done
+assert_eq "PostgreSQL back: the retry replayed" true "$(replayed)"
+assert_eq "PostgreSQL back: its total" '{"key":"full","value":16}' "$(last_body)"
+flush
+assert_eq "PostgreSQL counts each keyed increment once" 16 "$(pg_value full)"
+for i in 1 2 3 4 5 6; do
+	assert_eq "tally_idempotency holds full$i once" 1 "$(pg_idem_count full$i)"
+done
+assert_eq "full7 never applied" 0 "$(pg_idem_count full7)"
+assert_eq "full: nothing parked" 0 \
+    "$(pg_sql "select count(*) from tally_rejected where idem_key like 'full%'")"
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# More keys in PostgreSQL than the table takes: the newest are read back,
+# and the others are looked up when used.
+phase "more keys in PostgreSQL than the table takes"
+tallyd_start
+assert_eq "restart: /readyz" 200 "$(wait_status /readyz 200)"
+assert_match "restart: the log says keys are looked up" \
+    'more Idempotency-Keys in PostgreSQL than idempotency.max_keys' \
+    "$(cat "$TALLYD_LOG")"
+RECS=$(journal_records)
+replay "restart: an old key's retry" full1 full 1 16
+assert_eq "restart: an old key, another request: 422" 422 "$(ipost full2 full 9)"
+fresh "restart: a new key" full8 full 1 17
+assert_eq "restart: only the new key journaled" $((RECS + 1)) \
+    "$(journal_records)"
+flush
+assert_eq "restart: PostgreSQL's total" 17 "$(pg_value full)"
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 
