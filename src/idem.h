@@ -67,15 +67,16 @@ int	idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	    int64_t total, uint64_t expires_us, uint64_t lsn);
 
 /*
- * Forgetting.  When no slot is free, a claim takes the slot of the kept
- * entry nearest expiry whose request PostgreSQL holds: the flusher says
- * how far that is with idem_flushed.  From then until that entry would
- * have expired, idem_forgetting is true: a key the table does not know
- * may have been used, and only PostgreSQL can tell (the worker asks it
- * before going on).  idem_forget_until says the same of keys never
- * taken in (more in PostgreSQL than the table holds).  Entries whose
- * requests are not in PostgreSQL are never forgotten: with none other
- * left, a claim still answers IDEM_FULL.
+ * Forgetting.  When the table holds max_keys entries, a claim gives up
+ * the kept entry nearest expiry, of the few it looks at, whose request
+ * PostgreSQL holds: the flusher says how far that is with idem_flushed.
+ * From then until that entry would have expired, idem_forgetting is
+ * true: a key the table does not know may have been used, and only
+ * PostgreSQL can tell (the worker asks it before going on).
+ * idem_forget_until says the same of keys never taken in (more in
+ * PostgreSQL than the table holds).  Entries whose requests are not in
+ * PostgreSQL are never forgotten: with none other left, a claim still
+ * answers IDEM_FULL.
  */
 void	idem_flushed(struct idem_table *t, uint64_t lsn);
 void	idem_forget_until(struct idem_table *t, uint64_t until_us);
