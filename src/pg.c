@@ -1227,14 +1227,13 @@ pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
 	return pg_idem_keys(pg, sql, 3, params, fn, arg);
 }
 
-int64_t
+int
 pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
     void *arg)
 {
 	char sql[1024], ttl[32], lim[32];
 	const char *params[3] = { pg->node, ttl, lim };
 	PGresult *res;
-	int64_t rows;
 
 	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
 	snprintf(lim, sizeof(lim), "%" PRIu64, limit);
@@ -1263,9 +1262,8 @@ pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
 		    colon + 1, PQgetlength(res, r, 1) - (colon + 1 - fp), value,
 		    (uint64_t)when);
 	}
-	rows = PQntuples(res);
 	PQclear(res);
-	return rows;
+	return 0;
 }
 
 /*

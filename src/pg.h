@@ -154,11 +154,8 @@ int	pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
  */
 int	pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
 	    pg_idem_fn fn, void *arg);
-/*
- * This node's keys used within ttl_us, newest first, at most limit.
- * Returns how many rows, -1 on error.
- */
-int64_t	pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit,
+/* This node's keys used within ttl_us, newest first, at most limit. */
+int	pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit,
 	    pg_idem_fn fn, void *arg);
 /* Delete keys older than ttl_us.  Returns how many, -1 on error. */
 int64_t	pg_idem_prune(struct pg *pg, uint64_t ttl_us);

@@ -118,21 +118,20 @@ recovery_add_staged(struct rec_state *rs)
 		counters_add(c, e, r->value, s->frame_end);
 		rs->records++;
 		if (r->idem && r->time_us + rs->cf->idem_ttl_us > rs->now_us) {
-			int overflow;
+			int overflow, rc;
 
 			/*
 			 * The kept response cannot be rebuilt exactly: a
 			 * replay after a restart reports the total known now.
 			 */
-			if (idem_restore(rs->shm->idem, r->idem, r->idem_len,
+			rc = idem_restore(rs->shm->idem, r->idem, r->idem_len,
 			    r->key, r->key_len, r->value, 202,
 			    counters_total(e, &overflow),
-			    r->time_us + rs->cf->idem_ttl_us, s->frame_end) ==
-			    -1 &&
-			    !rs->idem_full_logged) {
+			    r->time_us + rs->cf->idem_ttl_us, s->frame_end);
+			if (rc == -1 && !rs->idem_full_logged) {
 				log_warnx("Idempotency-Key table full "
 				    "(idempotency.max_keys %llu) at LSN %llu; "
-				    "older keys are not restored",
+				    "the keys from there on are not restored",
 				    (unsigned long long)rs->cf->idem_max_keys,
 				    (unsigned long long)s->lsn);
 				rs->idem_full_logged = 1;
