@@ -105,6 +105,7 @@
 #define IDEM_PROBE	128	/* slots probed from the home slot */
 #define IDEM_RETRIES	16	/* lost races before answering IN FLIGHT */
 #define IDEM_FORGET_SCAN 64	/* bodies looked at to free a unit */
+#define IDEM_FORGET_WINDOWS 16	/* ... and times as many at most */
 #define IDEM_NONE	UINT64_MAX
 
 enum {
@@ -428,24 +429,14 @@ static uint64_t	bodies_out(struct idem_table *);
 static uint64_t	body_slot(struct idem_table *, uint64_t);
 
 /*
- * No unit of the count is left: free one.  Of the next IDEM_FORGET_SCAN
- * bodies from the hand, an expired entry goes at once; else the kept
- * entry nearest expiry whose request PostgreSQL holds (flushed up to its
- * frame's end) is given up, since a retry of it can still be told apart
- * there (idem_forgetting).  The hand moves on for the next claimant, so
- * that the bodies are visited in turn.  1 when a unit was freed.
+ * Look at n bodies from start (modulo nb) for idem_forget_one: the first
+ * expired entry (1), else the flushed one nearest expiry so far in *best.
  */
 static int
-idem_forget_one(struct idem_table *t, uint64_t now_us)
+idem_forget_scan(struct idem_table *t, uint64_t start, uint64_t n,
+    uint64_t nb, uint64_t now_us, uint64_t flushed, uint64_t *best,
+    uint64_t *bw, uint64_t *bx)
 {
-	uint64_t nb = bodies_out(t), n, start, flushed;
-	uint64_t best = IDEM_NONE, bw = 0, bx = 0;
-
-	if (nb == 0)
-		return 0;
-	n = nb < IDEM_FORGET_SCAN ? nb : IDEM_FORGET_SCAN;
-	flushed = __atomic_load_n(&t->flushed_lsn, __ATOMIC_ACQUIRE);
-	start = __atomic_fetch_add(&t->hand, n, __ATOMIC_RELAXED);
 	for (uint64_t k = 0; k < n; k++) {
 		uint64_t b = (start + k) % nb, i = body_slot(t, b), w, x, lsn;
 		struct idem_entry *e = body_at(t, b);
@@ -462,13 +453,44 @@ idem_forget_one(struct idem_table *t, uint64_t now_us)
 		    __ATOMIC_RELAXED) != w)
 			continue;
 		if (x <= now_us || (lsn <= flushed &&
-		    (best == IDEM_NONE || x < bx))) {
-			best = i;
-			bw = w;
-			bx = x;
+		    (*best == IDEM_NONE || x < *bx))) {
+			*best = i;
+			*bw = w;
+			*bx = x;
 			if (x <= now_us)
-				break;
+				return 1;
 		}
+	}
+	return 0;
+}
+
+/*
+ * No unit of the count is left: free one.  Of the next IDEM_FORGET_SCAN
+ * bodies from the hand, an expired entry goes at once; else the kept
+ * entry nearest expiry whose request PostgreSQL holds (flushed up to its
+ * frame's end) is given up, since a retry of it can still be told apart
+ * there (idem_forgetting).  The hand moves on for the next claimant, so
+ * that the bodies are visited in turn.  Under load the hand laps the
+ * table several times a flush and takes the flushed entries of the
+ * stretch it passes, so a stretch without one is not rare: the next ones
+ * are looked at too, up to IDEM_FORGET_WINDOWS.  1 when a unit was freed.
+ */
+static int
+idem_forget_one(struct idem_table *t, uint64_t now_us)
+{
+	uint64_t nb = bodies_out(t), n, start, flushed;
+	uint64_t best = IDEM_NONE, bw = 0, bx = 0;
+
+	if (nb == 0)
+		return 0;
+	n = nb < IDEM_FORGET_SCAN ? nb : IDEM_FORGET_SCAN;
+	flushed = __atomic_load_n(&t->flushed_lsn, __ATOMIC_ACQUIRE);
+	for (int win = 0; win < IDEM_FORGET_WINDOWS && best == IDEM_NONE &&
+	    (uint64_t)win * n < nb; win++) {
+		start = __atomic_fetch_add(&t->hand, n, __ATOMIC_RELAXED);
+		if (idem_forget_scan(t, start, n, nb, now_us, flushed, &best,
+		    &bw, &bx))
+			break;
 	}
 	if (best == IDEM_NONE)
 		return 0;

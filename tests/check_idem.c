@@ -586,6 +586,33 @@ START_TEST(test_forget_when_full)
 }
 END_TEST
 
+START_TEST(test_forget_looks_further)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 200, 16);
+	char ik[32];
+
+	/*
+	 * Bodies are handed out in claim order: the first 150 hold keys
+	 * not yet flushed, more than the hand's first two stretches.
+	 */
+	for (int i = 0; i < 150; i++) {
+		snprintf(ik, sizeof(ik), "unflushed-%d", i);
+		put_lsn(t, ik, i, 0, FAR, 1000 + i);
+	}
+	for (int i = 0; i < 50; i++) {
+		snprintf(ik, sizeof(ik), "flushed-%d", i);
+		put_lsn(t, ik, i, 0, FAR, 10);
+	}
+	idem_flushed(t, 100);
+	ck_assert_int_eq(try(t, "new", "k", 1, 0), IDEM_NEW);
+	ck_assert_uint_eq(idem_forgotten(t), 1);
+	expect_replay(t, "unflushed-0", "k", 0, 0, 0);
+	expect_replay(t, "unflushed-149", "k", 149, 0, 149);
+	table_free(&m);
+}
+END_TEST
+
 /* ---- recovery ---- */
 
 START_TEST(test_restore)
@@ -1019,6 +1046,7 @@ idem_suite(void)
 	tcase_add_test(tc, test_capacity);
 	tcase_add_test(tc, test_expired_slots_reused_when_full);
 	tcase_add_test(tc, test_forget_when_full);
+	tcase_add_test(tc, test_forget_looks_further);
 	tcase_add_test(tc, test_dense_bodies);
 	tcase_add_test(tc, test_sweep_reads_slots_in_use);
 	suite_add_tcase(s, tc);
