@@ -89,9 +89,9 @@ struct pgread_req {
 	uint64_t		 used_us;	/* PGREAD_IDEM */
 	int			 cancelled;	/* its client went away */
 	size_t			 len;		/* the key, or the ik */
-	size_t			 fp_len;	/* PGREAD_IDEM: "value:key" */
+	size_t			 val_len;	/* PGREAD_IDEM: the value, decimal */
 	size_t			 key_len;	/* PGREAD_IDEM: the counter key */
-	char			 key[];		/* then the fingerprint, key */
+	char			 key[];		/* then the value, the key */
 };
 
 struct pgread_list {
@@ -359,11 +359,12 @@ pgread_connected(struct pgread *p)
 	    "WHERE key = ANY($1::text[])", ident);
 	/*
 	 * A use older than ttl is over, as in the shared table; the
-	 * fingerprint is the flusher's ("value:key", pg_idem_claim).
+	 * fingerprint is compared as pg_idem_mismatched compares it.
 	 */
-	snprintf(p->query_idem, sz, "SELECT u.i, t.fingerprint = u.f, "
+	snprintf(p->query_idem, sz, "SELECT u.i, "
+	    "t.fingerprint = (u.v::text || ':' || u.k), "
 	    "(extract(epoch FROM t.created_at) * 1000000)::bigint, c.value "
-	    "FROM unnest($1::text[], $2::text[], $3::text[]) AS u(i, f, k) "
+	    "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(i, v, k) "
 	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
 	    "LEFT JOIN %s.tally_counters c ON c.key = u.k "
 	    "WHERE t.created_at > now() - $4::bigint * "
@@ -485,19 +486,19 @@ pgread_flush(struct pgread *p)
 }
 
 /*
- * Field f of look-up r: 0 the key (or ik), 1 the fingerprint, 2 the
- * counter key.
+ * Field f of look-up r: 0 the key (or ik), 1 the value, 2 the counter
+ * key.
  */
 static const char *
 pgread_field(const struct pgread_req *r, int f, size_t *len)
 {
 	switch (f) {
 	case 1:
-		*len = r->fp_len;
+		*len = r->val_len;
 		return r->key + r->len;
 	case 2:
 		*len = r->key_len;
-		return r->key + r->len + r->fp_len;
+		return r->key + r->len + r->val_len;
 	default:
 		*len = r->len;
 		return r->key;
@@ -862,17 +863,17 @@ pgread_new(h2o_loop_t *loop, const struct config *cf)
 
 static struct pgread_req *
 pgread_req_new(struct pgread *p, enum pgread_kind kind, size_t len,
-    size_t fp_len, size_t key_len, void *arg)
+    size_t val_len, size_t key_len, void *arg)
 {
 	struct pgread_req *r;
 
-	r = h2o_mem_alloc(sizeof(*r) + len + fp_len + key_len);
+	r = h2o_mem_alloc(sizeof(*r) + len + val_len + key_len);
 	memset(r, 0, sizeof(*r));
 	r->p = p;
 	r->kind = kind;
 	r->arg = arg;
 	r->len = len;
-	r->fp_len = fp_len;
+	r->val_len = val_len;
 	r->key_len = key_len;
 	r->deadline.cb = pgread_on_deadline;
 	return r;
@@ -923,16 +924,15 @@ pgread_lookup_idem(struct pgread *p, const char *ik, size_t ik_len,
     const char *key, size_t key_len, int64_t value, pgread_idem_cb cb,
     void *arg)
 {
-	char fp[24];
-	int n = snprintf(fp, sizeof(fp), "%lld:", (long long)value);
-	struct pgread_req *r = pgread_req_new(p, PGREAD_IDEM, ik_len,
-	    n + key_len, key_len, arg);
+	char v[24];
+	int n = snprintf(v, sizeof(v), "%lld", (long long)value);
+	struct pgread_req *r = pgread_req_new(p, PGREAD_IDEM, ik_len, n,
+	    key_len, arg);
 
 	r->idem_cb = cb;
 	memcpy(r->key, ik, ik_len);
-	memcpy(r->key + ik_len, fp, n);
+	memcpy(r->key + ik_len, v, n);
 	memcpy(r->key + ik_len + n, key, key_len);
-	memcpy(r->key + ik_len + n + key_len, key, key_len);
 	/* Neither can hold NUL (request.c): no row can match. */
 	if (memchr(ik, '\0', ik_len) != NULL || memchr(key, '\0',
 	    key_len) != NULL) {
