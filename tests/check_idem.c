@@ -61,10 +61,10 @@ begin(struct idem_table *t, const char *ik, const char *key, int64_t value,
 	    owner, e, status, total);
 }
 
-/* Claim and complete; the key must be new. */
+/* Claim and complete with the frame end lsn; the key must be new. */
 static void
-put(struct idem_table *t, const char *ik, const char *key, int64_t value,
-    uint64_t now, int64_t total, uint64_t expires)
+put_lsn(struct idem_table *t, const char *ik, const char *key, int64_t value,
+    uint64_t now, int64_t total, uint64_t expires, uint64_t lsn)
 {
 	struct idem_entry *e;
 	int st;
@@ -73,7 +73,15 @@ put(struct idem_table *t, const char *ik, const char *key, int64_t value,
 	ck_assert_int_eq(begin(t, ik, key, value, now, getpid(), &e, &st,
 	    &tot), IDEM_NEW);
 	ck_assert_ptr_nonnull(e);
-	idem_complete(t, e, 202, total, expires, IDEM_LSN_NONE);
+	idem_complete(t, e, 202, total, expires, lsn);
+}
+
+/* The same, not known to be flushed. */
+static void
+put(struct idem_table *t, const char *ik, const char *key, int64_t value,
+    uint64_t now, int64_t total, uint64_t expires)
+{
+	put_lsn(t, ik, key, value, now, total, expires, IDEM_LSN_NONE);
 }
 
 /* idem_restore with C strings, status 202, not known to be flushed. */
@@ -484,20 +492,6 @@ START_TEST(test_expired_slots_reused_when_full)
 }
 END_TEST
 
-/* Claim and complete with the frame end lsn; the key must be new. */
-static void
-put_lsn(struct idem_table *t, const char *ik, int64_t value, uint64_t now,
-    uint64_t expires, uint64_t lsn)
-{
-	struct idem_entry *e;
-	int st;
-	int64_t tot;
-
-	ck_assert_int_eq(begin(t, ik, "k", value, now, getpid(), &e, &st,
-	    &tot), IDEM_NEW);
-	idem_complete(t, e, 202, value, expires, lsn);
-}
-
 START_TEST(test_forget_when_full)
 {
 	struct mapping m;
@@ -506,9 +500,9 @@ START_TEST(test_forget_when_full)
 	int st;
 	int64_t tot;
 
-	put_lsn(t, "a", 1, 0, 100, 10);
-	put_lsn(t, "b", 2, 0, 200, 20);
-	put_lsn(t, "c", 3, 0, 300, 30);
+	put_lsn(t, "a", "k", 1, 0, 1, 100, 10);
+	put_lsn(t, "b", "k", 2, 0, 2, 200, 20);
+	put_lsn(t, "c", "k", 3, 0, 3, 300, 30);
 	ck_assert_int_eq(idem_forgetting(t, 0), 0);
 	/* Nothing is in PostgreSQL yet: no room is made. */
 	ck_assert_int_eq(try(t, "d", "k", 4, 50), IDEM_FULL);
@@ -560,8 +554,8 @@ START_TEST(test_forget_when_full)
 
 	/* LSN 0: PostgreSQL held it already (read back at start). */
 	t = table_new(&m, 2, 16);
-	put_lsn(t, "old", 1, 0, 10, 0);
-	put_lsn(t, "keep", 2, 0, 1000, 0);
+	put_lsn(t, "old", "k", 1, 0, 1, 10, 0);
+	put_lsn(t, "keep", "k", 2, 0, 2, 1000, 0);
 	/* An expired entry is reused first: nothing is forgotten. */
 	ck_assert_int_eq(try(t, "new", "k", 3, 20), IDEM_NEW);
 	ck_assert_uint_eq(idem_forgotten(t), 0);
@@ -573,7 +567,7 @@ START_TEST(test_forget_when_full)
 	table_free(&m);
 
 	t = table_new(&m, 1, 16);
-	put_lsn(t, "x", 1, 0, 1000, 0);
+	put_lsn(t, "x", "k", 1, 0, 1, 1000, 0);
 	ck_assert_int_eq(try(t, "y", "k", 2, 0), IDEM_NEW);
 	ck_assert_uint_eq(idem_forgotten(t), 1);
 	ck_assert_int_eq(idem_forgetting(t, 999), 1);
@@ -598,11 +592,11 @@ START_TEST(test_forget_looks_further)
 	 */
 	for (int i = 0; i < 150; i++) {
 		snprintf(ik, sizeof(ik), "unflushed-%d", i);
-		put_lsn(t, ik, i, 0, FAR, 1000 + i);
+		put_lsn(t, ik, "k", i, 0, i, FAR, 1000 + i);
 	}
 	for (int i = 0; i < 50; i++) {
 		snprintf(ik, sizeof(ik), "flushed-%d", i);
-		put_lsn(t, ik, i, 0, FAR, 10);
+		put_lsn(t, ik, "k", i, 0, i, FAR, 10);
 	}
 	idem_flushed(t, 100);
 	ck_assert_int_eq(try(t, "new", "k", 1, 0), IDEM_NEW);
