@@ -765,7 +765,7 @@ flusher_load_keys(struct flusher *fl)
 		    fl->cf->idem_ttl_us);
 	}
 	fl->keys_loaded = 1;
-	/* Workers take keyed requests from here on (handle_post). */
+	/* Workers take keyed requests from here on (worker_post). */
 	__atomic_store_n(&fl->h->keys_loaded, 1, __ATOMIC_RELEASE);
 	return 0;
 }
