@@ -17,8 +17,8 @@
  *			makes that safe
  *
  * Signals are blocked and read from a signalfd in the same poll() as the
- * control socket, so there are no handlers at all: the loop does the
- * work.
+ * control socket (master_control.c), so there are no handlers at all: the
+ * loop does the work.
  */
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
@@ -48,6 +48,7 @@
 #include "lockfile.h"
 #include "log.h"
 #include "master.h"
+#include "master_int.h"
 #include "metrics.h"
 #include "notify.h"
 #include "proc.h"
@@ -63,52 +64,11 @@
 #define BACKOFF_MAX_MS	5000
 #define STABLE_MS	10000	/* a child that lived this long was healthy */
 #define FLUSHER_WAIT_MS	3000	/* for its first PostgreSQL connection */
-#define CTL_FLUSH_MS	60000	/* tallyctl flush gives up after this */
-#define CTL_IDLE_MS	10000	/* a control client silent this long goes */
 
-enum master_state {
-	STARTING, RUNNING, STOP_WORKERS, STOP_SYNCER, STOP_FLUSHER, FAST_STOP
-};
+struct master M;
 
-struct child {
-	enum proc_role	role;
-	int		slot;
-	pid_t		pid;
-	uint64_t	started_ms;
-	uint64_t	respawn_ms;	/* when to start again; 0: not due */
-	int		failures;	/* consecutive short lives */
-	int		fatal;		/* exited PROC_EXIT_FATAL: leave it */
-};
-
-static struct master {
-	struct config		*cf;
-	struct shm		 shm;
-	struct proc_env		 env;
-	int			 listen_fds[CONFIG_MAX_LISTEN];
-	int			 nlisten;
-	struct child		 children[CONFIG_MAX_WORKERS + 2];
-	int			 nchildren;
-	enum master_state	 state;
-	uint64_t		 phase_ms;
-	int			 lock_fd;
-	int			 journal_lock_fd;
-	int			 exit_code;
-	int			 pid_file_written;
-	int			 ctl_made;	/* the control socket is ours */
-	int			 sigfd;
-	int			 ready_fd;	/* to the waiting parent, or -1 */
-	pid_t			 pid;		/* the master's, once detached */
-	const char		*path;
-	char *const		*overrides;
-	int			 noverrides;
-	int			 ctl_fd;
-	struct control_client	*clients[CONTROL_MAX_CLIENTS];
-	time_t			 started;
-	struct statsd		 statsd;
-} M;
-
-static uint64_t
-now_ms(void)
+uint64_t
+master_now_ms(void)
 {
 	struct timespec ts;
 
@@ -354,11 +314,11 @@ child_start(struct child *c)
 	pid = proc_fork(c->role, c->slot, &M.env);
 	if (pid == -1) {
 		log_warn("cannot fork %s", proc_name(c->role));
-		c->respawn_ms = now_ms() + BACKOFF_MAX_MS;
+		c->respawn_ms = master_now_ms() + BACKOFF_MAX_MS;
 		return;
 	}
 	c->pid = pid;
-	c->started_ms = now_ms();
+	c->started_ms = master_now_ms();
 	c->respawn_ms = 0;
 	if (c->role == PROC_WORKER)
 		M.shm.hdr->slots[c->slot].pid = pid;
@@ -383,13 +343,13 @@ master_alive(enum proc_role role)
 	return n;
 }
 
-static void
+void
 master_fast_stop(int code)
 {
 	if (M.state == FAST_STOP)
 		return;
 	M.state = FAST_STOP;
-	M.phase_ms = now_ms();
+	M.phase_ms = master_now_ms();
 	M.exit_code = code;
 	notify_send("STOPPING=1\nSTATUS=fast stop");
 	for (int i = 0; i < M.nchildren; i++)
@@ -402,7 +362,7 @@ static void
 master_reaped(struct child *c, int status)
 {
 	struct shm_hdr *h = M.shm.hdr;
-	uint64_t lived = now_ms() - c->started_ms;
+	uint64_t lived = master_now_ms() - c->started_ms;
 	int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 	int stopping = M.state != RUNNING;
 
@@ -476,7 +436,7 @@ master_reaped(struct child *c, int status)
 			delay *= 2;
 		if (delay > BACKOFF_MAX_MS)
 			delay = BACKOFF_MAX_MS;
-		c->respawn_ms = now_ms() + delay;
+		c->respawn_ms = master_now_ms() + delay;
 		log_info("restarting %s in %llu ms", proc_name(c->role),
 		    (unsigned long long)delay);
 	}
@@ -510,7 +470,7 @@ master_close_listeners(void)
 	}
 }
 
-static void
+void
 master_graceful(void)
 {
 	if (M.state != RUNNING)
@@ -519,7 +479,7 @@ master_graceful(void)
 	    "journal is synced and flushed to PostgreSQL");
 	notify_send("STOPPING=1\nSTATUS=graceful stop");
 	M.state = STOP_WORKERS;
-	M.phase_ms = now_ms();
+	M.phase_ms = master_now_ms();
 	master_signal_role(PROC_WORKER, SIGTERM);
 	master_close_listeners();
 }
@@ -528,7 +488,7 @@ master_graceful(void)
 static int
 master_advance(void)
 {
-	uint64_t t = now_ms();
+	uint64_t t = master_now_ms();
 
 	switch (M.state) {
 	case STOP_WORKERS:
@@ -582,20 +542,18 @@ static void
 master_start_children(void)
 {
 	struct timespec ms10 = { 0, 10 * 1000000 };
-	uint64_t until = now_ms() + FLUSHER_WAIT_MS;
+	uint64_t until = master_now_ms() + FLUSHER_WAIT_MS;
 
 	for (int i = 0; i < M.nchildren; i++)
 		if (M.children[i].role != PROC_WORKER)
 			child_start(&M.children[i]);
 	while (!__atomic_load_n(&M.shm.hdr->flusher_tried, __ATOMIC_ACQUIRE) &&
-	    now_ms() < until && master_alive(PROC_FLUSHER))
+	    master_now_ms() < until && master_alive(PROC_FLUSHER))
 		nanosleep(&ms10, NULL);
 	for (int i = 0; i < M.nchildren; i++)
 		if (M.children[i].role == PROC_WORKER)
 			child_start(&M.children[i]);
 }
-
-static int master_reload(void);
 
 /*
  * Run recovery in a child, as PostgreSQL's postmaster does.  A stop
@@ -713,7 +671,7 @@ master_reload_file(void)
 	return 0;
 }
 
-static int
+int
 master_reload(void)
 {
 	struct timespec ts;
@@ -730,8 +688,6 @@ master_reload(void)
 	return rc;
 }
 
-/* --- the control socket --- */
-
 /* Make the directory a run-time file lives in, if it is missing. */
 static void
 master_rundir(const char *file)
@@ -745,280 +701,6 @@ master_rundir(const char *file)
 	if (mkdir(dir, 0755) == 0 && M.env.uid != (uid_t)-1 &&
 	    chown(dir, 0, M.env.gid) == -1)
 		log_warn("cannot give %s to group %d", dir, (int)M.env.gid);
-}
-
-static void
-ctl_close(int i)
-{
-	close(M.clients[i]->fd);
-	free(M.clients[i]);
-	M.clients[i] = NULL;
-}
-
-static void
-ctl_status(struct control_client *c)
-{
-	struct shm_hdr *h = M.shm.hdr;
-	char buf[CONTROL_MAX_PAYLOAD], epoch[33];
-	char esc[sizeof(M.cf->listen[0]) * 6], dir[sizeof(M.cf->journal_dir)];
-	uint64_t ins = shm_load(&h->insert_lsn), ck = shm_load(&h->checkpoint_lsn);
-	uint64_t bad = shm_load(&h->corrupt_lsn);
-	char seg[32];
-	size_t o = 0;
-
-	journal_epoch_hex(h->epoch, epoch);
-	journal_seg_name(seg, sizeof(seg), journal_seg_base(h->seg_size, bad));
-	/* Paths are the operator's: any byte but NUL, quotes too. */
-	control_json_escape(dir, sizeof(dir), M.cf->journal_dir,
-	    strlen(M.cf->journal_dir));
-	o += snprintf(buf + o, sizeof(buf) - o, "{\"version\":\"%s\","
-	    "\"pid\":%d,\"uptime_s\":%lld,\"node\":\"%s\",\"state\":\"%s\","
-	    "\"flush_interval_ms\":%llu,\"log_level\":\"%s\",\"listen\":[",
-	    PACKAGE_VERSION, (int)getpid(),
-	    (long long)(time(NULL) - M.started), M.cf->node,
-	    M.state == RUNNING ? "running" : "stopping",
-	    (unsigned long long)(M.cf->flush_interval_us / 1000),
-	    M.cf->log_level);
-	for (int i = 0; i < M.cf->nlisten && o < sizeof(buf) - 64; i++) {
-		control_json_escape(esc, sizeof(esc), M.cf->listen[i],
-		    strlen(M.cf->listen[i]));
-		o += snprintf(buf + o, sizeof(buf) - o, "%s\"%s\"", i ? "," :
-		    "", esc);
-	}
-	if (o < sizeof(buf))
-		o += snprintf(buf + o, sizeof(buf) - o, "],\"processes\":[");
-	for (int i = 0; i < M.nchildren && o < sizeof(buf) - 64; i++)
-		o += snprintf(buf + o, sizeof(buf) - o,
-		    "%s{\"role\":\"%s\",\"pid\":%d}", i ? "," : "",
-		    proc_name(M.children[i].role), (int)M.children[i].pid);
-	if (o < sizeof(buf))
-		o += snprintf(buf + o, sizeof(buf) - o, "],\"journal\":{"
-		    "\"dir\":\"%s\",\"epoch\":\"%s\",\"sync\":\"%s\","
-		    "\"insert_lsn\":%" PRIu64 ",\"written_lsn\":%" PRIu64 ","
-		    "\"durable_lsn\":%" PRIu64 ",\"checkpoint_lsn\":%" PRIu64 ","
-		    "\"backlog_bytes\":%" PRIu64 ",\"error\":%d,"
-		    "\"corrupt_lsn\":%" PRIu64 ",\"corrupt_segment\":\"%s\","
-		    "\"corrupt_offset\":%" PRIu64 ",\"corrupt_reason\":\"%s\"},"
-		    "\"counters\":{\"keys\":%" PRIu64 ",\"capacity\":%" PRIu64
-		    "},\"idempotency\":{\"keys\":%" PRIu64 ",\"capacity\":%"
-		    PRIu64 "},\"ratelimit\":{\"rate\":%g,\"limited\":%" PRIu64
-		    ",\"evicted\":%" PRIu64 ",\"capacity\":%" PRIu64 "},"
-		    "\"postgres\":{\"up\":%s},"
-		    "\"rejected_records\":%" PRIu64 "}",
-		    dir, epoch,
-		    M.cf->sync == SYNC_GROUP ? "group" : "interval", ins,
-		    shm_load(&h->written_lsn), shm_load(&h->durable_lsn), ck,
-		    ins > ck ? ins - ck : 0, h->journal_errno, bad,
-		    bad ? seg : "", bad ? bad % h->seg_size : 0,
-		    bad ? h->corrupt_why : "",
-		    counters_count(M.shm.counters), M.shm.counters->capacity,
-		    idem_count(M.shm.idem), idem_capacity(M.shm.idem),
-		    M.cf->rate, shm_load(&h->stats.ratelimited),
-		    ratelimit_evicted(M.shm.rl), ratelimit_capacity(M.shm.rl),
-		    h->pg_up ? "true" : "false",
-		    shm_load(&h->stats.rejected));
-	if (o >= sizeof(buf))
-		o = sizeof(buf) - 1;
-	control_reply(c->fd, CTL_OK, buf, o);
-}
-
-static void
-ctl_get(struct control_client *c, const char *key, size_t len)
-{
-	char buf[CONTROL_MAX_PAYLOAD], k[CONTROL_MAX_PAYLOAD];
-	int64_t committed, unflushed;
-	int n, known, rc;
-
-	/* A dead worker may hold the entry until we reap it: do not wait. */
-	if ((rc = counters_peek_try(M.shm.counters, key, len, &committed,
-	    &unflushed, &known, 1000)) == -1) {
-		n = snprintf(buf, sizeof(buf), "{\"error\":\"the key is "
-		    "being changed; try again\"}");
-		control_reply(c->fd, CTL_FAILED, buf, n);
-		return;
-	}
-	if (rc == COUNTERS_PEEK_NONE) {
-		n = snprintf(buf, sizeof(buf), "{\"error\":\"key not held in "
-		    "memory (GET /increment/KEY asks PostgreSQL)\"}");
-		control_reply(c->fd, CTL_FAILED, buf, n);
-		return;
-	}
-	/*
-	 * Taken in for increments still pending, refused or lost with their
-	 * worker: memory holds nothing acknowledged for it, and a total of 0
-	 * would say otherwise.
-	 */
-	if (rc == COUNTERS_PEEK_BARE) {
-		n = snprintf(buf, sizeof(buf), "{\"error\":\"no increment "
-		    "of the key acknowledged in memory (GET /increment/KEY "
-		    "asks PostgreSQL)\"}");
-		control_reply(c->fd, CTL_FAILED, buf, n);
-		return;
-	}
-	control_json_escape(k, sizeof(k), key, len);
-	n = snprintf(buf, sizeof(buf), "{\"key\":\"%s\",\"value\":%" PRId64
-	    ",\"committed\":%" PRId64 ",\"unflushed\":%" PRId64 ","
-	    "\"committed_known\":%s}", k, committed + unflushed, committed,
-	    unflushed, known ? "true" : "false");
-	control_reply(c->fd, CTL_OK, buf, n < (int)sizeof(buf) ? n :
-	    (int)sizeof(buf) - 1);
-}
-
-static void master_graceful(void);
-static void master_fast_stop(int code);
-
-/* A whole request is in c->buf: act on it.  0 keeps the client. */
-static int
-ctl_dispatch(struct control_client *c)
-{
-	struct shm_hdr *h = M.shm.hdr;
-	uint16_t type, len;
-	char *p = (char *)c->buf + CONTROL_HDR;
-
-	control_parse_header(c->buf, &type, &len);
-	c->have = 0;
-	switch (type) {
-	case CTL_STATUS:
-		ctl_status(c);
-		return 0;
-	case CTL_GET:
-		if (len == 0)
-			return -1;
-		ctl_get(c, p, len);
-		return 0;
-	case CTL_FLUSH:
-		c->flush_seq = __atomic_add_fetch(&h->flush_seq, 1,
-		    __ATOMIC_ACQ_REL);
-		c->deadline_ms = now_ms() + CTL_FLUSH_MS;
-		/* Its frames are made durable first; the syncer then wakes
-		 * the flusher (flush_synced). */
-		syncer_kick(h->syncer_efd);
-		return 0;
-	case CTL_RELOAD:
-		if (master_reload() == 0)
-			control_reply_str(c->fd, CTL_OK, "{\"reloaded\":true}");
-		else
-			control_reply_str(c->fd, CTL_FAILED, "{\"error\":\"the "
-			    "configuration has errors; see the log\"}");
-		return 0;
-	case CTL_STOP:
-		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"graceful\"}");
-		master_graceful();
-		return 0;
-	case CTL_STOP_FAST:
-		control_reply_str(c->fd, CTL_OK, "{\"stopping\":\"fast\"}");
-		log_info("fast stop requested by tallyctl");
-		master_fast_stop(0);
-		return 0;
-	default:
-		return -1;
-	}
-}
-
-/*
- * Answer the flushes that are done, or that waited too long.  One that
- * stopped at a damaged frame is done but did not bring PostgreSQL the
- * increments past it: a failure, not "flushed".
- */
-static void
-ctl_flush_waiters(void)
-{
-	struct shm_hdr *h = M.shm.hdr;
-	uint64_t done = shm_load(&h->flush_done), t = now_ms(), bad;
-	char buf[160];
-	int n;
-
-	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++) {
-		struct control_client *c = M.clients[i];
-
-		if (c == NULL || c->flush_seq == 0)
-			continue;
-		if (done >= c->flush_seq && (bad = shm_load(
-		    &h->corrupt_lsn)) != 0 && journal_lsn_normalize(
-		    h->seg_size, shm_load(&h->checkpoint_lsn)) <= bad) {
-			n = snprintf(buf, sizeof(buf), "{\"error\":\"journal "
-			    "corrupt at LSN %" PRIu64 ": flushing stopped "
-			    "there (see 'tallyctl journal verify')\"}", bad);
-			control_reply(c->fd, CTL_FAILED, buf, n);
-			c->flush_seq = 0;
-		} else if (done >= c->flush_seq) {
-			n = snprintf(buf, sizeof(buf), "{\"flushed\":true,"
-			    "\"checkpoint_lsn\":%" PRIu64 "}",
-			    shm_load(&M.shm.hdr->checkpoint_lsn));
-			control_reply(c->fd, CTL_OK, buf, n);
-			c->flush_seq = 0;
-		} else if (t > c->deadline_ms || M.state == FAST_STOP) {
-			n = snprintf(buf, sizeof(buf), "{\"error\":\"flush did "
-			    "not complete (is PostgreSQL reachable?)\"}");
-			control_reply(c->fd, CTL_FAILED, buf, n);
-			c->flush_seq = 0;
-		}
-	}
-}
-
-static void
-ctl_accept(void)
-{
-	int fd, i;
-
-	while ((fd = accept4(M.ctl_fd, NULL, NULL, SOCK_NONBLOCK |
-	    SOCK_CLOEXEC)) != -1) {
-		for (i = 0; i < CONTROL_MAX_CLIENTS && M.clients[i]; i++)
-			;
-		if (i == CONTROL_MAX_CLIENTS ||
-		    (M.clients[i] = calloc(1, sizeof(**M.clients))) == NULL) {
-			/* An answer, so that tallyctl can say why. */
-			control_reply_str(fd, CTL_FAILED, "{\"error\":\"too "
-			    "many control connections\"}");
-			close(fd);
-			continue;
-		}
-		M.clients[i]->fd = fd;
-		M.clients[i]->last_ms = now_ms();
-	}
-}
-
-/*
- * tallyctl sends its request at once and leaves with the answer: a
- * client that sits idle would only hold one of the few slots, and a
- * local user could take them all.
- */
-static void
-ctl_close_idle(void)
-{
-	uint64_t t = now_ms();
-
-	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
-		if (M.clients[i] != NULL && M.clients[i]->flush_seq == 0 &&
-		    t - M.clients[i]->last_ms > CTL_IDLE_MS) {
-			log_debug("control connection idle for %d ms: "
-			    "closing it", CTL_IDLE_MS);
-			ctl_close(i);
-		}
-}
-
-/* One pass of the control socket: new clients, requests, answers. */
-static void
-ctl_serve(struct pollfd *pfd, const int *slot, int npfd)
-{
-	for (int k = 2; k < npfd; k++) {
-		int i = slot[k], rc;
-
-		if (M.clients[i] == NULL || !(pfd[k].revents &
-		    (POLLIN | POLLHUP | POLLERR)))
-			continue;
-		rc = control_read(M.clients[i]);
-		if (rc == 1) {
-			M.clients[i]->last_ms = now_ms();
-			rc = ctl_dispatch(M.clients[i]);
-		}
-		if (rc == -1)
-			ctl_close(i);
-	}
-	if (npfd > 1 && (pfd[1].revents & POLLIN))
-		ctl_accept();
-	ctl_flush_waiters();
-	ctl_close_idle();
 }
 
 static int
@@ -1073,25 +755,6 @@ master_daemonize(void)
 			close(fd);
 	}
 	return p[1];
-}
-
-static int
-master_pollfds(struct pollfd *pfd, int *slot, int sigfd)
-{
-	int n = 0;
-
-	pfd[n].fd = sigfd;
-	pfd[n++].events = POLLIN;
-	pfd[n].fd = M.ctl_fd;
-	pfd[n++].events = M.ctl_fd != -1 ? POLLIN : 0;
-	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++) {
-		if (M.clients[i] == NULL)
-			continue;
-		slot[n] = i;
-		pfd[n].fd = M.clients[i]->fd;
-		pfd[n++].events = POLLIN;
-	}
-	return n;
 }
 
 /*
@@ -1240,7 +903,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 		if ((pfd[0].revents & POLLIN) &&
 		    read(M.sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
 			sig = si.ssi_signo;
-		ctl_serve(pfd, slot, npfd);
+		master_ctl_serve(pfd, slot, npfd);
 		switch (sig) {
 		case SIGCHLD:
 			break;
@@ -1266,7 +929,7 @@ master_main(struct config *cf, const char *path, char *const *overrides,
 	statsd_close(&M.statsd, &M.shm);
 	for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
 		if (M.clients[i])
-			ctl_close(i);
+			master_ctl_close(i);
 	close(M.ctl_fd);
 	master_unlink();
 	log_info("stopped");
