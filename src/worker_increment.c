@@ -23,7 +23,7 @@
 /*
  * A request waiting for PostgreSQL: a GET of a key the table does not
  * hold, the first increment of one (is_post), or an increment whose
- * Idempotency-Key the table may have forgotten (idem_checked).
+ * Idempotency-Key the table may have forgotten (post_idem_checked).
  */
 struct lookup {
 	h2o_req_t	*req;
@@ -68,7 +68,7 @@ content_type_ok(h2o_req_t *req)
  * absent, else its length in ik.
  */
 static ssize_t
-idem_header(h2o_req_t *req, char *ik)
+post_idem_header(h2o_req_t *req, char *ik)
 {
 	ssize_t i, n;
 
@@ -97,7 +97,7 @@ idem_header(h2o_req_t *req, char *ik)
  * claimed when there is a key).
  */
 static int
-idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
+post_idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
     size_t ik_len, struct idem_entry **ie)
 {
 	int status;
@@ -136,7 +136,7 @@ idem_settle(h2o_req_t *req, const struct increment_req *in, const char *ik,
 static int	post_check_idem(h2o_req_t *, const struct post *);
 static void	lookup_token_dispose(void *);
 static void	lookup_done(void *, int, int64_t);
-static void	idem_checked(void *, int, int64_t, uint64_t);
+static void	post_idem_checked(void *, int, int64_t, uint64_t);
 
 int
 worker_post(h2o_req_t *req)
@@ -158,7 +158,7 @@ worker_post(h2o_req_t *req)
 	    W.cf->max_key_bytes, &in, err, sizeof(err)) == -1)
 		return worker_respond_error(req, 400, err);
 	counters_prefetch(W.shm->counters, in.key, in.key_len);
-	if ((ik_len = idem_header(req, ik)) == -1)
+	if ((ik_len = post_idem_header(req, ik)) == -1)
 		return 0;
 	if (W.h->journal_errno || W.h->sync_failed)
 		return worker_respond_retry(req, "journal unavailable");
@@ -174,7 +174,7 @@ worker_post(h2o_req_t *req)
 		return worker_respond_retry(req, "Idempotency-Keys not loaded "
 		    "from PostgreSQL yet");
 	/* Settled first: a refusal must not leave a key behind. */
-	if (idem_settle(req, &in, ik, ik_len, &ie))
+	if (post_idem_settle(req, &in, ik, ik_len, &ie))
 		return 0;
 	p.key = in.key;
 	p.key_len = in.key_len;
@@ -266,7 +266,7 @@ post_asked(struct lookup *l, int status, int64_t value)
  * The table has given up keys whose requests PostgreSQL holds (idem.h,
  * "Forgetting"), and this one it does not know: our claim keeps its
  * retries out (409) while PostgreSQL says whether it was used, and the
- * request goes on in idem_checked().
+ * request goes on in post_idem_checked().
  */
 static int
 post_check_idem(h2o_req_t *req, const struct post *p)
@@ -288,12 +288,12 @@ post_check_idem(h2o_req_t *req, const struct post *p)
 	l->post.ik = l->key + p->key_len;
 	shm_count(&W.h->stats.idem_lookups, 1);
 	l->pr = pgread_lookup_idem(W.pg, l->post.ik, p->ik_len, l->key,
-	    l->key_len, p->value, idem_checked, l);
+	    l->key_len, p->value, post_idem_checked, l);
 	return 0;
 }
 
 static void
-idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
+post_idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
 {
 	struct lookup *l = arg;
 	struct post *p = &l->post;
