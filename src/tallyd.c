@@ -85,6 +85,27 @@ tallyd_std_fds(void)
 		close(fd);
 }
 
+/*
+ * Descriptors left open by whatever started us (a shell's $(...), an init
+ * system's log pipe) would stay open in the daemon and every child, and
+ * whoever waits for their end would wait until tallyd stops.  Closed
+ * before anything of ours is opened, and before a name service module
+ * (sssd's, for server.user) keeps a socket whose number we would reuse.
+ */
+static void
+tallyd_close_inherited(void)
+{
+#ifdef HAVE_CLOSEFROM
+	closefrom(STDERR_FILENO + 1);
+#else
+	long max = sysconf(_SC_OPEN_MAX);
+
+	for (long fd = STDERR_FILENO + 1; fd < (max > 0 && max < 65536 ?
+	    max : 65536); fd++)
+		close((int)fd);
+#endif
+}
+
 int
 main(int argc, char *argv[])
 {
@@ -96,6 +117,7 @@ main(int argc, char *argv[])
 	int ch, foreground = 0, test = 0, nover = 0, bad;
 
 	tallyd_std_fds();
+	tallyd_close_inherited();
 	argv = proctitle_init(argc, argv);
 	if ((overrides = calloc(argc, sizeof(*overrides))) == NULL)
 		return 1;

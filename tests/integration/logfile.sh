@@ -4,7 +4,7 @@
 # SIGHUP or tallyctl reload has each of them open the path anew; a path
 # that cannot be opened stops the start, or at a reopen keeps the old
 # file, saying why.  A daemon started with descriptors 0-2 closed keeps
-# its lock, its port and its log.
+# its lock, its port and its log; one started with more open closes them.
 . "$(dirname "$0")/lib.sh"
 need psql
 
@@ -138,3 +138,37 @@ assert_match "daemon with 0-2 closed: its stop is logged" \
     'master info: stopped$' "$(tail -n 1 "$LOG")"
 pg_wait_value k 8
 
+
+# ---- a daemon started with more descriptors open
+
+# Whatever starts tallyd may leave more than 0-2 open: here fd 7 is the
+# pipe of a reader that waits for its end, as a shell's $(...) or an init
+# system's log pipe does.  Neither the daemon nor its children may keep
+# it, or the reader waits until tallyd stops.
+: >"$LOG"
+(
+	exec 7>&1
+	readlink "/proc/$BASHPID/fd/7" >"$T/pipe.id"
+	"$TALLYD" -c "$CONF" >/dev/null 2>&1 </dev/null
+	echo "rc=$?"
+) | timeout 30 cat >"$T/inherited.out"
+st=${PIPESTATUS[1]}
+TALLYD_PID=$(cat "$T/tallyd.pid" 2>/dev/null)
+assert_match "daemon with fd 7 open: pid file" '^[0-9]+$' "$TALLYD_PID"
+assert_eq "daemon with fd 7 open: started" "rc=0" "$(cat "$T/inherited.out")"
+assert_eq "daemon with fd 7 open: the reader saw the pipe end at once" 0 "$st"
+pipe=$(cat "$T/pipe.id")
+assert_match "daemon with fd 7 open: the pipe's name was read" '^pipe:' "$pipe"
+held=
+for p in $TALLYD_PID $(descendants "$TALLYD_PID"); do
+	for fd in /proc/"$p"/fd/*; do
+		[ "$(readlink "$fd" 2>/dev/null)" = "$pipe" ] && held="$held $p"
+	done
+done
+assert_eq "daemon with fd 7 open: no process holds the pipe" "" "$held"
+assert_eq "daemon with fd 7 open: serves" 202 "$(post k 1)"
+kill -TERM "$TALLYD_PID"
+wait_gone 30 "$TALLYD_PID"
+assert_eq "daemon with fd 7 open: stopped" 0 "$?"
+TALLYD_PID=
+pg_wait_value k 9
