@@ -48,7 +48,7 @@ extern struct master {
 	int			 pid_file_written;
 	int			 ctl_made;	/* the control socket is ours */
 	int			 sigfd;
-	int			 ready_fd;	/* to the waiting parent; -1 */
+	int			 ready_fd;	/* pipe to the waiting parent */
 	pid_t			 pid;		/* ours, once detached */
 	const char		*path;
 	char *const		*overrides;

@@ -6,8 +6,8 @@
  * (batches of increments, written to the journal and acknowledged once
  * durable).  Nothing outside the worker includes this.
  *
- * A worker is one process with one event loop, so its state is one
- * structure, W, as the flusher's would be were it not passed around.
+ * A worker is one process with one event loop: its state is one
+ * structure, W.
  */
 #ifndef TALLY_WORKER_INT_H
 #define TALLY_WORKER_INT_H
