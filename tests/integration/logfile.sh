@@ -4,7 +4,8 @@
 # SIGHUP or tallyctl reload has each of them open the path anew; a path
 # that cannot be opened stops the start, or at a reopen keeps the old
 # file, saying why.  A daemon started with descriptors 0-2 closed keeps
-# its lock, its port and its log; one started with more open closes them.
+# its lock, its port and its log, and one started with descriptors above
+# 2 open keeps none of them.
 . "$(dirname "$0")/lib.sh"
 need psql
 
@@ -137,7 +138,6 @@ TALLYD_PID=
 assert_match "daemon with 0-2 closed: its stop is logged" \
     'master info: stopped$' "$(tail -n 1 "$LOG")"
 pg_wait_value k 8
-
 
 # ---- a daemon started with more descriptors open
 
