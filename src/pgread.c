@@ -367,8 +367,8 @@ pgread_connected(struct pgread *p)
 	    "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(i, v, k) "
 	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
 	    "LEFT JOIN %s.tally_counters c ON c.key = u.k "
-	    "WHERE t.created_at > now() - $4::bigint * "
-	    "interval '1 microsecond'", ident, ident);
+	    "WHERE t.created_at > now() - %llu * interval '1 microsecond'",
+	    ident, ident, (unsigned long long)p->idem_ttl_us);
 	PQfreemem(ident);
 	if (p->down)
 		log_info("pgread: connected to PostgreSQL again");
@@ -558,8 +558,7 @@ static void
 pgread_send_next(struct pgread *p)
 {
 	struct pgread_req *r;
-	const char *values[4];
-	char ttl[24];
+	const char *values[3];
 	size_t n, at[3] = { 0, 0, 0 };
 	int ok;
 
@@ -587,13 +586,10 @@ pgread_send_next(struct pgread *p)
 	}
 	for (int f = 0; f < 3; f++)
 		values[f] = p->arr + at[f];
-	if (r->kind == PGREAD_IDEM) {
-		snprintf(ttl, sizeof(ttl), "%llu",
-		    (unsigned long long)p->idem_ttl_us);
-		values[3] = ttl;
-		ok = PQsendQueryParams(p->conn, p->query_idem, 4, NULL,
+	if (r->kind == PGREAD_IDEM)
+		ok = PQsendQueryParams(p->conn, p->query_idem, 3, NULL,
 		    values, NULL, NULL, 0);
-	} else
+	else
 		ok = p->prepared ? PQsendQueryPrepared(p->conn, PGREAD_STMT,
 		    1, values, NULL, NULL, 0) : PQsendQueryParams(p->conn,
 		    p->query, 1, NULL, values, NULL, NULL, 0);
@@ -607,21 +603,40 @@ pgread_send_next(struct pgread *p)
 	pgread_flush(p);
 }
 
-/* An integer column; -1 (logged) when it is not one. */
+/*
+ * Column col of a row, an integer; -1 (logged, with the row's first
+ * column, what it names) when it is not one.
+ */
 static int
-pgread_int(PGresult *res, int row, int col, int64_t *out)
+pgread_int(PGresult *res, int row, int col, const char *what, int64_t *out)
 {
 	const char *v = PQgetvalue(res, row, col);
+	int len = PQgetlength(res, row, 0);
 	char *end;
 
 	*out = strtoll(v, &end, 10);
 	if (end == v || *end != '\0') {
-		log_warnx("pgread: '%.*s': '%s' is not an integer",
-		    (int)(PQgetlength(res, row, 0) > 64 ? 64 :
-		    PQgetlength(res, row, 0)), PQgetvalue(res, row, 0), v);
+		log_warnx("pgread: %s '%.*s': value '%s' is not an integer",
+		    what, len > 64 ? 64 : len, PQgetvalue(res, row, 0), v);
 		return -1;
 	}
 	return 0;
+}
+
+/* The answer for the look-ups in flight that asked for k. */
+static void
+pgread_answer(struct pgread *p, const char *k, size_t klen, int status,
+    int64_t value, uint64_t used_us)
+{
+	struct pgread_req *r;
+	size_t i;
+
+	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
+		if (r->len == klen && memcmp(r->key, k, klen) == 0) {
+			r->status = status;
+			r->value = value;
+			r->used_us = used_us;
+		}
 }
 
 /*
@@ -632,51 +647,31 @@ pgread_int(PGresult *res, int row, int col, int64_t *out)
 static void
 pgread_take_idem_row(struct pgread *p, PGresult *res, int row)
 {
-	const char *ik = PQgetvalue(res, row, 0);
-	size_t iklen = PQgetlength(res, row, 0), i;
-	struct pgread_req *r;
 	int64_t used = 0, total = 0;
 	int status;
 
 	status = strcmp(PQgetvalue(res, row, 1), "t") == 0 ? 1 : 2;
-	if (pgread_int(res, row, 2, &used) == -1 || (!PQgetisnull(res, row,
-	    3) && pgread_int(res, row, 3, &total) == -1))
+	if (pgread_int(res, row, 2, "Idempotency-Key", &used) == -1 ||
+	    (!PQgetisnull(res, row, 3) && pgread_int(res, row, 3,
+	    "Idempotency-Key", &total) == -1))
 		status = -1;
-	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
-		if (r->len == iklen && memcmp(r->key, ik, iklen) == 0) {
-			r->status = status;
-			r->value = total;
-			r->used_us = used > 0 ? (uint64_t)used : 0;
-		}
+	pgread_answer(p, PQgetvalue(res, row, 0), PQgetlength(res, row, 0),
+	    status, total, used > 0 ? (uint64_t)used : 0);
 }
 
 /* The value of a row for the look-ups in flight that asked for its key. */
 static void
 pgread_take_row(struct pgread *p, PGresult *res, int row)
 {
-	const char *k = PQgetvalue(res, row, 0), *v;
-	size_t klen = PQgetlength(res, row, 0), i;
-	struct pgread_req *r;
 	int64_t value = 0;
-	char *end;
 	int status = 1;
 
 	if (PQgetisnull(res, row, 1))
 		status = 0;
-	else {
-		v = PQgetvalue(res, row, 1);
-		value = strtoll(v, &end, 10);
-		if (end == v || *end != '\0') {
-			log_warnx("pgread: key '%.*s': value '%s' is not an "
-			    "integer", (int)(klen > 64 ? 64 : klen), k, v);
-			status = -1;
-		}
-	}
-	for (r = p->queue.head, i = 0; i < p->nsent; r = r->next, i++)
-		if (r->len == klen && memcmp(r->key, k, klen) == 0) {
-			r->status = status;
-			r->value = value;
-		}
+	else if (pgread_int(res, row, 1, "key", &value) == -1)
+		status = -1;
+	pgread_answer(p, PQgetvalue(res, row, 0), PQgetlength(res, row, 0),
+	    status, value, 0);
 }
 
 /*
