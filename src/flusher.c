@@ -610,6 +610,18 @@ flusher_skip_flushed(struct flusher *fl, uint64_t from, uint64_t to)
 }
 
 /*
+ * PostgreSQL holds the journal up to lsn: say so to the other processes,
+ * and to the Idempotency-Key table, whose entries up to there may be
+ * given up when it is full.
+ */
+static void
+flusher_publish(struct flusher *fl, uint64_t lsn)
+{
+	shm_store(&fl->h->checkpoint_lsn, lsn);
+	idem_flushed(fl->shm->idem, lsn);
+}
+
+/*
  * Compare PostgreSQL's checkpoint for this node with ours.
  *
  * Until a flush of this run has written it, PostgreSQL's checkpoint can
@@ -690,8 +702,7 @@ flusher_reconcile(struct flusher *fl)
 	log_info("PostgreSQL already holds journal LSN %llu..%llu; "
 	    "checkpoint moved to %llu", (unsigned long long)cur,
 	    (unsigned long long)to, (unsigned long long)to);
-	shm_store(&h->checkpoint_lsn, to);
-	idem_flushed(fl->shm->idem, to);
+	flusher_publish(fl, to);
 	return 0;
 }
 
@@ -1059,8 +1070,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	fl->pg_cp_known = 1;
 	fl->pg_cp_lsn = upto;
 	__atomic_store_n(&fl->h->pg_cp_current, 1, __ATOMIC_RELAXED);
-	shm_store(&h->checkpoint_lsn, upto);
-	idem_flushed(fl->shm->idem, upto);
+	flusher_publish(fl, upto);
 	/* Past a frame once unreadable (a mapping that failed): clear. */
 	if (shm_load(&h->corrupt_lsn) != 0 && upto > shm_load(
 	    &h->corrupt_lsn)) {
