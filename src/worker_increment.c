@@ -188,7 +188,6 @@ worker_post(h2o_req_t *req)
 	return worker_batch_add(req, &p, NULL);
 }
 
-
 static struct lookup *
 lookup_new(h2o_req_t *req, const char *key, size_t len, size_t extra)
 {
@@ -206,6 +205,28 @@ lookup_new(h2o_req_t *req, const char *key, size_t len, size_t extra)
 	l->tok->t0 = W.cur.t0;
 	l->tok->route = W.cur.route;
 	W.lookups++;
+	return l;
+}
+
+/*
+ * A look-up that parks increment p, its key and Idempotency-Key copied
+ * in; NULL when out of memory, the request answered and its claim let go.
+ */
+static struct lookup *
+lookup_park(h2o_req_t *req, const struct post *p)
+{
+	struct lookup *l;
+
+	if ((l = lookup_new(req, p->key, p->key_len, p->ik_len)) == NULL) {
+		if (p->ie)
+			idem_abort(W.shm->idem, p->ie);
+		worker_respond_retry(req, "out of memory");
+		return NULL;
+	}
+	memcpy(l->key + p->key_len, p->ik, p->ik_len);
+	l->post = *p;
+	l->post.key = l->key;
+	l->post.ik = l->key + p->key_len;
 	return l;
 }
 
@@ -229,16 +250,9 @@ worker_post_ask(h2o_req_t *req, const struct post *p)
 		    p->key_len);
 		return worker_batch_add(req, p, &seed);
 	}
-	if ((l = lookup_new(req, p->key, p->key_len, p->ik_len)) == NULL) {
-		if (p->ie)
-			idem_abort(W.shm->idem, p->ie);
-		return worker_respond_retry(req, "out of memory");
-	}
-	memcpy(l->key + p->key_len, p->ik, p->ik_len);
+	if ((l = lookup_park(req, p)) == NULL)
+		return 0;
 	l->is_post = 1;
-	l->post = *p;
-	l->post.key = l->key;
-	l->post.ik = l->key + p->key_len;
 	l->post.asked++;
 	/* Before the question: a takeover after it makes the answer old. */
 	l->gen = counters_seed_gen(W.shm->counters, p->key, p->key_len);
@@ -278,14 +292,8 @@ post_check_idem(h2o_req_t *req, const struct post *p)
 		return worker_respond_retry(req, "PostgreSQL unavailable to "
 		    "check the Idempotency-Key");
 	}
-	if ((l = lookup_new(req, p->key, p->key_len, p->ik_len)) == NULL) {
-		idem_abort(W.shm->idem, p->ie);
-		return worker_respond_retry(req, "out of memory");
-	}
-	memcpy(l->key + p->key_len, p->ik, p->ik_len);
-	l->post = *p;
-	l->post.key = l->key;
-	l->post.ik = l->key + p->key_len;
+	if ((l = lookup_park(req, p)) == NULL)
+		return 0;
 	shm_count(&W.h->stats.idem_lookups, 1);
 	l->pr = pgread_lookup_idem(W.pg, l->post.ik, p->ik_len, l->key,
 	    l->key_len, p->value, post_idem_checked, l);
