@@ -767,9 +767,7 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 			    "recovery", (int)ik_len, ik);
 			return -1;
 		case IDEM_FULL:
-			log_warnx("idempotency key %.*s: table full (%llu "
-			    "keys)", (int)ik_len, ik,
-			    (unsigned long long)t->capacity);
+			/* The caller says so once, not once for each key. */
 			return -1;
 		}
 	}

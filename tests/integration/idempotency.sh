@@ -4,7 +4,8 @@
 # flight, retry storms across workers, kill -9 before and after the flush
 # and in the middle of keyed load, two nodes on one PostgreSQL, expiry, a
 # full key table (kept keys given up once flushed, then looked up in
-# PostgreSQL), keyed requests refused until the keys are read back from
+# PostgreSQL), a restart with fewer keys allowed than the journal holds,
+# keyed requests refused until the keys are read back from
 # PostgreSQL, and a key reused for another request on a node that did not
 # know it, parked at flush.  Whatever the retries, PostgreSQL counts each
 # keyed increment once, and no acknowledged increment vanishes unseen.
@@ -729,6 +730,46 @@ flush
 assert_eq "restart: PostgreSQL's total" 17 "$(pg_value full)"
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# More unflushed keys in the journal than a lowered idempotency.max_keys
+# takes: tallyd still starts and replays every increment, and says once,
+# not once a key, which keys it did not restore.  A retry of one of
+# those, once flushed, is looked up in PostgreSQL: a replay, not counted
+# again.
+phase "more unflushed keys in the journal than the table takes"
+node_conf nshrink "[postgres]" "flush_interval = 1h"
+use_node nshrink
+tallyd_start
+flush
+for i in 1 2 3 4 5 6 7 8; do
+	fresh "shrink: key $i" shrink$i shrink 1 "$i"
+done
+assert_eq "shrink: not flushed yet" 0 "$(pg_idem_count shrink1)"
+RECS=$(journal_records)
+tallyd_kill9_all
+tallyd_start -o idempotency.max_keys=3
+assert_eq "shrink: /readyz" 200 "$(wait_status /readyz 200)"
+assert_eq "shrink: every increment replayed" '{"shrink":8}' "$(get shrink)"
+assert_eq "shrink: the log says once which keys were not restored" 1 \
+    "$(grep -c 'the keys from there on are not restored' "$TALLYD_LOG")"
+assert_eq "shrink: no line for each key not restored" 0 \
+    "$(grep -c 'idempotency key shrink' "$TALLYD_LOG")"
+# Nothing was flushed before the kill: the first answer, rebuilt.
+replay "shrink: a restored key's retry" shrink1 shrink 1 1
+flush
+assert_eq "shrink: PostgreSQL counts each keyed increment once" 8 \
+    "$(pg_value shrink)"
+replay "shrink: a key not restored, from PostgreSQL" shrink8 shrink 1 8
+assert_eq "shrink: a key not restored, another request: 422" 422 \
+    "$(ipost shrink7 shrink 2)"
+assert_eq "shrink: nothing journaled" "$RECS" "$(journal_records)"
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+assert_eq "shrink: PostgreSQL's total at stop" 8 "$(pg_value shrink)"
+for i in 1 2 3 4 5 6 7 8; do
+	assert_eq "shrink: tally_idempotency holds shrink$i once" 1 \
+	    "$(pg_idem_count shrink$i)"
+done
 
 # ================================================================ keys not loaded
 # The keys this node flushed are no longer in its journal after a restart;
