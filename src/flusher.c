@@ -745,10 +745,25 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 	}
 }
 
+/* A held key's total, for idem_rebase: PostgreSQL's is known by now. */
+static int
+flusher_sum(void *arg, const char *key, size_t len, int64_t *sum)
+{
+	int64_t c, u;
+	int known;
+
+	if (counters_peek(arg, key, len, &c, &u, &known) <= 0 || !known ||
+	    __builtin_add_overflow(c, u, sum))
+		return -1;
+	return 0;
+}
+
 /*
  * Idempotency-Keys this node flushed before a restart are no longer in
  * the journal: take them back from PostgreSQL, so a late retry is still
- * answered as a replay.
+ * answered as a replay.  Those the journal gave back answer the total
+ * they first did, now that the held keys' totals are read (see
+ * idem_restore).
  */
 static int
 flusher_load_keys(struct flusher *fl)
@@ -757,6 +772,7 @@ flusher_load_keys(struct flusher *fl)
 
 	if (fl->keys_loaded)
 		return 0;
+	idem_rebase(fl->shm->idem, flusher_sum, fl->shm->counters);
 	fl->keys_left = 0;
 	/* One more than fits, to know whether any is left out. */
 	if (pg_idem_load(&fl->pg, fl->cf->idem_ttl_us, cap + 1,

@@ -133,10 +133,11 @@ struct idem_entry {
 	int64_t		total;
 	uint64_t	expires_us;
 	uint64_t	lsn;		/* its frame's end; see idem_flushed */
+	int64_t		after;		/* restored: the key's sum after it */
 	int32_t		status;
 	uint16_t	key_len;
 	uint8_t		ik_len;
-	uint8_t		pad;
+	uint8_t		rebase;		/* restored: total is to be rebased */
 	char		data[];		/* ik, then the counter key */
 };
 
@@ -522,6 +523,8 @@ slot_write(struct idem_table *t, uint64_t i, const struct idem_req *q)
 	__atomic_store_n(&e->total, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->expires_us, 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&e->lsn, IDEM_LSN_NONE, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->after, 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->rebase, 0, __ATOMIC_RELAXED);
 	bytes_put(e->data, q->ik, q->ik_len);
 	bytes_put(e->data + q->ik_len, q->key, q->key_len);
 }
@@ -738,8 +741,9 @@ idem_abort(struct idem_table *t, struct idem_entry *e)
 int
 idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
     const char *key, size_t key_len, int64_t value, int status,
-    int64_t total, uint64_t expires_us, uint64_t lsn)
+    int64_t sum, uint64_t expires_us, uint64_t lsn)
 {
+	struct idem_entry *e;
 	struct idem_req q;
 	enum idem_result res;
 	uint64_t slot, word;
@@ -753,8 +757,9 @@ idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 		res = idem_claim(t, &q, 0, getpid(), &slot, &word, &st, &tot);
 		switch (res) {
 		case IDEM_NEW:
-			idem_complete(t, entry_at(t, slot), status, total,
-			    expires_us, lsn);
+			e = entry_at(t, slot);
+			__atomic_store_n(&e->rebase, 1, __ATOMIC_RELAXED);
+			idem_complete(t, e, status, sum, expires_us, lsn);
 			return 0;
 		case IDEM_REPLAY:
 		case IDEM_MISMATCH:
@@ -799,6 +804,70 @@ bodies_out(struct idem_table *t)
 	uint64_t nb = __atomic_load_n(&t->nbodies, __ATOMIC_ACQUIRE);
 
 	return nb > t->nslots ? t->nslots : nb;
+}
+
+/*
+ * The restored entries still to rebase, one at a time: fn(arg, e, key)
+ * for each, from one process while no worker takes keyed requests.
+ */
+static void
+rebase_each(struct idem_table *t, void (*fn)(struct idem_table *,
+    struct idem_entry *, int64_t), idem_sum_fn sum, void *arg)
+{
+	uint64_t nb = bodies_out(t);
+	int64_t s;
+
+	for (uint64_t b = 0; b < nb; b++) {
+		struct idem_entry *e = body_at(t, b);
+		uint64_t i = body_slot(t, b);
+
+		if (i == IDEM_NONE || W_STATE(__atomic_load_n(
+		    &index_at(t, i)->word, __ATOMIC_ACQUIRE)) != ST_DONE ||
+		    !__atomic_load_n(&e->rebase, __ATOMIC_ACQUIRE))
+			continue;
+		if (sum(arg, e->data + e->ik_len, e->key_len, &s) == 0)
+			fn(t, e, s);
+	}
+}
+
+/* s: the key's journaled sum at the end of the replay. */
+static void
+rebase_mark(struct idem_table *t, struct idem_entry *e, int64_t s)
+{
+	int64_t after;
+
+	(void)t;
+	if (__builtin_sub_overflow(s, e->total, &after))
+		after = 0;
+	__atomic_store_n(&e->after, after, __ATOMIC_RELAXED);
+}
+
+/*
+ * s: the key's total now.  Done again if the process dies before it
+ * clears the mark, this gives the same total (after is not changed).
+ */
+static void
+rebase_apply(struct idem_table *t, struct idem_entry *e, int64_t s)
+{
+	int64_t total;
+
+	(void)t;
+	if (__builtin_sub_overflow(s, e->after, &total))
+		total = s;
+	__atomic_store_n(&e->total, total, __ATOMIC_RELAXED);
+	__atomic_store_n(&e->rebase, 0, __ATOMIC_RELEASE);
+}
+
+void
+idem_restore_end(struct idem_table *t, idem_sum_fn sum, void *arg)
+{
+	rebase_each(t, rebase_mark, sum, arg);
+}
+
+void
+idem_rebase(struct idem_table *t, idem_sum_fn sum, void *arg)
+{
+	rebase_each(t, rebase_apply, sum, arg);
 }
 
 /* Only a slot with a body can be DONE. */

@@ -59,12 +59,29 @@ void	idem_abort(struct idem_table *t, struct idem_entry *e);
 
 /*
  * Recovery, before the workers run: a durable keyed request found in the
- * journal, with the response to replay.  Replaces a kept entry for the
- * same ik.  -1 when there is no room.
+ * journal, with the status to replay and sum, its counter key's journaled
+ * sum from the checkpoint to it.  Replaces a kept entry for the same ik.
+ * -1 when there is no room.
+ *
+ * The total first answered was that sum plus the key's total at the
+ * checkpoint, which only PostgreSQL knows.  So at the end of the replay
+ * idem_restore_end takes, for each restored entry, sum() of its key, the
+ * journaled sum of all the replay, and keeps how much came after the
+ * entry; once PostgreSQL's totals are in the counter table,
+ * idem_rebase takes sum() again, the key's total now, and the entry
+ * answers that total less what came after it: the first answer again,
+ * but for increments of the key that were in flight with it (and, when
+ * PostgreSQL was down at start, unkeyed ones taken since).  Both run in
+ * one process while no worker takes keyed requests.  sum returns -1 for
+ * a key it cannot tell; the entry is left as it is.
  */
+typedef int (*idem_sum_fn)(void *arg, const char *key, size_t key_len,
+	    int64_t *sum);
 int	idem_restore(struct idem_table *t, const char *ik, size_t ik_len,
 	    const char *key, size_t key_len, int64_t value, int status,
-	    int64_t total, uint64_t expires_us, uint64_t lsn);
+	    int64_t sum, uint64_t expires_us, uint64_t lsn);
+void	idem_restore_end(struct idem_table *t, idem_sum_fn sum, void *arg);
+void	idem_rebase(struct idem_table *t, idem_sum_fn sum, void *arg);
 
 /*
  * Forgetting.  When the table holds max_keys entries, a claim gives up

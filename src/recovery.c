@@ -118,15 +118,13 @@ recovery_add_staged(struct rec_state *rs)
 		counters_add(c, e, r->value, s->frame_end);
 		rs->records++;
 		if (r->idem && r->time_us + rs->cf->idem_ttl_us > rs->now_us) {
-			int overflow, rc;
+			int64_t cm, un;
+			int rc;
 
-			/*
-			 * The kept response cannot be rebuilt exactly: a
-			 * replay after a restart reports the total known now.
-			 */
+			/* Rebased once PostgreSQL's total is known. */
+			counters_read(e, &cm, &un);
 			rc = idem_restore(rs->shm->idem, r->idem, r->idem_len,
-			    r->key, r->key_len, r->value, 202,
-			    counters_total(e, &overflow),
+			    r->key, r->key_len, r->value, 202, un,
 			    r->time_us + rs->cf->idem_ttl_us, s->frame_end);
 			if (rc == -1 && !rs->idem_full_logged) {
 				log_warnx("Idempotency-Key table full "
@@ -141,6 +139,16 @@ recovery_add_staged(struct rec_state *rs)
 	rs->nstaged = 0;
 	rs->raw_used = 0;
 	return 0;
+}
+
+/* A key's journaled sum, for idem_restore_end. */
+static int
+recovery_sum(void *arg, const char *key, size_t len, int64_t *sum)
+{
+	int64_t cm;
+	int known;
+
+	return counters_peek(arg, key, len, &cm, sum, &known) > 0 ? 0 : -1;
 }
 
 /*
@@ -419,6 +427,7 @@ recovery_replay(struct rec_state *rs)
 	}
 	h->insert_lsn = h->written_lsn = h->durable_lsn = p;
 	h->recovered_lsn = p;
+	idem_restore_end(rs->shm->idem, recovery_sum, rs->shm->counters);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	log_info("replayed %llu records in %llu frames from LSN "
 	    "%llu to %llu in %.3f s; %llu keys held",

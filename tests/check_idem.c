@@ -642,6 +642,77 @@ START_TEST(test_restore)
 }
 END_TEST
 
+/* A key's sum as a table of keys and sums; absent: cannot tell. */
+struct sums {
+	const char	*key[4];
+	int64_t		 sum[4];
+	int		 calls;
+};
+
+static int
+sums_get(void *arg, const char *key, size_t len, int64_t *sum)
+{
+	struct sums *s = arg;
+
+	s->calls++;
+	for (int i = 0; i < 4 && s->key[i]; i++)
+		if (strlen(s->key[i]) == len && memcmp(s->key[i], key,
+		    len) == 0) {
+			*sum = s->sum[i];
+			return 0;
+		}
+	return -1;
+}
+
+/*
+ * The journal since the checkpoint: a +1 (r1), a +10, a +2 (r2), b +7
+ * (r3), a +5, d +4 (r4); PostgreSQL held a at 100, b and d nowhere.
+ * Each restored entry answers the total it first did.
+ */
+START_TEST(test_restore_rebase)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 8, 16);
+	struct sums end = { { "a", "b", "d", NULL }, { 18, 7, 4 }, 0 };
+	struct sums now = { { "a", "b", NULL }, { 118, 7 }, 0 };
+	struct sums again = { { "a", "b", "d", NULL }, { 1000, 1000, 1000 },
+	    0 };
+
+	ck_assert_int_eq(restore(t, "r1", "a", 1, 1, 10000), 0);
+	ck_assert_int_eq(restore(t, "r2", "a", 2, 13, 10000), 0);
+	ck_assert_int_eq(restore(t, "r3", "b", 7, 7, 10000), 0);
+	ck_assert_int_eq(restore(t, "r4", "d", 4, 4, 10000), 0);
+	/* Not from the journal: never rebased. */
+	put(t, "n1", "a", 9, 0, 55, 10000);
+	idem_restore_end(t, sums_get, &end);
+	ck_assert_int_eq(end.calls, 4);
+	/* Until the rebase, the journal's sums. */
+	expect_replay(t, "r1", "a", 1, 0, 1);
+	expect_replay(t, "r2", "a", 2, 0, 13);
+	idem_rebase(t, sums_get, &now);
+	ck_assert_int_eq(now.calls, 4);
+	expect_replay(t, "r1", "a", 1, 0, 101);
+	expect_replay(t, "r2", "a", 2, 0, 113);
+	expect_replay(t, "r3", "b", 7, 0, 7);
+	/* d's total could not be told: left as it was. */
+	expect_replay(t, "r4", "d", 4, 0, 4);
+	expect_replay(t, "n1", "a", 9, 0, 55);
+	/* Done once: a second rebase finds only d's entry left to do. */
+	idem_rebase(t, sums_get, &again);
+	ck_assert_int_eq(again.calls, 1);
+	expect_replay(t, "r1", "a", 1, 0, 101);
+	expect_replay(t, "r4", "d", 4, 0, 1000);
+	/* A restored entry expired and taken for a new use is not rebased. */
+	ck_assert_int_eq(restore(t, "r5", "a", 3, 3, 10000), 0);
+	put(t, "r5", "a", 3, 20000, 77, 30000);
+	again.calls = 0;
+	idem_rebase(t, sums_get, &again);
+	ck_assert_int_eq(again.calls, 0);
+	expect_replay(t, "r5", "a", 3, 20000, 77);
+	table_free(&m);
+}
+END_TEST
+
 /* ---- lengths ---- */
 
 START_TEST(test_limits)
@@ -1047,6 +1118,7 @@ idem_suite(void)
 
 	tc = tcase_create("recovery");
 	tcase_add_test(tc, test_restore);
+	tcase_add_test(tc, test_restore_rebase);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("limits");

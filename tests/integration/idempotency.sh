@@ -2,7 +2,8 @@
 # The Idempotency-Key header: its syntax, replays of the kept answer, 422
 # for a key reused for another request, 409 while the first use is in
 # flight, retry storms across workers, kill -9 before and after the flush
-# and in the middle of keyed load, two nodes on one PostgreSQL, expiry, a
+# and in the middle of keyed load, replays after a restart answering the
+# total first answered, two nodes on one PostgreSQL, expiry, a
 # full key table (kept keys given up once flushed, then looked up in
 # PostgreSQL), a restart with fewer keys allowed than the journal holds,
 # keyed requests refused until the keys are read back from
@@ -770,6 +771,53 @@ for i in 1 2 3 4 5 6 7 8; do
 	assert_eq "shrink: tally_idempotency holds shrink$i once" 1 \
 	    "$(pg_idem_count shrink$i)"
 done
+
+# A retry after a restart gets the total first answered, though the
+# journal holds only the increments since the checkpoint and PostgreSQL
+# only its total at the checkpoint: so too when a kill -9 came between a
+# flush's COMMIT and the local checkpoint file (gdb holds the flusher
+# there), and PostgreSQL holds more of the journal than the file says.
+phase "replays after a restart answer the first total"
+node_conf nreb "[postgres]" "flush_interval = 1h"
+use_node nreb
+tallyd_start
+flush
+assert_eq "first total: unkeyed 100" 202 "$(post reb 100)"
+flush
+fresh "first total: a keyed increment after a flush" reb1 reb 1 101
+assert_eq "first total: unkeyed 10" 202 "$(post reb 10)"
+fresh "first total: another" reb2 reb 2 113
+fresh "first total: another key" rebo1 rebo 7 7
+tallyd_kill9_all
+tallyd_start
+replay "first total: after kill -9" reb1 reb 1 101
+replay "first total: after kill -9, the next" reb2 reb 2 113
+replay "first total: after kill -9, the other key" rebo1 rebo 7 7
+assert_eq "first total: the key's total" '{"reb":113}' "$(get reb)"
+# The start flushed all that: what follows is in the journal alone.
+gdb_attach "$(role_pids flusher)" "$T/gdb-reb.out" \
+    -ex 'break checkpoint_write' -ex continue -ex 'shell sleep 600'
+fresh "first total: a keyed increment to flush" reb3 reb 3 116
+timeout 60 "$TALLYCTL" -c "$CONF" flush >/dev/null 2>&1 &
+BGPIDS+=($!)
+wait_grep 30 "$T/gdb-reb.out" '^Breakpoint 1, '
+assert_match "first total: gdb holds the flusher as it writes the local checkpoint" \
+    'Breakpoint 1, .*checkpoint_write' "$(cat "$T/gdb-reb.out")"
+assert_eq "first total: PostgreSQL has the batch" 116 "$(pg_value reb)"
+fresh "first total: one while the flusher is held" reb4 reb 4 120
+tallyd_kill9_all
+kill -9 "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID") 2>/dev/null
+tallyd_start
+assert_match "first total: PostgreSQL's checkpoint was ahead of the file" \
+    'PostgreSQL already holds journal LSN' "$(cat "$TALLYD_LOG")"
+replay "first total: checkpoint ahead, flushed" reb3 reb 3 116
+replay "first total: checkpoint ahead, not flushed" reb4 reb 4 120
+assert_eq "first total: the key's total, checkpoint ahead" '{"reb":120}' \
+    "$(get reb)"
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+assert_eq "first total: PostgreSQL counts each increment once" 120 \
+    "$(pg_value reb)"
 
 # ================================================================ keys not loaded
 # The keys this node flushed are no longer in its journal after a restart;
