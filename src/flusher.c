@@ -201,11 +201,15 @@ batch_store(struct fl_batch *b, const char *p, size_t len)
 	return 0;
 }
 
-/* Remember a keyed record; its delta waits in 'dropped' until claimed. */
+/*
+ * Remember a keyed record of the frame at lsn ending at end, and the
+ * total it was answered with; its delta waits in 'dropped' until claimed.
+ */
 static int
-batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r,
-    uint64_t lsn)
+batch_keyed(struct flusher *fl, struct fl_ent *e,
+    const struct journal_record *r, uint64_t lsn, uint64_t end)
 {
+	struct fl_batch *b = &fl->b;
 	struct fl_keyed *k;
 
 	if (b->nkeyed == b->keyedcap) {
@@ -230,6 +234,8 @@ batch_keyed(struct fl_batch *b, struct fl_ent *e, const struct journal_record *r
 	k->value = r->value;
 	k->time_us = r->time_us;
 	k->lsn = lsn;
+	k->has_total = idem_answered(fl->shm->idem, r->idem, r->idem_len,
+	    r->key, r->key_len, r->value, end, &k->total);
 	k->applied = 0;
 	k->rejected = 0;
 	k->mismatch = 0;
@@ -393,7 +399,8 @@ flusher_read(struct flusher *fl, uint64_t from, uint64_t limit, uint64_t *upto)
 			    NULL)
 				return FL_READ_NOMEM;
 			if (r.idem) {
-				if (batch_keyed(&fl->b, e, &r, p) == -1)
+				if (batch_keyed(fl, e, &r, p, p + fi.len) ==
+				    -1)
 					return FL_READ_NOMEM;
 				continue;
 			}
@@ -706,14 +713,14 @@ flusher_reconcile(struct flusher *fl)
 	return 0;
 }
 
+/* A key PostgreSQL holds, with the total it was answered with. */
 static void
 flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
-    size_t key_len, int64_t value, uint64_t time_us)
+    size_t key_len, int64_t value, uint64_t time_us, int64_t total)
 {
 	struct flusher *fl = arg;
 	struct idem_entry *ie;
-	int64_t total = value, c, u;
-	int status, known;
+	int status;
 
 	/*
 	 * Newest first: once the table is full, the older keys stay in
@@ -723,9 +730,6 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 		fl->keys_left = 1;
 		return;
 	}
-	if (!counters_peek(fl->shm->counters, key, key_len, &c, &u, &known) ||
-	    __builtin_add_overflow(c, u, &total))
-		total = value;
 	/*
 	 * Claimed and completed like a worker would, so that a key a worker
 	 * holds already (in flight or kept) is left alone.

@@ -116,7 +116,7 @@ flusher_keyed_find(struct fl_batch *b, const char *ik, size_t ik_len)
 
 static void
 flusher_claimed_cb(void *arg, const char *ik, size_t ik_len, const char *key,
-    size_t key_len, int64_t value, uint64_t time_us)
+    size_t key_len, int64_t value, uint64_t time_us, int64_t total)
 {
 	struct fl_batch *b = arg;
 	struct fl_keyed *k;
@@ -177,6 +177,8 @@ batch_idem_put(struct fl_batch *b, size_t i, const struct fl_keyed *k)
 	b->idem[i].key_len = b->ents[k->ent].len;
 	b->idem[i].value = k->value;
 	b->idem[i].time_us = k->time_us;
+	b->idem[i].total = k->total;
+	b->idem[i].has_total = k->has_total;
 }
 
 /* Claim the batch's records that are their key's use number 'use'. */
@@ -212,7 +214,7 @@ flusher_claim_round(struct flusher *fl, uint32_t use)
 
 static void
 flusher_mismatch_cb(void *arg, const char *ik, size_t ik_len, const char *key,
-    size_t key_len, int64_t value, uint64_t time_us)
+    size_t key_len, int64_t value, uint64_t time_us, int64_t total)
 {
 	struct fl_keyed *k;
 

@@ -39,6 +39,8 @@ struct fl_keyed {
 	int64_t		value;
 	uint64_t	time_us;
 	uint64_t	lsn;		/* of its frame */
+	int64_t		total;		/* answered with, if has_total */
+	int		has_total;
 	uint32_t	use;		/* of its Idempotency-Key here, from 0 */
 	uint32_t	first;		/* that key's first record here */
 	uint32_t	cur;		/* on a first: the record being claimed */

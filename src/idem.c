@@ -174,6 +174,7 @@ struct idem_view {
 	int		status;
 	int64_t		total;
 	uint64_t	expires_us;	/* DONE only */
+	uint64_t	lsn;
 };
 
 static uint64_t
@@ -351,6 +352,7 @@ slot_view(struct idem_table *t, uint64_t i, const struct idem_req *q,
 			v->status = __atomic_load_n(&e->status,
 			    __ATOMIC_RELAXED);
 			v->total = __atomic_load_n(&e->total, __ATOMIC_RELAXED);
+			v->lsn = __atomic_load_n(&e->lsn, __ATOMIC_RELAXED);
 		}
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
 		if (__atomic_load_n(&x->word, __ATOMIC_RELAXED) == v->word)
@@ -804,6 +806,32 @@ bodies_out(struct idem_table *t)
 	uint64_t nb = __atomic_load_n(&t->nbodies, __ATOMIC_ACQUIRE);
 
 	return nb > t->nslots ? t->nslots : nb;
+}
+
+int
+idem_answered(struct idem_table *t, const char *ik, size_t ik_len,
+    const char *key, size_t key_len, int64_t value, uint64_t lsn,
+    int64_t *total)
+{
+	struct idem_req q;
+	struct idem_view v;
+	uint64_t mask = t->nslots - 1, home;
+
+	if (req_make(t, &q, ik, ik_len, key, key_len, value) == -1)
+		return 0;
+	home = q.hash & mask;
+	for (uint64_t d = 0; d < t->probe; d++) {
+		slot_view(t, (home + d) & mask, &q, &v);
+		if (W_STATE(v.word) == ST_EMPTY)
+			break;
+		/* Expired or not: the flusher may come late. */
+		if (v.same_ik && v.same_req && W_STATE(v.word) == ST_DONE &&
+		    v.lsn == lsn) {
+			*total = v.total;
+			return 1;
+		}
+	}
+	return 0;
 }
 
 /*

@@ -519,14 +519,16 @@ pg_ensure_schema(struct pg *pg)
 	    "WHERE schemaname = $1 AND tablename IN ('tally_counters', "
 	    "'tally_checkpoints', 'tally_idempotency', 'tally_rejected')) + "
 	    "(SELECT count(*) FROM information_schema.columns WHERE "
-	    "table_schema = $1 AND table_name = 'tally_rejected' AND "
-	    "column_name IN ('epoch', 'sqlstate'))",
+	    "table_schema = $1 AND ((table_name = 'tally_rejected' AND "
+	    "column_name IN ('epoch', 'sqlstate')) OR "
+	    "(table_name = 'tally_idempotency' AND column_name = 'total')))",
 	    1, params);
 	if (res == NULL)
 		return -1;
 	have = atoi(PQgetvalue(res, 0, 0));
 	PQclear(res);
-	if (have == 7)
+	/* The schema, four tables, three columns added since. */
+	if (have == 8)
 		return 0;
 
 	snprintf(sql, sizeof(sql),
@@ -555,7 +557,8 @@ pg_ensure_schema(struct pg *pg)
 	    " idem_key text COLLATE \"C\" PRIMARY KEY,"
 	    " fingerprint text NOT NULL,"
 	    " node text NOT NULL,"
-	    " created_at timestamptz NOT NULL DEFAULT now());"
+	    " created_at timestamptz NOT NULL DEFAULT now(),"
+	    " total bigint);"
 	    "CREATE TABLE IF NOT EXISTS %1$s.tally_rejected ("
 	    " id bigserial PRIMARY KEY,"
 	    " node text NOT NULL,"
@@ -568,7 +571,9 @@ pg_ensure_schema(struct pg *pg)
 	    /* Columns a table made by an earlier version lacks. */
 	    "ALTER TABLE %1$s.tally_rejected"
 	    " ADD COLUMN IF NOT EXISTS epoch text,"
-	    " ADD COLUMN IF NOT EXISTS sqlstate text;",
+	    " ADD COLUMN IF NOT EXISTS sqlstate text;"
+	    "ALTER TABLE %1$s.tally_idempotency"
+	    " ADD COLUMN IF NOT EXISTS total bigint;",
 	    pg->schema);
 	/*
 	 * Two nodes creating at once: IF NOT EXISTS checks the catalog before
@@ -1105,17 +1110,18 @@ pg_upsert(struct pg *pg, const struct pg_kv *kv, size_t n, int shared,
 }
 
 /*
- * The Idempotency-Keys, counter keys, values and times of v[0..n) as four
- * array literals at pg->buf; at[] gets where the last three begin.
+ * The Idempotency-Keys, counter keys, values, times and totals (NULL when
+ * not known) of v[0..n) as five array literals at pg->buf; at[] gets
+ * where the last four begin.
  */
 static int
 pg_idem_arrays(struct pg *pg, const struct pg_idem *v, size_t n,
-    size_t at[3])
+    size_t at[4])
 {
-	size_t need = 16, o = 0;
+	size_t need = 20, o = 0;
 
 	for (size_t i = 0; i < n; i++)
-		need += 2 * (v[i].ik_len + v[i].key_len) + 8 + 2 * 21 + 8;
+		need += 2 * (v[i].ik_len + v[i].key_len) + 8 + 3 * 21 + 8;
 	if (pg_reserve(pg, need) == -1)
 		return -1;
 	pg->buf[o++] = '{';
@@ -1141,6 +1147,20 @@ pg_idem_arrays(struct pg *pg, const struct pg_idem *v, size_t n,
 		pg_put_num(pg, &o, v[i].time_us, 0, i == 0);
 	pg->buf[o++] = '}';
 	pg->buf[o++] = '\0';
+	at[3] = o;
+	pg->buf[o++] = '{';
+	for (size_t i = 0; i < n; i++) {
+		if (v[i].has_total)
+			pg_put_i64(pg, &o, v[i].total, i == 0);
+		else {
+			if (i > 0)
+				pg->buf[o++] = ',';
+			memcpy(pg->buf + o, "NULL", 4);
+			o += 4;
+		}
+	}
+	pg->buf[o++] = '}';
+	pg->buf[o++] = '\0';
 	return 0;
 }
 
@@ -1155,7 +1175,7 @@ pg_idem_keys(struct pg *pg, const char *sql, int nparams,
 		return -1;
 	for (int r = 0; r < PQntuples(res); r++)
 		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0), NULL, 0,
-		    0, 0);
+		    0, 0, 0);
 	PQclear(res);
 	return 0;
 }
@@ -1171,9 +1191,9 @@ int
 pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
     uint64_t ttl_us, pg_idem_fn fn, void *arg)
 {
-	const char *params[6];
+	const char *params[7];
 	char sql[1024], ttl[32];
-	size_t at[3];
+	size_t at[4];
 
 	if (n == 0)
 		return 0;
@@ -1186,18 +1206,20 @@ pg_idem_claim(struct pg *pg, const struct pg_idem *v, size_t n,
 	params[3] = pg->buf + at[2];
 	params[4] = ttl;
 	params[5] = pg->node;
+	params[6] = pg->buf + at[3];
 	snprintf(sql, sizeof(sql), "INSERT INTO %s.tally_idempotency AS t "
-	    "(idem_key, fingerprint, node, created_at) "
+	    "(idem_key, fingerprint, node, created_at, total) "
 	    "SELECT i, v::text || ':' || k, $6, "
-	    "'epoch'::timestamptz + c * interval '1 microsecond' "
-	    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) "
-	    "AS u(i, k, v, c) "
+	    "'epoch'::timestamptz + c * interval '1 microsecond', a "
+	    "FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], "
+	    "$7::bigint[]) AS u(i, k, v, c, a) "
 	    "ON CONFLICT (idem_key) DO UPDATE SET "
 	    "fingerprint = EXCLUDED.fingerprint, node = EXCLUDED.node, "
-	    "created_at = EXCLUDED.created_at WHERE t.created_at <= "
+	    "created_at = EXCLUDED.created_at, total = EXCLUDED.total "
+	    "WHERE t.created_at <= "
 	    "EXCLUDED.created_at - $5::bigint * interval '1 microsecond' "
 	    "RETURNING idem_key", pg->schema);
-	return pg_idem_keys(pg, sql, 6, params, fn, arg);
+	return pg_idem_keys(pg, sql, 7, params, fn, arg);
 }
 
 /*
@@ -1211,7 +1233,7 @@ pg_idem_mismatched(struct pg *pg, const struct pg_idem *v, size_t n,
 {
 	const char *params[3];
 	char sql[1024];
-	size_t at[3];
+	size_t at[4];
 
 	if (n == 0)
 		return 0;
@@ -1237,16 +1259,23 @@ pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
 
 	snprintf(ttl, sizeof(ttl), "%" PRIu64, ttl_us);
 	snprintf(lim, sizeof(lim), "%" PRIu64, limit);
-	snprintf(sql, sizeof(sql), "SELECT idem_key, fingerprint, "
-	    "(extract(epoch FROM created_at) * 1000000)::bigint "
-	    "FROM %s.tally_idempotency WHERE node = $1 AND created_at > "
-	    "now() - $2::bigint * interval '1 microsecond' "
-	    "ORDER BY created_at DESC LIMIT $3::bigint", pg->schema);
+	/*
+	 * A row written before the total was kept answers the key's total
+	 * now, as a look-up does (pgread.c).
+	 */
+	snprintf(sql, sizeof(sql), "SELECT t.idem_key, t.fingerprint, "
+	    "(extract(epoch FROM t.created_at) * 1000000)::bigint, "
+	    "COALESCE(t.total, (SELECT c.value FROM %1$s.tally_counters c "
+	    "WHERE c.key = substr(t.fingerprint, "
+	    "strpos(t.fingerprint, ':') + 1)), 0) "
+	    "FROM %1$s.tally_idempotency t WHERE t.node = $1 AND "
+	    "t.created_at > now() - $2::bigint * interval '1 microsecond' "
+	    "ORDER BY t.created_at DESC LIMIT $3::bigint", pg->schema);
 	if ((res = pg_exec(pg, sql, 3, params)) == NULL)
 		return -1;
 	for (int r = 0; r < PQntuples(res); r++) {
 		const char *fp = PQgetvalue(res, r, 1), *colon;
-		int64_t value, when;
+		int64_t value, when, total;
 		char num[24];
 
 		/* "value:key"; anything else was not written by tallyd. */
@@ -1256,11 +1285,12 @@ pg_idem_load(struct pg *pg, uint64_t ttl_us, uint64_t limit, pg_idem_fn fn,
 		memcpy(num, fp, colon - fp);
 		num[colon - fp] = '\0';
 		if (pg_parse_i64(num, &value) == -1 ||
-		    pg_parse_i64(PQgetvalue(res, r, 2), &when) == -1)
+		    pg_parse_i64(PQgetvalue(res, r, 2), &when) == -1 ||
+		    pg_parse_i64(PQgetvalue(res, r, 3), &total) == -1)
 			continue;
 		fn(arg, PQgetvalue(res, r, 0), PQgetlength(res, r, 0),
 		    colon + 1, PQgetlength(res, r, 1) - (colon + 1 - fp), value,
-		    (uint64_t)when);
+		    (uint64_t)when, total);
 	}
 	PQclear(res);
 	return 0;

@@ -38,11 +38,17 @@ struct pg_idem {
 	size_t		 key_len;
 	int64_t		 value;
 	uint64_t	 time_us;	/* when it was accepted (wall clock) */
+	int64_t		 total;		/* answered with, if has_total */
+	int		 has_total;
 };
 
-/* An Idempotency-Key: claimed by this batch, or found by pg_idem_load. */
+/*
+ * An Idempotency-Key: claimed by this batch, or found by pg_idem_load
+ * (with its request and the total it was answered with).
+ */
 typedef void (*pg_idem_fn)(void *arg, const char *ik, size_t ik_len,
-	    const char *key, size_t key_len, int64_t value, uint64_t time_us);
+	    const char *key, size_t key_len, int64_t value, uint64_t time_us,
+	    int64_t total);
 
 /* A row of an upsert: PostgreSQL's new total for the key of row. */
 typedef void (*pg_row_fn)(void *arg, const struct pg_kv *row, int64_t value);

@@ -363,7 +363,8 @@ pgread_connected(struct pgread *p)
 	 */
 	snprintf(p->query_idem, sz, "SELECT u.i, "
 	    "t.fingerprint = (u.v::text || ':' || u.k), "
-	    "(extract(epoch FROM t.created_at) * 1000000)::bigint, c.value "
+	    "(extract(epoch FROM t.created_at) * 1000000)::bigint, "
+	    "COALESCE(t.total, c.value), t.total IS NOT NULL "
 	    "FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(i, v, k) "
 	    "JOIN %s.tally_idempotency t ON t.idem_key = u.i "
 	    "LEFT JOIN %s.tally_counters c ON c.key = u.k "
@@ -641,8 +642,8 @@ pgread_answer(struct pgread *p, const char *k, size_t klen, int status,
 
 /*
  * A row of an Idempotency-Key look-up: the ik, whether the fingerprint
- * is the request's, when it was used, the counter key's total (NULL:
- * none).
+ * is the request's, when it was used, the total it was answered with or
+ * else the counter key's total (NULL: none), and which of the two.
  */
 static void
 pgread_take_idem_row(struct pgread *p, PGresult *res, int row)
@@ -650,7 +651,8 @@ pgread_take_idem_row(struct pgread *p, PGresult *res, int row)
 	int64_t used = 0, total = 0;
 	int status;
 
-	status = strcmp(PQgetvalue(res, row, 1), "t") == 0 ? 1 : 2;
+	status = strcmp(PQgetvalue(res, row, 1), "t") != 0 ? 2 :
+	    strcmp(PQgetvalue(res, row, 4), "t") == 0 ? 3 : 1;
 	if (pgread_int(res, row, 2, "Idempotency-Key", &used) == -1 ||
 	    (!PQgetisnull(res, row, 3) && pgread_int(res, row, 3,
 	    "Idempotency-Key", &total) == -1))

@@ -22,10 +22,12 @@ struct pgread_req;
 typedef void (*pgread_cb)(void *arg, int status, int64_t value);
 
 /*
- * An Idempotency-Key's use within ttl, as PostgreSQL holds it: status 1
- * for the same request (key and value), 2 for another one, 0 none (or
- * over), -1 PostgreSQL unavailable; used_us when it was used, and total
- * the counter key's total there (0 when it has none).
+ * An Idempotency-Key's use within ttl, as PostgreSQL holds it: status 3
+ * for the same request (key and value) with total the total it was
+ * answered with; 1 for the same request kept without it (by an earlier
+ * version), total the counter key's total there (0 when it has none);
+ * 2 for another request, 0 none (or over), -1 PostgreSQL unavailable.
+ * used_us: when it was used.
  */
 typedef void (*pgread_idem_cb)(void *arg, int status, int64_t total,
 	    uint64_t used_us);

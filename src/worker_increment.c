@@ -324,11 +324,14 @@ post_idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
 		worker_batch_add(req, p, NULL);
 		break;
 	case 1:
+	case 3:
 		/*
-		 * Answered before, as after a restart: the kept response
-		 * is gone, so the replay reports the total known now.
+		 * Answered before: with the total PostgreSQL kept, or for a
+		 * row an earlier version wrote, the total known now.
 		 */
-		if (counters_peek(W.shm->counters, p->key, p->key_len,
+		if (status == 3)
+			total = pg_total;
+		else if (counters_peek(W.shm->counters, p->key, p->key_len,
 		    &committed, &unflushed, &known) != COUNTERS_PEEK_HELD ||
 		    !known || __builtin_add_overflow(committed, unflushed,
 		    &total))

@@ -713,6 +713,39 @@ START_TEST(test_restore_rebase)
 }
 END_TEST
 
+/* What the flusher keeps in PostgreSQL: the total a journaled use got. */
+START_TEST(test_answered)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 8, 16);
+	struct idem_entry *e;
+	int64_t tot = 0;
+	int st;
+
+	put_lsn(t, "a1", "k", 5, 0, 105, 1000, 4096);
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 5, 4096, &tot), 1);
+	ck_assert_int_eq(tot, 105);
+	/* Another frame, another request, another key: not this use. */
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 5, 8192, &tot), 0);
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 6, 4096, &tot), 0);
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "j", 1, 5, 4096, &tot), 0);
+	ck_assert_int_eq(idem_answered(t, "a2", 2, "k", 1, 5, 4096, &tot), 0);
+	/* In flight: not answered yet. */
+	ck_assert_int_eq(begin(t, "a3", "k", 1, 0, getpid(), &e, &st, &tot),
+	    IDEM_NEW);
+	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 1, 4096, &tot), 0);
+	idem_complete(t, e, 202, 7, 1000, 4160);
+	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 1, 4160, &tot), 1);
+	ck_assert_int_eq(tot, 7);
+	/* Expired but still there: the flusher may come late. */
+	ck_assert_int_eq(idem_sweep(t, 500), 0);
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 5, 4096, &tot), 1);
+	ck_assert_int_eq(idem_sweep(t, 2000), 2);
+	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 5, 4096, &tot), 0);
+	table_free(&m);
+}
+END_TEST
+
 /* ---- lengths ---- */
 
 START_TEST(test_limits)
@@ -1119,6 +1152,7 @@ idem_suite(void)
 	tc = tcase_create("recovery");
 	tcase_add_test(tc, test_restore);
 	tcase_add_test(tc, test_restore_rebase);
+	tcase_add_test(tc, test_answered);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("limits");

@@ -681,8 +681,8 @@ assert_eq "keys 4-6 not flushed: a given-up key's retry: 503, no room" \
     503 "$(ipost full1 full 1)"
 flush
 RECS=$(journal_records)
-replay "given up: a retry, from PostgreSQL" full1 full 1 16
-replay "given up: a retry again, from the table" full1 full 1 16
+replay "given up: a retry, from PostgreSQL, its first total" full1 full 1 1
+replay "given up: a retry again, from the table" full1 full 1 1
 assert_eq "given up: another request: 422" 422 "$(ipost full2 full 5)"
 json_error "given up: 422"
 assert_eq "given up: nothing journaled" "$RECS" "$(journal_records)"
@@ -701,7 +701,7 @@ for i in $(seq 50); do
 	sleep 0.2
 done
 assert_eq "PostgreSQL back: the retry replayed" true "$(replayed)"
-assert_eq "PostgreSQL back: its total" '{"key":"full","value":16}' "$(last_body)"
+assert_eq "PostgreSQL back: its first total" '{"key":"full","value":3}' "$(last_body)"
 flush
 assert_eq "PostgreSQL counts each keyed increment once" 16 "$(pg_value full)"
 for i in 1 2 3 4 5 6; do
@@ -722,7 +722,7 @@ assert_match "restart: the log says keys are looked up" \
     'more Idempotency-Keys in PostgreSQL than idempotency.max_keys' \
     "$(cat "$TALLYD_LOG")"
 RECS=$(journal_records)
-replay "restart: an old key's retry" full1 full 1 16
+replay "restart: an old key's retry, its first total" full1 full 1 1
 assert_eq "restart: an old key, another request: 422" 422 "$(ipost full2 full 9)"
 fresh "restart: a new key" full8 full 1 17
 assert_eq "restart: only the new key journaled" $((RECS + 1)) \
@@ -760,13 +760,17 @@ replay "shrink: a restored key's retry" shrink1 shrink 1 1
 flush
 assert_eq "shrink: PostgreSQL counts each keyed increment once" 8 \
     "$(pg_value shrink)"
-replay "shrink: a key not restored, from PostgreSQL" shrink8 shrink 1 8
+# Its first total was in no table when the flush kept the key: the
+# key's total now.
+assert_eq "shrink: an unkeyed increment" 202 "$(post shrink 10)"
+RECS=$(journal_records)
+replay "shrink: a key not restored, from PostgreSQL" shrink8 shrink 1 18
 assert_eq "shrink: a key not restored, another request: 422" 422 \
     "$(ipost shrink7 shrink 2)"
 assert_eq "shrink: nothing journaled" "$RECS" "$(journal_records)"
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
-assert_eq "shrink: PostgreSQL's total at stop" 8 "$(pg_value shrink)"
+assert_eq "shrink: PostgreSQL's total at stop" 18 "$(pg_value shrink)"
 for i in 1 2 3 4 5 6 7 8; do
 	assert_eq "shrink: tally_idempotency holds shrink$i once" 1 \
 	    "$(pg_idem_count shrink$i)"
@@ -818,6 +822,23 @@ tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 assert_eq "first total: PostgreSQL counts each increment once" 120 \
     "$(pg_value reb)"
+assert_eq "first total: tally_idempotency keeps it" "101 113 116 120" \
+    "$(pg_sql "select string_agg(total::text, ' ' order by idem_key) from tally_idempotency where idem_key like 'reb_'")"
+# Flushed at the stop: the keys come back from PostgreSQL, totals too.
+tallyd_start
+replay "first total: after a graceful restart" reb1 reb 1 101
+replay "first total: after a graceful restart, the last" reb4 reb 4 120
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+# A table made before the total was kept gets the column at start; its
+# rows answer the key's total now.
+pg_sql "alter table tally_idempotency drop column total" >/dev/null
+tallyd_start
+assert_eq "first total: the column added to an earlier table" 1 \
+    "$(pg_sql "select count(*) from information_schema.columns where table_name = 'tally_idempotency' and column_name = 'total'")"
+replay "first total: a row without it, the total now" reb1 reb 1 120
+tallyd_stop TERM
+assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
 
 # ================================================================ keys not loaded
 # The keys this node flushed are no longer in its journal after a restart;
