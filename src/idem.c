@@ -835,8 +835,9 @@ idem_answered(struct idem_table *t, const char *ik, size_t ik_len,
 }
 
 /*
- * The restored entries still to rebase, one at a time: fn(arg, e, key)
- * for each, from one process while no worker takes keyed requests.
+ * fn(t, e, s) for each restored entry still to rebase, s being sum() of
+ * its counter key; from one process while no worker takes keyed
+ * requests.
  */
 static void
 rebase_each(struct idem_table *t, void (*fn)(struct idem_table *,

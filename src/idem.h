@@ -80,9 +80,10 @@ void	idem_abort(struct idem_table *t, struct idem_entry *e);
  * idem_rebase takes sum() again, the key's total now, and the entry
  * answers that total less what came after it: the first answer again,
  * but for increments of the key that were in flight with it (and, when
- * PostgreSQL was down at start, unkeyed ones taken since).  Both run in
- * one process while no worker takes keyed requests.  sum returns -1 for
- * a key it cannot tell; the entry is left as it is.
+ * PostgreSQL was down at start, unkeyed ones taken since; with other
+ * nodes, what they flushed since).  Both run in one process while no
+ * worker takes keyed requests.  sum returns -1 for a key it cannot tell;
+ * the entry is left as it is.
  */
 typedef int (*idem_sum_fn)(void *arg, const char *key, size_t key_len,
 	    int64_t *sum);
