@@ -971,6 +971,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 
 	b->upto = upto;
 	b->nrej = 0;
+	b->ndup = 0;
 	if (pg_begin(&fl->pg) == -1) {
 		flusher_pg_failed(fl, "BEGIN");
 		return -1;
@@ -1086,6 +1087,7 @@ flusher_commit(struct flusher *fl, uint64_t upto)
 	}
 	flusher_log_parked(fl);
 	shm_count(&h->stats.rejected, b->nrej);
+	shm_count(&h->stats.idem_duplicates, b->ndup);
 	fl->isolate = 0;
 	fl->pg_cp_known = 1;
 	fl->pg_cp_lsn = upto;

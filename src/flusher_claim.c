@@ -292,5 +292,9 @@ flusher_claim(struct flusher *fl)
 		if (flusher_claim_round(fl, use) == -1 ||
 		    flusher_claim_conflicts(fl, use) == -1)
 			return -1;
+	/* Applied by another node, or by this one before a crash. */
+	for (size_t i = 0; i < b->nkeyed; i++)
+		if (!b->keyed[i].applied && !b->keyed[i].rejected)
+			b->ndup++;
 	return 0;
 }

@@ -92,6 +92,7 @@ struct fl_batch {
 	size_t		 nrecs, reccap;
 	struct fl_rej	*rej;
 	size_t		 nrej, rejcap;
+	size_t		 ndup;		/* keyed records PostgreSQL had */
 	struct pg_reject *prej;
 };
 

@@ -86,6 +86,10 @@ static const struct mdef mdefs[] = {
 	{ "idempotency_lookups_total", "idempotency_lookups", MT_COUNTER,
 	  S(idem_lookups), "Idempotency-Keys not held that were looked up "
 	  "in PostgreSQL." },
+	{ "idempotency_duplicates_total", "idempotency_duplicates",
+	  MT_COUNTER, S(idem_duplicates), "Increments with an "
+	  "Idempotency-Key the flusher left out: PostgreSQL held the key "
+	  "already." },
 	{ "ratelimited_requests_total", "ratelimited_requests", MT_COUNTER,
 	  S(ratelimited), "Requests refused by the rate limit." },
 	{ "journal_bytes_total", "journal_bytes", MT_COUNTER,
@@ -238,6 +242,7 @@ metrics_snapshot(const struct shm *shm, struct metrics_snap *sn)
 	sn->replays = LOAD(st->replays);
 	sn->key_lookups = LOAD(st->key_lookups);
 	sn->idem_lookups = LOAD(st->idem_lookups);
+	sn->idem_duplicates = LOAD(st->idem_duplicates);
 	sn->ratelimited = LOAD(st->ratelimited);
 	sn->journal_bytes = LOAD(st->journal_bytes);
 	sn->frames = LOAD(st->frames);

@@ -75,7 +75,7 @@ struct metrics_snap {
 	uint64_t	requests[METRICS_NROUTES][METRICS_NCODES];
 	uint64_t	restarts[METRICS_NROLES];
 	uint64_t	increments, replays, ratelimited, key_lookups;
-	uint64_t	idem_lookups, idem_forgotten;
+	uint64_t	idem_lookups, idem_forgotten, idem_duplicates;
 	uint64_t	journal_bytes, frames, fsyncs;
 	uint64_t	flushes, rows_upserted, pg_errors, pg_reconnects;
 	uint64_t	rejected;

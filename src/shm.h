@@ -58,6 +58,7 @@ struct shm_stats {
 	uint64_t	rejected;	/* records set aside as undeliverable */
 	uint64_t	key_lookups;	/* new keys' totals asked of PostgreSQL */
 	uint64_t	idem_lookups;	/* Idempotency-Keys asked of PostgreSQL */
+	uint64_t	idem_duplicates; /* keyed records PostgreSQL had: left out */
 };
 
 struct shm_hdr {

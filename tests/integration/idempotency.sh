@@ -139,6 +139,11 @@ pg_wait_idem() {
 }
 
 # wait_flushed [TIMEOUT_S]: the node's journal is all in PostgreSQL.
+# metric NAME: its value in /metrics.
+metric() {
+	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
+}
+
 wait_flushed() {
 	local i body
 	for i in $(seq 0 $((${1:-15} * 10))); do
@@ -521,16 +526,22 @@ note "node B's answer: $(last_body), replayed: '$(replayed)'"
 wait_flushed
 pg_wait_value two 5
 pg_wait_idem two1 1
-# Both nodes take the key before either flushes.
+assert_eq "node B: its increment left out at flush, counted" 1 \
+    "$(metric idempotency_duplicates_total)"
 use_node na
+assert_eq "node A: nothing left out" 0 "$(metric idempotency_duplicates_total)"
+# Both nodes take the key before either flushes.
 assert_eq "node A: second key" 202 "$(ipost two2 two 2)"
 use_node nb
 assert_eq "node B: its retry at once" 202 "$(ipost two2 two 2)"
 wait_flushed
+DUPS_B=$(metric idempotency_duplicates_total)
 use_node na
 wait_flushed
 pg_wait_value two 7
 pg_wait_idem two2 1
+assert_eq "one of the two increments of two2 left out at flush" 2 \
+    "$((DUPS_B + $(metric idempotency_duplicates_total)))"
 assert_eq "tally_idempotency: the nodes' keys, once each" 2 \
     "$(pg_sql "select count(*) from tally_idempotency where idem_key like 'two%'")"
 
@@ -642,10 +653,6 @@ node_conf nfull "[idempotency]" "max_keys = 3" "[postgres]" \
     "flush_interval = 1h"
 use_node nfull
 tallyd_start
-# metric NAME: its value in /metrics.
-metric() {
-	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
-}
 fresh "full: key 1" full1 full 1 1
 fresh "full: key 2" full2 full 1 2
 fresh "full: key 3" full3 full 1 3

@@ -119,7 +119,7 @@ for m in tallyd_increments_total tallyd_idempotent_replays_total \
     tallyd_journal_bytes_total tallyd_journal_frames_total \
     tallyd_journal_fsyncs_total tallyd_flushes_total \
     tallyd_rows_upserted_total tallyd_postgres_errors_total \
-    tallyd_postgres_reconnects_total; do
+    tallyd_postgres_reconnects_total tallyd_idempotency_duplicates_total; do
 	assert_eq "$m is a counter" 1 \
 	    "$(grep -c "^# TYPE $m counter\$" "$T/m.$a")"
 done
