@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Clients for contrib/soak/soak.sh.
 
-load PORT OUTDIR CONNS: CONNS threads, each on one keep-alive HTTP/1.1
-connection at a time, post increments until OUTDIR/stop exists, then
+load PORTS OUTDIR CONNS: CONNS threads, each with one keep-alive HTTP/1.1
+connection at a time to each node (PORTS: the nodes' ports, comma
+separated), post increments to a node chosen at random for each request
+(a retry too, so a retry may reach a node that never saw the key), until
+OUTDIR/stop exists, then
 settle every Idempotency-Key request still unanswered and write
 OUTDIR/ledger.json: per key what was acknowledged, and what was sent on a
 connection that died before an answer came (split by sign, so that the
@@ -15,8 +18,9 @@ failure, 409 or 503: their totals must be exact.  The other half, "n-N",
 only get requests without one, never retried: an increment lost in flight
 may or may not have been applied.
 
-check LEDGER PGVALUES GETVALUES IDEMROWS: compare, print one line per
-violation or anomaly and a last line "keys N violations N anomalies N".
+check LEDGER PGVALUES IDEMROWS GETVALUES...: compare (one GETVALUES file
+for each node), print one line per violation or anomaly and a last line
+"keys N violations N anomalies N".
 """
 
 import http.client
@@ -111,9 +115,9 @@ def body_of(key, value):
                       separators=(",", ":")).encode()
 
 
-def client(n, port, outdir, led, stop):
+def client(n, ports, outdir, led, stop):
     rnd = random.Random(os.getpid() * 1000 + n)
-    conn = Conn(port)
+    conns = [Conn(p) for p in ports]
     seq = 0
     hdr = {"Content-Type": "application/json"}
     while not stop.is_set():
@@ -123,7 +127,7 @@ def client(n, port, outdir, led, stop):
         if not idem:
             k = "n-%d" % rnd.randrange(NKEYS // 2)
             led.count("sent")
-            st, h, data = conn.send(body_of(k, v), hdr)
+            st, h, data = rnd.choice(conns).send(body_of(k, v), hdr)
             if st == 202:
                 led.add(k, "acked", v)
                 led.add(k, "nacked", 1)
@@ -163,7 +167,7 @@ def client(n, port, outdir, led, stop):
             led.count("sent")
             if tries > 1:
                 led.count("retries")
-            st, rh, data = conn.send(body, h)
+            st, rh, data = rnd.choice(conns).send(body, h)
             if st == 202:
                 led.add(k, "acked", v)
                 led.add(k, "nacked", 1)
@@ -184,14 +188,15 @@ def client(n, port, outdir, led, stop):
                         (k, v, ik, st, data[:200]))
             # Not applied, by the API's word; nothing to retry for.
             break
-    conn.close()
+    for c in conns:
+        c.close()
 
 
-def load(port, outdir, conns):
+def load(ports, outdir, conns):
     led = Ledger()
     stop = threading.Event()
     threads = [threading.Thread(target=client,
-                                args=(i, port, outdir, led, stop))
+                                args=(i, ports, outdir, led, stop))
                for i in range(conns)]
     for t in threads:
         t.start()
@@ -224,13 +229,16 @@ def read_tab(path):
     return d
 
 
-def check(ledger_path, pg_path, get_path, idem_rows):
+def check(ledger_path, pg_path, idem_rows, *get_paths):
     with open(ledger_path) as f:
         led = json.load(f)
     pg = read_tab(pg_path)
-    got = read_tab(get_path)
+    gets = [(os.path.basename(p), read_tab(p)) for p in get_paths]
     bad = 0
-    keys = sorted(set(led["keys"]) | set(pg) | set(got))
+    keys = set(led["keys"]) | set(pg)
+    for _, got in gets:
+        keys |= set(got)
+    keys = sorted(keys)
 
     def violation(msg):
         nonlocal bad
@@ -245,10 +253,11 @@ def check(ledger_path, pg_path, get_path, idem_rows):
         if not lo <= v <= hi:
             violation("%s: PostgreSQL has %d, acknowledged %d, bounds "
                       "%d..%d" % (k, v, e["acked"], lo, hi))
-        g = got.get(k, "none")
-        if g != pg.get(k, "none"):
-            violation("%s: GET answers %s, PostgreSQL has %s" %
-                      (k, g, pg.get(k, "none")))
+        for name, got in gets:
+            g = got.get(k, "none")
+            if g != pg.get(k, "none"):
+                violation("%s: GET answers %s (%s), PostgreSQL has %s" %
+                          (k, g, name, pg.get(k, "none")))
     done = led["stats"]["idem_done"]
     if led["stats"]["idem_unresolved"] == 0 and int(idem_rows) != done:
         violation("tally_idempotency has %s rows, %d keyed requests were "
@@ -261,9 +270,10 @@ def check(ledger_path, pg_path, get_path, idem_rows):
 
 def main():
     if sys.argv[1] == "load":
-        load(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        load([int(p) for p in sys.argv[2].split(",")], sys.argv[3],
+             int(sys.argv[4]))
     elif sys.argv[1] == "check":
-        check(*sys.argv[2:6])
+        check(*sys.argv[2:])
     else:
         sys.exit(2)
 

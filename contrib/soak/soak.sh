@@ -13,9 +13,12 @@
 #	contrib/soak/soak.sh [SECONDS]		(default 600)
 #
 # CONNS (default 12) sets the client connections, KEYS (default 50) the
-# keys, TALLYD_ARGS more arguments to tallyd (-o counters.max_keys=64 for
-# eviction and PostgreSQL look-ups), KEEP=1 keeps the temporary directory
-# (kept anyway on a violation).  Prints one line:
+# keys, NODES (default 1) the tallyd nodes sharing the PostgreSQL
+# database (each request, a retry too, goes to one at random; each fault
+# strikes one), TALLYD_ARGS more arguments to tallyd
+# (-o counters.max_keys=64 for eviction and PostgreSQL look-ups), KEEP=1
+# keeps the temporary directory (kept anyway on a violation).  Prints one
+# line:
 # faults done, requests acknowledged, keys checked, violations and
 # anomalies (answers no request should get, keyed requests never settled).
 top_builddir=$(cd "$(dirname "$0")/../.." && pwd)
@@ -26,11 +29,76 @@ need psql python3
 DURATION=${1:-600}
 CONNS=${CONNS:-12}
 export KEYS=${KEYS:-50}
+NODES=${NODES:-1}
 TALLYD_ARGS=${TALLYD_ARGS:-}
 VIOLATIONS=0
 FAULTS=0
-WORKERS=2
 PIDS_SEEN=" "
+
+# Each node's port, workers, master's pid and log; the node in use has
+# its own in lib.sh's CONF, TPORT, BASE, TALLYD_PID and TALLYD_LOG.
+declare -a NPORT NWORKERS NPID NLOG
+CUR=
+
+# node_conf N: node N's configuration, on a port of its own.
+node_conf() {
+	local n=$1 p i
+	for i in $(seq 100); do
+		p=$(free_port) || die "no free port for node $n"
+		case " ${NPORT[*]} " in *" $p "*) continue ;; esac
+		break
+	done
+	NPORT[$n]=$p
+	NWORKERS[$n]=2
+	mkdir -p "$T/node$n"
+	cat >"$T/node$n.conf" <<-EOF
+	[server]
+	listen = 127.0.0.1:$p
+	workers = 2
+	node = soak$n
+	state_dir = $T/node$n
+	pid_file = $T/node$n/tallyd.pid
+	control_socket = $T/node$n/tallyd.sock
+	[journal]
+	segment_size = 1M
+	[postgres]
+	dsn = $DSN
+	flush_interval = 100ms
+	[idempotency]
+	# Keys are kept 24 h: room for every keyed request of a long run,
+	# which would otherwise fill the table and get 503 from then on.
+	max_keys = $((DURATION * 2000 + 100000))
+	EOF
+}
+
+# use_node N: what follows acts on node N.
+use_node() {
+	if [ -n "$CUR" ]; then
+		NPID[$CUR]=$TALLYD_PID
+		NLOG[$CUR]=$TALLYD_LOG
+	fi
+	CUR=$1
+	CONF=$T/node$1.conf
+	TPORT=${NPORT[$1]}
+	BASE=http://127.0.0.1:$TPORT
+	TALLYD_PID=${NPID[$1]:-}
+	TALLYD_LOG=${NLOG[$1]:-}
+}
+
+# lib.sh's cleanup stops the node in use; the others first.
+soak_cleanup() {
+	local rc=$? n
+	for n in $(seq 0 $((NODES - 1))); do
+		[ "$n" = "$CUR" ] && continue
+		use_node "$n"
+		if [ -n "$TALLYD_PID" ] && pid_alive "$TALLYD_PID"; then
+			tallyd_kill9_all >/dev/null 2>&1
+		fi
+	done
+	(exit "$rc")
+	cleanup
+}
+trap soak_cleanup EXIT
 
 # A violation keeps the temporary directory for a look.
 die() {
@@ -39,6 +107,11 @@ die() {
 	exit 1
 }
 
+case $NODES in
+[1-9]) ;;
+*) die "NODES must be 1 to 9, not '$NODES'" ;;
+esac
+
 violation() {
 	VIOLATIONS=$((VIOLATIONS + 1))
 	KEEP=1
@@ -46,7 +119,7 @@ violation() {
 }
 
 # shellcheck disable=SC2086
-start() { tallyd_start -o server.workers=$WORKERS $TALLYD_ARGS; }
+start() { tallyd_start -o "server.workers=${NWORKERS[$CUR]}" $TALLYD_ARGS; }
 
 # A process's start time: with its pid, it names the process, as pids
 # come round again in a long run.
@@ -61,6 +134,15 @@ remember_pids() {
 		id=$p:$(started "$p")
 		case "$PIDS_SEEN" in *" $id "*) ;; *) PIDS_SEEN="$PIDS_SEEN$id " ;; esac
 	done
+}
+
+remember_all_pids() {
+	local n keep=$CUR
+	for n in $(seq 0 $((NODES - 1))); do
+		use_node "$n"
+		remember_pids
+	done
+	use_node "$keep"
 }
 
 # stop_wait LABEL SIGNAL: stop by signal; the master and its children gone
@@ -93,10 +175,31 @@ kill_role() {
 	kill -9 "${pids[RANDOM % n]}"
 }
 
+# count_dups: add what node CUR's count of keyed increments left out at
+# flush (PostgreSQL held their key) gained since the last look; a new
+# master starts it from 0.  What a node counted after the last look
+# before a crash is missed: a lower bound, to show the path ran.
+declare -a NDUPS NDUPS_PID
+DUPS=0
+count_dups() {
+	local v last=${NDUPS[$CUR]:-0}
+	[ "${NDUPS_PID[$CUR]:-}" = "$TALLYD_PID" ] || last=0
+	v=$(curl -s -m 5 "$BASE/metrics" |
+	    awk '$1 == "tallyd_idempotency_duplicates_total" { print $2 }')
+	case $v in ''|*[!0-9]*) return 0 ;; esac
+	[ "$v" -ge "$last" ] && DUPS=$((DUPS + v - last))
+	NDUPS[$CUR]=$v
+	NDUPS_PID[$CUR]=$TALLYD_PID
+}
+
+# One fault, on a node chosen at random (PostgreSQL's, on them all).
 fault() {
 	local f=$((RANDOM % 11)) pids
 	FAULTS=$((FAULTS + 1))
-	remember_pids
+	remember_all_pids
+	use_node $((RANDOM % NODES))
+	count_dups
+	[ "$NODES" = 1 ] || note "fault $FAULTS on node soak$CUR"
 	case $f in
 	0|1)	note "fault $FAULTS: kill -9 a worker"; kill_role worker ;;
 	2)	note "fault $FAULTS: kill -9 the syncer"; kill_role syncer ;;
@@ -129,10 +232,10 @@ fault() {
 		PG_STARTED=0
 		sleep $((1 + RANDOM % 6))
 		pg_start >/dev/null ;;
-	9)	WORKERS=$((1 + (WORKERS + RANDOM % 2) % 3))
-		note "fault $FAULTS: restart with $WORKERS workers"
+	9)	NWORKERS[$CUR]=$((1 + (NWORKERS[CUR] + RANDOM % 2) % 3))
+		note "fault $FAULTS: restart with ${NWORKERS[$CUR]} workers"
 		if [ $((RANDOM % 2)) = 0 ]; then
-			stop_wait "SIGTERM for $WORKERS workers" TERM
+			stop_wait "SIGTERM for ${NWORKERS[$CUR]} workers" TERM
 		else
 			tallyd_kill9_all >/dev/null
 		fi
@@ -152,13 +255,24 @@ fault() {
 
 stats() { cat "$T/stats" 2>/dev/null; }
 
-pg_start
-# Keys are kept 24 h: room for every keyed request of a long run, which
-# would otherwise fill the table and get 503 from then on.
-tallyd_conf "[idempotency]" "max_keys = $((DURATION * 2000 + 100000))"
-start
+# each_node COMMAND...: run COMMAND with each node in use in turn.
+each_node() {
+	local n
+	for n in $(seq 0 $((NODES - 1))); do
+		use_node "$n"
+		"$@"
+	done
+}
 
-python3 "$SELF_DIR/soak.py" load "$TPORT" "$T" "$CONNS" &
+pg_start
+ports=
+for n in $(seq 0 $((NODES - 1))); do
+	node_conf "$n"
+	ports=$ports${ports:+,}${NPORT[$n]}
+done
+each_node start
+
+python3 "$SELF_DIR/soak.py" load "$ports" "$T" "$CONNS" &
 LOADPID=$!
 BGPIDS+=("$LOADPID")
 END=$((SECONDS + DURATION))
@@ -171,18 +285,26 @@ while [ $SECONDS -lt "$END" ]; do
 	[ $((FAULTS % 20)) = 0 ] && note "$FAULTS faults; $(stats)"
 done
 sleep 2
-remember_pids
+remember_all_pids
 
 touch "$T/stop"
 wait "$LOADPID" || die "the clients failed"
 BGPIDS=()
 note "clients done: $(stats)"
 
-tallyctl flush >/dev/null || violation "tallyctl flush failed"
-stop_wait "final stop" TERM
-st=0
-tallyctl journal verify >"$T/verify.out" 2>&1 || st=$?
-[ "$st" = 0 ] || { violation "journal verify: exit $st"; sed 's/^/#   /' "$T/verify.out"; }
+final_stop() {
+	local st=0
+	tallyctl flush >/dev/null ||
+	    violation "node soak$CUR: tallyctl flush failed"
+	count_dups
+	stop_wait "node soak$CUR: final stop" TERM
+	tallyctl journal verify >"$T/verify.out" 2>&1 || st=$?
+	if [ "$st" != 0 ]; then
+		violation "node soak$CUR: journal verify: exit $st"
+		sed 's/^/#   /' "$T/verify.out"
+	fi
+}
+each_node final_stop
 
 left=
 for id in $PIDS_SEEN; do
@@ -191,16 +313,24 @@ for id in $PIDS_SEEN; do
 done
 [ -z "$left" ] || violation "tallyd processes left:$left"
 
-# Totals from a restarted tallyd, then stopped again.
-start
-: >"$T/get.tab"
-for i in $(seq 0 $((KEYS / 2 - 1))); do
-	for k in "i-$i" "n-$i"; do
-		printf '%s\t%s\n' "$k" "$(total "$k")" >>"$T/get.tab"
+# Totals from each node restarted, every node's increments in
+# PostgreSQL by then; then stopped again.
+gets=()
+node_totals() {
+	local i k
+	start
+	: >"$T/get.soak$CUR.tab"
+	for i in $(seq 0 $((KEYS / 2 - 1))); do
+		for k in "i-$i" "n-$i"; do
+			printf '%s\t%s\n' "$k" "$(total "$k")" \
+			    >>"$T/get.soak$CUR.tab"
+		done
 	done
-done
-remember_pids
-stop_wait "stop after the GETs" TERM
+	gets+=("$T/get.soak$CUR.tab")
+	remember_pids
+	stop_wait "node soak$CUR: stop after the GETs" TERM
+}
+each_node node_totals
 
 psql "$DSN" -XAtq -F "$(printf '\t')" \
     -c "select key, value from tally_counters" >"$T/pg.tab" ||
@@ -210,7 +340,7 @@ rejected=$(pg_sql "select count(*) from tally_rejected")
 idemrows=$(pg_sql "select count(*) from tally_idempotency")
 
 python3 "$SELF_DIR/soak.py" check "$T/ledger.json" "$T/pg.tab" \
-    "$T/get.tab" "$idemrows" >"$T/check.out"
+    "$idemrows" "${gets[@]}" >"$T/check.out"
 sed 's/^/# /' "$T/check.out"
 n=$(sed -n 's/^keys [0-9]* violations \([0-9]*\) .*/\1/p' "$T/check.out")
 anomalies=$(sed -n 's/.* anomalies \([0-9]*\)$/\1/p' "$T/check.out")
@@ -234,5 +364,5 @@ san_reports || VIOLATIONS=$((VIOLATIONS + 1))
 
 acked=$(python3 -c 'import json, sys
 print(json.load(open(sys.argv[1]))["stats"]["acked"])' "$T/ledger.json")
-echo "soak: $FAULTS faults, $acked requests acknowledged, $keys keys checked, $VIOLATIONS violations, $anomalies anomalies"
+echo "soak: $NODES node(s), $FAULTS faults, $acked requests acknowledged, $keys keys checked, $VIOLATIONS violations, $anomalies anomalies, $DUPS or more keyed increments left out at flush"
 [ "$VIOLATIONS" = 0 ]
