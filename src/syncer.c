@@ -49,6 +49,13 @@
 #include "proc.h"
 #include "syncer.h"
 
+/*
+ * Waits before the journal is declared writable again after a worker
+ * failed to write it: doubled each time, reset once it stayed writable.
+ */
+#define SYNCER_RETRY_MIN_US	100000
+#define SYNCER_RETRY_MAX_US	10000000
+
 static volatile sig_atomic_t syncer_stop;	/* 1 graceful, 2 fast */
 static uint64_t syncer_bad_lsn;		/* a bad frame seen once, 0: none */
 static int syncer_stuck;		/* ... and again: given up there */
@@ -299,15 +306,29 @@ syncer_wake_workers(struct shm_hdr *h)
  * never runs on a worker's event loop; and, after a full disk, notice when
  * the journal can be written again: then the workers accept increments
  * once more (an fdatasync failure, by contrast, is never forgiven).
+ *
+ * What this process can write, a worker may still not: a segment file
+ * removed under us that this process has mapped and the worker has not,
+ * a worker out of descriptors.  Each time the journal fails again soon
+ * after, the next "written again" waits twice as long, up to 10 s, so
+ * that the workers and this process do not take turns in a loop, with a
+ * log line each turn.
  */
 static void
 syncer_prepare(struct journal *j, struct shm_hdr *h)
 {
 	static int warned;
+	static uint64_t retry_at, retry_us = SYNCER_RETRY_MIN_US;
 	uint64_t ins = shm_load(&h->insert_lsn);
 	uint64_t cur = journal_seg_base(j->seg_size, ins);
 	int err = h->journal_errno;
+	uint64_t now;
 
+	if (err == 0 && retry_at != 0 &&
+	    now_us() >= retry_at + SYNCER_RETRY_MAX_US) {
+		retry_at = 0;
+		retry_us = SYNCER_RETRY_MIN_US;
+	}
 	if (err == 0 && ins % j->seg_size <= j->seg_size / 2)
 		return;
 	/* The segment being written: without it nothing can be. */
@@ -320,10 +341,14 @@ syncer_prepare(struct journal *j, struct shm_hdr *h)
 		}
 		return;
 	}
-	if (err != 0 && !h->sync_failed && !syncer_stuck) {
+	if (err != 0 && !h->sync_failed && !syncer_stuck &&
+	    (now = now_us()) >= retry_at) {
 		h->journal_errno = 0;
 		log_warnx("journal %s can be written again; accepting "
 		    "increments", j->dir);
+		retry_at = now + retry_us;
+		retry_us = retry_us * 2 < SYNCER_RETRY_MAX_US ? retry_us * 2 :
+		    SYNCER_RETRY_MAX_US;
 	}
 	/* The next one: its lack is a warning until it is needed. */
 	if (journal_at(j, cur + j->seg_size + JOURNAL_SEG_HDR, 1) == NULL) {

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Fault injection: kill -9 of single children and of everything, a flusher
 # killed inside its PostgreSQL transaction, PostgreSQL down, a journal over
-# max_size, a damaged journal, a full file system and a graceful stop, all
-# under load.  After each fault PostgreSQL must hold exactly the increments
+# max_size, a damaged journal, a full file system, a graceful stop, all
+# under load, and the journal's files removed.  After each fault PostgreSQL must hold exactly the increments
 # that were acknowledged with 202, plus at most the requests whose answer
 # the fault swallowed (each of those may or may not count, never twice).
 . "$(dirname "$0")/lib.sh"
@@ -634,5 +634,51 @@ done
 fstop TERM
 assert_eq "8: SIGTERM: exit status" 0 "$TALLYD_STATUS"
 crashes_ok 8
+
+# ================================================================ 9
+# The journal's files gone under a running tallyd: the syncer still has
+# its segment mapped, the workers cannot open it.  Increments are
+# refused; the syncer's "written again" is tried at growing intervals
+# (0.1 s, then 0.2, 0.4 ... up to 10 s), not at once after each failure:
+# dozens of times in these 4 s, two log lines each.
+note "9: the journal's directory removed under a running tallyd"
+sc_conf gone9
+tallyd_start
+# Load first, until each worker has the segment in use open and the
+# syncer has made the next one (past half the segment in use): the files
+# go while they are in use, and the workers find the next one gone.
+printf '{"key":"s9-%s","value":1}' "$LONGKEY" >"$T/s9.body"
+S9ACKED=0
+s9load() {
+	h2load "$@" -c 4 -t 1 -m 1 -d "$T/s9.body" \
+	    -H 'Content-Type: application/json' "$BASE/increment" >"$T/s9.h2" 2>&1
+	S9ACKED=$((S9ACKED + $(awk '/^status codes:/ { print $3 }' "$T/s9.h2")))
+}
+s9next() {
+	local ins
+	ins=$(curl -s "$BASE/metrics" |
+	    awk '$1 == "tallyd_journal_insert_lsn" { print $2 }')
+	[ -f "$JDIR/$(printf '%016x' $(((ins / 1048576 + 1) * 1048576))).seg" ]
+}
+for i in $(seq 40); do
+	s9load -n 500
+	s9next && break
+done
+assert_eq "9: the next segment made ahead" 0 "$(s9next; echo $?)"
+rm -rf "$JDIR"
+s9load -D 4
+NFAULTS=$((NFAULTS + 1))
+note "9: $S9ACKED increments acknowledged; after the files went: $(grep '^status codes:' "$T/s9.h2")"
+NINCR=$((NINCR + S9ACKED + 1))
+assert_eq "9: one more POST is 503" 503 "$(post s9 1)"
+assert_match "9: the log says why" 'cannot write journal .*No such file' \
+    "$(cat "$TALLYD_LOG")"
+assert_between "9: the journal tried again now and then, not in a loop" \
+    1 12 "$(grep -c 'can be written again' "$TALLYD_LOG")"
+# The removed files stay open and mapped: what was acknowledged is there.
+pg_wait_value "s9-$LONGKEY" "$S9ACKED"
+fstop TERM
+assert_eq "9: SIGTERM: exit status" 0 "$TALLYD_STATUS"
+crashes_ok 9
 
 note "the suite drove $NINCR acknowledged increments and $NFAULTS faults"
