@@ -19,8 +19,9 @@
 # (-o counters.max_keys=64 for eviction and PostgreSQL look-ups), KEEP=1
 # keeps the temporary directory (kept anyway on a violation).  Prints one
 # line:
-# faults done, requests acknowledged, keys checked, violations and
-# anomalies (answers no request should get, keyed requests never settled).
+# nodes, faults done, requests acknowledged, keys checked, violations,
+# anomalies (answers no request should get, keyed requests never settled)
+# and the keyed increments the nodes left out at flush (count_dups).
 top_builddir=$(cd "$(dirname "$0")/../.." && pwd)
 SELF_DIR=$(cd "$(dirname "$0")" && pwd)
 . "$top_builddir/tests/integration/lib.sh"

@@ -138,12 +138,12 @@ pg_wait_idem() {
 	assert_eq "tally_idempotency holds $1 $2 time(s)" "$2" "$got"
 }
 
-# wait_flushed [TIMEOUT_S]: the node's journal is all in PostgreSQL.
 # metric NAME: its value in /metrics.
 metric() {
 	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
 }
 
+# wait_flushed [TIMEOUT_S]: the node's journal is all in PostgreSQL.
 wait_flushed() {
 	local i body
 	for i in $(seq 0 $((${1:-15} * 10))); do
@@ -540,7 +540,7 @@ use_node na
 wait_flushed
 pg_wait_value two 7
 pg_wait_idem two2 1
-assert_eq "one of the two increments of two2 left out at flush" 2 \
+assert_eq "both nodes: two1's retry and one of two2's two left out" 2 \
     "$((DUPS_B + $(metric idempotency_duplicates_total)))"
 assert_eq "tally_idempotency: the nodes' keys, once each" 2 \
     "$(pg_sql "select count(*) from tally_idempotency where idem_key like 'two%'")"
