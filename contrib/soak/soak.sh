@@ -185,8 +185,7 @@ DUPS=0
 count_dups() {
 	local v last=${NDUPS[$CUR]:-0}
 	[ "${NDUPS_PID[$CUR]:-}" = "$TALLYD_PID" ] || last=0
-	v=$(curl -s -m 5 "$BASE/metrics" |
-	    awk '$1 == "tallyd_idempotency_duplicates_total" { print $2 }')
+	v=$(metric idempotency_duplicates_total)
 	case $v in ''|*[!0-9]*) return 0 ;; esac
 	[ "$v" -ge "$last" ] && DUPS=$((DUPS + v - last))
 	NDUPS[$CUR]=$v

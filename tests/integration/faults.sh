@@ -659,8 +659,7 @@ s9load() {
 }
 s9next() {
 	local ins
-	ins=$(curl -s "$BASE/metrics" |
-	    awk '$1 == "tallyd_journal_insert_lsn" { print $2 }')
+	ins=$(metric journal_insert_lsn)
 	[ -f "$JDIR/$(printf '%016x' $(((ins / 1048576 + 1) * 1048576))).seg" ]
 }
 for i in $(seq 40); do

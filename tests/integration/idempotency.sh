@@ -138,11 +138,6 @@ pg_wait_idem() {
 	assert_eq "tally_idempotency holds $1 $2 time(s)" "$2" "$got"
 }
 
-# metric NAME: its value in /metrics.
-metric() {
-	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
-}
-
 # wait_flushed [TIMEOUT_S]: the node's journal is all in PostgreSQL.
 wait_flushed() {
 	local i body

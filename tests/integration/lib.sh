@@ -585,6 +585,11 @@ urlencode() {
 	printf '%s' "$out"
 }
 
+# metric NAME: the value of tallyd_NAME in the node's /metrics.
+metric() {
+	curl -s -m 5 "$BASE/metrics" | awk -v n="tallyd_$1" '$1 == n { print $2 }'
+}
+
 # get KEY: prints the minified body of GET /increment/{key}.
 get() {
 	http GET "/increment/$(urlencode "$1")" >/dev/null

@@ -197,10 +197,6 @@ count_from() {
 	echo "$a $l"
 }
 
-metric_value() {
-	http GET /metrics >/dev/null
-	sed -n "s/^tallyd_$1 //p" "$T/last.body"
-}
 
 # ---------------------------------------------------------------- the test
 
@@ -253,7 +249,7 @@ for path in /healthz /readyz /metrics; do
 	raw "${CONN_FD[0]}" GET "$path"
 	assert_eq "GET $path from the limited client: 200" 200 "$RSTATUS"
 done
-LIMITED=$(metric_value ratelimited_requests_total)
+LIMITED=$(metric ratelimited_requests_total)
 assert_eq "/metrics counts the 429s" "$LIM" "$LIMITED"
 assert_match "tallyctl status counts them" "\"limited\":$LIM," "$(tallyctl -j status)"
 assert_match "tallyctl status says so" "rate limit: 0.01/s per client .*; $LIM requests refused" \
