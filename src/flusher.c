@@ -71,6 +71,9 @@
 #define FL_REFRESH_SLOTS	(1 << 22) /* slots scanned per cycle, at most */
 #define FL_BACKOFF_MIN_MS	100
 #define FL_BACKOFF_MAX_MS	5000
+/* Waiting for workers to answer what the batch holds: at most, a batch. */
+#define FL_ANSWER_WAIT_US	20000
+#define FL_ANSWER_POLL_US	100
 #define FL_STOP_GRACE_US	5000000	/* PostgreSQL failing at stop: wait */
 #define FL_WAIT_SLICE_MS	1000
 #define FL_MIN_INTERVAL_US	10000
@@ -139,6 +142,7 @@ batch_reset(struct fl_batch *b)
 	b->nkeyed = 0;
 	b->nrej = 0;
 	b->alen = 0;
+	b->answer_wait_us = 0;
 	if (b->index)
 		memset(b->index, 0, b->icap * sizeof(*b->index));
 }
@@ -202,6 +206,30 @@ batch_store(struct fl_batch *b, const char *p, size_t len)
 }
 
 /*
+ * The total r (in the frame ending at end) was answered with, as
+ * idem_answered.  A frame is durable a moment before its worker answers
+ * its requests: a record read in between would go to PostgreSQL without
+ * its first answer, and a retry that finds it there would get the total
+ * of its counter key at the time.  So wait for the answer, a little: a
+ * worker that is stopped or dies must not hold up a flush, nor a stop.
+ */
+static int
+flusher_answered(struct flusher *fl, const struct journal_record *r,
+    uint64_t end, int64_t *total)
+{
+	int rc;
+
+	while ((rc = idem_answered(fl->shm->idem, r->idem, r->idem_len,
+	    r->key, r->key_len, r->value, end, total)) == -1 &&
+	    fl->b.answer_wait_us < FL_ANSWER_WAIT_US &&
+	    !flusher_stopping(fl)) {
+		usleep(FL_ANSWER_POLL_US);
+		fl->b.answer_wait_us += FL_ANSWER_POLL_US;
+	}
+	return rc == 1;
+}
+
+/*
  * Remember a keyed record of the frame at lsn ending at end, and the
  * total it was answered with; its delta waits in 'dropped' until claimed.
  */
@@ -234,8 +262,7 @@ batch_keyed(struct flusher *fl, struct fl_ent *e,
 	k->value = r->value;
 	k->time_us = r->time_us;
 	k->lsn = lsn;
-	k->has_total = idem_answered(fl->shm->idem, r->idem, r->idem_len,
-	    r->key, r->key_len, r->value, end, &k->total);
+	k->has_total = flusher_answered(fl, r, end, &k->total);
 	k->applied = 0;
 	k->rejected = 0;
 	k->mismatch = 0;

@@ -94,6 +94,7 @@ struct fl_batch {
 	size_t		 nrej, rejcap;
 	size_t		 ndup;		/* keyed records PostgreSQL had */
 	struct pg_reject *prej;
+	uint64_t	 answer_wait_us; /* spent waiting for answers */
 };
 
 #define FL_PRELOAD_PAGE	10000	/* keys read ahead per statement */

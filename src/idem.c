@@ -816,6 +816,7 @@ idem_answered(struct idem_table *t, const char *ik, size_t ik_len,
 	struct idem_req q;
 	struct idem_view v;
 	uint64_t mask = t->nslots - 1, home;
+	int pending = 0;
 
 	if (req_make(t, &q, ik, ik_len, key, key_len, value) == -1)
 		return 0;
@@ -824,14 +825,18 @@ idem_answered(struct idem_table *t, const char *ik, size_t ik_len,
 		slot_view(t, (home + d) & mask, &q, &v);
 		if (W_STATE(v.word) == ST_EMPTY)
 			break;
+		if (!v.same_ik || !v.same_req)
+			continue;
 		/* Expired or not: the flusher may come late. */
-		if (v.same_ik && v.same_req && W_STATE(v.word) == ST_DONE &&
-		    v.lsn == lsn) {
+		if (W_STATE(v.word) == ST_DONE && v.lsn == lsn) {
 			*total = v.total;
 			return 1;
 		}
+		if (W_STATE(v.word) == ST_TENTATIVE ||
+		    W_STATE(v.word) == ST_INFLIGHT)
+			pending = -1;
 	}
-	return 0;
+	return pending;
 }
 
 /*

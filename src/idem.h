@@ -56,9 +56,11 @@ void	idem_complete(struct idem_table *t, struct idem_entry *e, int status,
 	    int64_t total, uint64_t expires_us, uint64_t lsn);
 /*
  * The total the request (ik, key, value), journaled in the frame ending
- * at lsn, was answered with: 1 and *total while the table keeps it, else
- * 0.  The flusher keeps it in PostgreSQL with the key, so that a retry
- * after a restart, or one a node looks up there, gets it too.
+ * at lsn, was answered with: 1 and *total while the table keeps it, -1
+ * while a request (ik, key, value) is still in flight (its frame may be
+ * durable before its worker answers), else 0.  The flusher keeps it in
+ * PostgreSQL with the key, so that a retry after a restart, or one a node
+ * looks up there, gets it too.
  */
 int	idem_answered(struct idem_table *t, const char *ik, size_t ik_len,
 	    const char *key, size_t key_len, int64_t value, uint64_t lsn,

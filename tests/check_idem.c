@@ -730,10 +730,11 @@ START_TEST(test_answered)
 	ck_assert_int_eq(idem_answered(t, "a1", 2, "k", 1, 6, 4096, &tot), 0);
 	ck_assert_int_eq(idem_answered(t, "a1", 2, "j", 1, 5, 4096, &tot), 0);
 	ck_assert_int_eq(idem_answered(t, "a2", 2, "k", 1, 5, 4096, &tot), 0);
-	/* In flight: not answered yet. */
+	/* In flight: not answered yet, but to be (another request: no). */
 	ck_assert_int_eq(begin(t, "a3", "k", 1, 0, getpid(), &e, &st, &tot),
 	    IDEM_NEW);
-	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 1, 4096, &tot), 0);
+	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 1, 4096, &tot), -1);
+	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 2, 4096, &tot), 0);
 	idem_complete(t, e, 202, 7, 1000, 4160);
 	ck_assert_int_eq(idem_answered(t, "a3", 2, "k", 1, 1, 4160, &tot), 1);
 	ck_assert_int_eq(tot, 7);

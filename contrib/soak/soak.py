@@ -18,6 +18,16 @@ failure, 409 or 503: their totals must be exact.  The other half, "n-N",
 only get requests without one, never retried: an increment lost in flight
 may or may not have been applied.
 
+A fifth of the keyed requests acknowledged by a node that took every
+try of them are sent to that node once more, up to REPLAY_S seconds later
+(faults strike meanwhile) or when the load stops: the answer must be the
+kept one, byte for byte, with "Idempotent-Replayed: true".  Unless the
+node crashed in between (soak.sh counts its crashes in node*/crashes): a
+key the journal gives back at start answers the total it finds then,
+which may differ by increments of the same counter key that were in
+flight with the first (and, with several nodes, that the others made
+before the replay).
+
 check LEDGER PGVALUES IDEMROWS GETVALUES...: compare (one GETVALUES file
 for each node), print one line per violation or anomaly and a last line
 "keys N violations N anomalies N".
@@ -35,6 +45,8 @@ import time
 NKEYS = int(os.environ.get("KEYS", "50"))
 VALUES = [1, 2, 7, 100, 1000, 65537, 123456789, 1000000000007]
 IDEM_SETTLE_S = 180
+REPLAY_P = 0.2
+REPLAY_S = 30
 # A pause of up to this many seconds after each answer keeps the load
 # modest (some 1000 requests/s from 12 clients).
 PAUSE_S = 0.01
@@ -46,8 +58,29 @@ class Ledger:
         self.keys = {}
         self.stats = {"sent": 0, "acked": 0, "replayed": 0, "lost": 0,
                       "refused": 0, "retries": 0, "conflicts": 0,
-                      "idem_done": 0, "idem_unresolved": 0, "anomalies": 0}
+                      "idem_done": 0, "idem_unresolved": 0, "anomalies": 0,
+                      "replays_checked": 0, "replays_rebased": 0,
+                      "replays_bad": 0}
         self.anomalies = []
+        self.bad_replays = []
+        # Per counter key: (sent, answered or lost, |value|) of recent
+        # requests, for the increments in flight with another.
+        self.spans = {}
+
+    def span(self, k, t0, v):
+        now = time.monotonic()
+        with self.lock:
+            sp = self.spans.setdefault(k, [])
+            # A lost request may still be applied a moment later.
+            sp.append((t0, now + 1, abs(v)))
+            # Appended in about the order sent: drop what is too old.
+            while sp and sp[0][1] < now - 2 * REPLAY_S - 60:
+                sp.pop(0)
+
+    def in_flight(self, k, t0, t1, own):
+        with self.lock:
+            return sum(a for s, e, a in self.spans.get(k, ())
+                       if s <= t1 and e >= t0) - own
 
     def key(self, k):
         e = self.keys.get(k)
@@ -69,6 +102,12 @@ class Ledger:
             self.stats["anomalies"] += 1
             if len(self.anomalies) < 200:
                 self.anomalies.append(msg)
+
+    def bad_replay(self, msg):
+        with self.lock:
+            self.stats["replays_bad"] += 1
+            if len(self.bad_replays) < 200:
+                self.bad_replays.append(msg)
 
 
 class Conn:
@@ -115,12 +154,73 @@ def body_of(key, value):
                       separators=(",", ":")).encode()
 
 
+def node_crashes(outdir, i):
+    try:
+        with open(os.path.join(outdir, "node%d" % i, "crashes")) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return "0"
+
+
+def replay(led, conn, rp, stop_at):
+    """Send an acknowledged keyed request again to the node that answered
+    it; until stop_at (monotonic), retry what gets no verdict."""
+    ik, k, v, body, h, kept, outdir, i, crashes, t0, t1, nodes = rp
+    while True:
+        led.count("sent")
+        st, rh, data = conn.send(body, h)
+        if st in ("lost", "timeout", "unsent", 503, 409):
+            if time.monotonic() > stop_at:
+                led.anomaly("%s %d key %s: replay unanswered, the last %s" %
+                            (k, v, ik, st))
+                return
+            time.sleep(0.05 if st != "unsent" else 0.1)
+            continue
+        break
+    flag = rh.get("idempotent-replayed") if st == 202 else None
+    ok = st == 202 and flag == "true" and data == kept
+    note = ""
+    if not ok and st == 202 and flag == "true" and \
+            node_crashes(outdir, i) != crashes:
+        # Crashed: within what was in flight with the first answer,
+        # and with other nodes, what they took until now.
+        tol = led.in_flight(k, t0, t1 if nodes == 1 else time.monotonic(),
+                            abs(v))
+        try:
+            a, b = json.loads(kept), json.loads(data)
+            ok = a["key"] == b["key"] == k and \
+                abs(int(b["value"]) - int(a["value"])) <= tol
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        note = " across a crash, %d in flight" % tol
+        if ok:
+            led.count("replays_rebased")
+    if not ok:
+        led.bad_replay("%s %d key %s on node %d: first answered %r "
+                       "%.3f s after it was first sent, again %s "
+                       "(Idempotent-Replayed: %s) %r %.3f s after%s" %
+                       (k, v, ik, i, kept, t1 - t0, st, flag, data[:200],
+                        time.monotonic() - t0, note))
+    else:
+        led.count("replays_checked")
+
+
 def client(n, ports, outdir, led, stop):
     rnd = random.Random(os.getpid() * 1000 + n)
     conns = [Conn(p) for p in ports]
     seq = 0
     hdr = {"Content-Type": "application/json"}
-    while not stop.is_set():
+    replays = []        # (due, node, request): sorted by due
+    while True:
+        if stop.is_set():
+            settle = time.monotonic() + IDEM_SETTLE_S
+            for _, i, rp in replays:
+                replay(led, conns[i], rp, settle)
+            break
+        if replays and replays[0][0] <= time.monotonic():
+            _, i, rp = replays.pop(0)
+            replay(led, conns[i], rp, time.monotonic() + IDEM_SETTLE_S)
+            continue
         time.sleep(rnd.random() * PAUSE_S)
         v = rnd.choice(VALUES) * rnd.choice((1, -1))
         idem = rnd.random() < 0.5
@@ -154,6 +254,8 @@ def client(n, ports, outdir, led, stop):
         tries = 0
         deadline = None
         last = None
+        nodes = set()
+        t0 = time.monotonic()
         while True:
             if stop.is_set() and deadline is None:
                 deadline = time.monotonic() + IDEM_SETTLE_S
@@ -167,7 +269,13 @@ def client(n, ports, outdir, led, stop):
             led.count("sent")
             if tries > 1:
                 led.count("retries")
-            st, rh, data = rnd.choice(conns).send(body, h)
+            i = rnd.randrange(len(conns))
+            nodes.add(i)
+            crashes = node_crashes(outdir, i)
+            ts = time.monotonic()
+            st, rh, data = conns[i].send(body, h)
+            if st != "unsent":
+                led.span(k, ts, v)
             if st == 202:
                 led.add(k, "acked", v)
                 led.add(k, "nacked", 1)
@@ -175,6 +283,16 @@ def client(n, ports, outdir, led, stop):
                 led.count("idem_done")
                 if rh.get("idempotent-replayed") == "true":
                     led.count("replayed")
+                # Another node may have taken a try and kept its own
+                # answer (the flush then leaves one out): only a node
+                # that saw every try has one answer to keep.
+                if len(nodes) == 1 and rnd.random() < REPLAY_P:
+                    replays.append((time.monotonic() +
+                                    rnd.random() * REPLAY_S, i,
+                                    (ik, k, v, body, h, data, outdir, i,
+                                     crashes, t0, time.monotonic(),
+                                     len(conns))))
+                    replays.sort(key=lambda r: r[0])
                 break
             if st in ("lost", "timeout", "unsent", 503, 409):
                 last = (st, data[:200] if data else None)
@@ -214,7 +332,8 @@ def load(ports, outdir, conns):
         t.join()
     with open(os.path.join(outdir, "ledger.json"), "w") as f:
         json.dump({"keys": led.keys, "stats": led.stats,
-                   "anomalies": led.anomalies}, f, indent=1)
+                   "anomalies": led.anomalies,
+                   "bad_replays": led.bad_replays}, f, indent=1)
 
 
 def read_tab(path):
@@ -262,6 +381,12 @@ def check(ledger_path, pg_path, idem_rows, *get_paths):
     if led["stats"]["idem_unresolved"] == 0 and int(idem_rows) != done:
         violation("tally_idempotency has %s rows, %d keyed requests were "
                   "acknowledged" % (idem_rows, done))
+    for b in led["bad_replays"]:
+        violation("replay: " + b)
+    more = led["stats"]["replays_bad"] - len(led["bad_replays"])
+    if more > 0:
+        violation("%d more replays not answered as first" % more)
+        bad += more - 1
     for a in led["anomalies"]:
         print("anomaly: " + a)
     print("keys %d violations %d anomalies %d" %
