@@ -22,11 +22,11 @@ A fifth of the keyed requests acknowledged by a node that took every
 try of them are sent to that node once more, up to REPLAY_S seconds later
 (faults strike meanwhile) or when the load stops: the answer must be the
 kept one, byte for byte, with "Idempotent-Replayed: true".  Unless the
-node crashed in between (soak.sh counts its crashes in node*/crashes): a
-key the journal gives back at start answers the total it finds then,
-which may differ by increments of the same counter key that were in
-flight with the first (and, with several nodes, that the others made
-before the replay).
+node may have crashed in between (soak.sh counts each node's crashes in
+node*/crashes): a key the journal gives back at start answers the total
+it finds then, which may differ by increments of the same counter key
+that were in flight with the first (and, with several nodes, that the
+others made before the replay).
 
 check LEDGER PGVALUES IDEMROWS GETVALUES...: compare (one GETVALUES file
 for each node), print one line per violation or anomaly and a last line
@@ -155,11 +155,13 @@ def body_of(key, value):
 
 
 def node_crashes(outdir, i):
+    """Node i's crashes begun and ended so far (soak.sh)."""
     try:
         with open(os.path.join(outdir, "node%d" % i, "crashes")) as f:
-            return f.read().strip()
+            begun, ended = f.read().split()
+            return int(begun), int(ended)
     except FileNotFoundError:
-        return "0"
+        return 0, 0
 
 
 def replay(led, conn, rp, stop_at):
@@ -181,7 +183,7 @@ def replay(led, conn, rp, stop_at):
     ok = st == 202 and flag == "true" and data == kept
     note = ""
     if not ok and st == 202 and flag == "true" and \
-            node_crashes(outdir, i) != crashes:
+            node_crashes(outdir, i)[0] > crashes[1]:
         # Crashed: within what was in flight with the first answer,
         # and with other nodes, what they took until now.
         tol = led.in_flight(k, t0, t1 if nodes == 1 else time.monotonic(),

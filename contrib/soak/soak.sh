@@ -195,15 +195,27 @@ count_dups() {
 	NDUPS_PID[$CUR]=$TALLYD_PID
 }
 
-# crashing: node CUR is about to lose its shared memory.  Counted in a
-# file, before the fact, for soak.py: a keyed request answered before a
-# crash and sent again after it may be answered with a total the
-# journal gives back (tallyd(8)), which the clients check more loosely.
-declare -a NCRASHES
-crashing() {
-	NCRASHES[$CUR]=$((${NCRASHES[$CUR]:-0} + 1))
-	echo "${NCRASHES[$CUR]}" >"$T/node$CUR/crashes.tmp"
+# crashing: node CUR is about to lose its shared memory; crashed: it
+# has, and is up again.  For soak.py, in node*/crashes, the crashes begun
+# and those ended: a keyed request answered before a crash and sent
+# again after it may be answered with a total the journal gave back
+# (tallyd(8)), which the clients check more loosely.  A client reads the
+# crashes ended before it sends, and those begun once it has the second
+# answer: if these are more, a crash may lie between the two answers.
+declare -a NCRASH_BEGUN NCRASH_ENDED
+crash_count() {
+	echo "${NCRASH_BEGUN[$CUR]:-0} ${NCRASH_ENDED[$CUR]:-0}" \
+	    >"$T/node$CUR/crashes.tmp"
 	mv "$T/node$CUR/crashes.tmp" "$T/node$CUR/crashes"
+}
+crashing() {
+	NCRASH_BEGUN[$CUR]=$((${NCRASH_BEGUN[$CUR]:-0} + 1))
+	crash_count
+}
+crashed() {
+	[ "${NCRASH_ENDED[$CUR]:-0}" = "${NCRASH_BEGUN[$CUR]:-0}" ] && return
+	NCRASH_ENDED[$CUR]=${NCRASH_BEGUN[$CUR]}
+	crash_count
 }
 
 # One fault, on a node chosen at random (PostgreSQL's, on them all).
@@ -270,6 +282,7 @@ fault() {
 		sleep $((1 + RANDOM % 5))
 		pg_start >/dev/null ;;
 	esac
+	crashed
 }
 
 stats() { cat "$T/stats" 2>/dev/null; }
