@@ -41,13 +41,16 @@
  *	CLAIMED		  -> TENTATIVE	the claimant publishes them
  *	TENTATIVE	  -> INFLIGHT	the claimant, having no rival: IDEM_NEW
  *	TENTATIVE	  -> TOMBSTONE	the claimant backing off, or a rival
- *	INFLIGHT	  -> DONE	idem_complete (fields written first)
+ *	INFLIGHT	  -> DONE	idem_complete (fields written first);
+ *				idem_adopt_owner, for a dead owner
  *	INFLIGHT	  -> TOMBSTONE	idem_abort
  *	DONE		  -> TOMBSTONE	idem_sweep once expired; idem_restore;
  *				a claimant finding no unit of the count
  *				left (idem_forget_one)
  *	CLAIMED, TENTATIVE,
  *	 INFLIGHT	  -> TOMBSTONE	idem_release_owner: the owner died
+ *				(but for requests it journaled, which
+ *				idem_adopt_owner settles)
  *
  * Only the claimant reads or writes a CLAIMED slot's fields; lookups
  * skip it.  TENTATIVE entries are published but not yet known to be the
@@ -932,9 +935,10 @@ idem_sweep(struct idem_table *t, uint64_t now_us)
  * rebuilt, as for the body itself.
  */
 uint64_t
-idem_release_owner(struct idem_table *t, pid_t pid)
+idem_release_owner(struct idem_table *t, pid_t pid, int keep_journaled,
+    uint64_t *kept)
 {
-	uint64_t n = 0, nb = bodies_out(t);
+	uint64_t n = 0, k = 0, nb = bodies_out(t);
 
 	for (uint64_t b = 0; b < nb; b++) {
 		uint64_t i = body_slot(t, b), w;
@@ -942,6 +946,12 @@ idem_release_owner(struct idem_table *t, pid_t pid)
 		if (i == IDEM_NONE)
 			continue;
 		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
+		if (keep_journaled && W_STATE(w) == ST_INFLIGHT &&
+		    W_PID(w) == pid && __atomic_load_n(&body_at(t, b)->lsn,
+		    __ATOMIC_ACQUIRE) != IDEM_LSN_NONE) {
+			k++;
+			continue;
+		}
 		/* Others may still remove its TENTATIVE slots: re-read. */
 		while ((W_STATE(w) == ST_CLAIMED ||
 		    W_STATE(w) == ST_TENTATIVE ||
@@ -953,6 +963,47 @@ idem_release_owner(struct idem_table *t, pid_t pid)
 			w = __atomic_load_n(&index_at(t, i)->word,
 			    __ATOMIC_ACQUIRE);
 		}
+	}
+	if (kept)
+		*kept = k;
+	return n;
+}
+
+void
+idem_journaled(struct idem_table *t, struct idem_entry *e, uint64_t lsn)
+{
+	(void)t;
+	/* Read only once its owner is dead: nobody else reads it in flight. */
+	__atomic_store_n(&e->lsn, lsn, __ATOMIC_RELEASE);
+}
+
+uint64_t
+idem_adopt_owner(struct idem_table *t, pid_t pid,
+    int (*published)(void *, uint64_t, uint64_t *),
+    int (*total)(void *, const char *, size_t, int64_t *), void *arg,
+    uint64_t expires_us)
+{
+	uint64_t n = 0, nb = bodies_out(t);
+
+	for (uint64_t b = 0; b < nb; b++) {
+		struct idem_entry *e = body_at(t, b);
+		uint64_t i = body_slot(t, b), w, lsn, end;
+		int64_t tot;
+
+		if (i == IDEM_NONE)
+			continue;
+		w = __atomic_load_n(&index_at(t, i)->word, __ATOMIC_ACQUIRE);
+		if (W_STATE(w) != ST_INFLIGHT || W_PID(w) != pid)
+			continue;
+		lsn = __atomic_load_n(&e->lsn, __ATOMIC_ACQUIRE);
+		if (lsn != IDEM_LSN_NONE && published(arg, lsn, &end) &&
+		    total(arg, e->data + e->ik_len, e->key_len, &tot) == 0) {
+			idem_complete(t, e, 202, tot, expires_us, end);
+			n++;
+		} else if (!slot_bury(t, i, w))
+			log_warnx("idempotency slot %llu: changed while its "
+			    "dead owner's claim was dropped",
+			    (unsigned long long)i);
 	}
 	return n;
 }

@@ -127,9 +127,32 @@ uint64_t idem_sweep(struct idem_table *t, uint64_t now_us);
 /*
  * Master, after reaping a worker and before forking its successor: drop
  * the claims the dead process still held, so that its keys can be used
- * again (all but one it died taking, see idem.c).  Returns how many.
+ * again (all but one it died taking, see idem.c).  With keep_journaled,
+ * those whose request is in a frame it wrote (idem_journaled) stay in
+ * flight, for idem_adopt_owner.  Returns how many were dropped; *kept
+ * (when not NULL) gets how many stayed.
  */
-uint64_t idem_release_owner(struct idem_table *t, pid_t pid);
+uint64_t idem_release_owner(struct idem_table *t, pid_t pid,
+	    int keep_journaled, uint64_t *kept);
+/*
+ * The request of the in-flight entry e is in the frame starting at lsn,
+ * written but not yet answered.
+ */
+void	idem_journaled(struct idem_table *t, struct idem_entry *e,
+	    uint64_t lsn);
+/*
+ * The dead worker pid's successor, once it has settled its increments: a
+ * request in a frame that made it (published(arg, lsn, &end) returns 1
+ * with the frame's end) is applied, so its entry is completed with the
+ * key's total now (total(arg, key, len, &total) returns 0), as its
+ * worker would have answered; its retry is then a replay, not a second
+ * increment.  Other entries of pid are dropped.  Returns how many were
+ * completed.
+ */
+uint64_t idem_adopt_owner(struct idem_table *t, pid_t pid,
+	    int (*published)(void *, uint64_t, uint64_t *),
+	    int (*total)(void *, const char *, size_t, int64_t *), void *arg,
+	    uint64_t expires_us);
 
 uint64_t idem_count(const struct idem_table *t);	/* in flight or kept */
 uint64_t idem_capacity(const struct idem_table *t);

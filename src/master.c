@@ -375,6 +375,7 @@ master_reaped(struct child *c, int status)
 		    proc_name(c->role), (int)c->pid, code);
 	if (c->role == PROC_WORKER) {
 		struct shm_slot *s = &h->slots[c->slot];
+		uint64_t kept;
 
 		/*
 		 * Its half-written frame, if any, is the syncer's to pad;
@@ -396,8 +397,20 @@ master_reaped(struct child *c, int status)
 		s->res_start = s->res_end = 0;
 		s->res_try[0] = s->res_try[1] = 0;
 		s->pid = 0;
-		/* Its keyed requests in flight may be retried now. */
-		idem_release_owner(M.shm.idem, c->pid);
+		/*
+		 * Its keyed requests in flight may be retried now, but for
+		 * those it wrote to the journal: they may be applied, and
+		 * are its successor's to settle.  One dead worker's at a
+		 * time: one that died before its successor settled them
+		 * has its own dropped.
+		 */
+		(void)idem_release_owner(M.shm.idem, c->pid, 1, &kept);
+		if (kept > 0) {
+			if (s->orphan_pid)
+				idem_release_owner(M.shm.idem, s->orphan_pid,
+				    0, NULL);
+			s->orphan_pid = c->pid;
+		}
 		ratelimit_release_owner(M.shm.rl, c->pid);
 		/*
 		 * A change to the counter table it was in the middle of is
@@ -411,7 +424,7 @@ master_reaped(struct child *c, int status)
 		 * takes them again.  Left in flight, each would answer 409
 		 * until a restart.
 		 */
-		idem_release_owner(M.shm.idem, c->pid);
+		idem_release_owner(M.shm.idem, c->pid, 0, NULL);
 		counters_owner_repair(M.shm.counters,
 		    M.shm.owners[SHM_FLUSHER]);
 	}

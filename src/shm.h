@@ -39,6 +39,12 @@ struct shm_slot {
 	 * writes its eventfd.
 	 */
 	uint64_t	wait_lsn;
+	/*
+	 * A dead worker whose keyed requests in written frames are still
+	 * in flight, for its successor to settle (idem_adopt_owner); 0:
+	 * none.
+	 */
+	pid_t		orphan_pid;
 };
 
 /* Counters summed over all processes; each is only ever added to. */

@@ -38,9 +38,12 @@ worker_signal(int sig)
 	worker_stop = sig == SIGQUIT ? 2 : 1;
 }
 
-/* Whether the frame a dead predecessor was publishing at lsn made it. */
+/*
+ * Whether the frame a dead predecessor was publishing at lsn made it;
+ * *end: where it ends.
+ */
 static int
-worker_frame_published(void *arg, uint64_t lsn)
+worker_frame_end(uint64_t lsn, uint64_t *end)
 {
 	struct frame_info fi;
 	const uint8_t *f;
@@ -51,8 +54,69 @@ worker_frame_published(void *arg, uint64_t lsn)
 		    (unsigned long long)lsn);
 		return 0;
 	}
-	return journal_frame_check(f, W.h->seg_size - lsn % W.h->seg_size,
-	    lsn, W.h->epoch, &fi) == FRAME_OK;
+	if (journal_frame_check(f, W.h->seg_size - lsn % W.h->seg_size,
+	    lsn, W.h->epoch, &fi) != FRAME_OK)
+		return 0;
+	*end = lsn + fi.len;
+	return 1;
+}
+
+static int
+worker_frame_published(void *arg, uint64_t lsn)
+{
+	uint64_t end;
+
+	(void)arg;
+	return worker_frame_end(lsn, &end);
+}
+
+/*
+ * The same, for answering its requests now: as for any answer, the frame
+ * must be as durable as journal.sync promises.
+ */
+static int
+worker_frame_answerable(void *arg, uint64_t lsn, uint64_t *end)
+{
+	(void)arg;
+	return !__atomic_load_n(&W.h->sync_failed, __ATOMIC_ACQUIRE) &&
+	    worker_frame_end(lsn, end) && *end <= shm_load(W.group ?
+	    &W.h->durable_lsn : &W.h->written_lsn);
+}
+
+/* A key's total as a worker answers it; -1 when it is not known. */
+static int
+worker_key_total(void *arg, const char *key, size_t len, int64_t *total)
+{
+	int64_t committed, unflushed;
+	int known;
+
+	(void)arg;
+	if (counters_peek(W.shm->counters, key, len, &committed, &unflushed,
+	    &known) != COUNTERS_PEEK_HELD || !known ||
+	    __builtin_add_overflow(committed, unflushed, total))
+		return -1;
+	return 0;
+}
+
+/*
+ * The keyed requests the previous worker in this slot journaled but did
+ * not answer, once its increments are settled: those that made it count,
+ * so a retry must be a replay of them, not a second increment.
+ */
+static void
+worker_adopt_keys(void)
+{
+	pid_t pid = W.slot->orphan_pid;
+	uint64_t n;
+
+	if (pid == 0)
+		return;
+	n = idem_adopt_owner(W.shm->idem, pid, worker_frame_answerable,
+	    worker_key_total, NULL, idem_now_us() + W.cf->idem_ttl_us);
+	W.slot->orphan_pid = 0;
+	log_info("settled the Idempotency-Keys worker %d left in flight: "
+	    "%llu in the journal, kept for their retries; the rest "
+	    "released", (int)pid, (unsigned long long)n);
 }
 
 /* --- sockets and the loop --- */
@@ -335,6 +399,7 @@ worker_main(const struct config *cf, struct shm *shm, int slot,
 		    "in slot %d: %llu added to the table, the rest released",
 		    (unsigned long long)held, slot, (unsigned long long)n);
 	}
+	worker_adopt_keys();
 	W.frame_cap = journal_frame_bound(JOURNAL_MAX_RAW);
 	if ((W.frame = malloc(W.frame_cap)) == NULL)
 		fatal(1, "out of memory");

@@ -242,8 +242,12 @@ worker_write(struct batch *b)
 	/*
 	 * Should we die between these two notes, the next worker in this
 	 * slot asks the journal whether the frame at lsn made it, and
-	 * applies its deltas if so (counters_owner_adopt).
+	 * applies its deltas if so (counters_owner_adopt), and settles
+	 * our keyed requests in it (idem_adopt_owner).
 	 */
+	for (uint32_t i = 0; i < b->nw; i++)
+		if (b->w[i].ie)
+			idem_journaled(W.shm->idem, b->w[i].ie, lsn);
 	counters_publishing(W.own, b->w[b->nw - 1].idx + 1, lsn);
 	if (journal_frame_write_head(&W.j, lsn, W.frame) == -1)
 		/*

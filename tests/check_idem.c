@@ -307,9 +307,9 @@ START_TEST(test_release_owner)
 	}
 	ck_assert_uint_eq(idem_count(t), 9);
 
-	ck_assert_uint_eq(idem_release_owner(t, 1111), 5);
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 0, NULL), 5);
 	ck_assert_uint_eq(idem_count(t), 4);
-	ck_assert_uint_eq(idem_release_owner(t, 1111), 0);
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 0, NULL), 0);
 	for (int i = 0; i < 5; i++) {
 		snprintf(ik, sizeof(ik), "dead-%d", i);
 		ck_assert_int_eq(begin(t, ik, "k", 1, 0, 3333, &e, &st, &tot),
@@ -318,9 +318,82 @@ START_TEST(test_release_owner)
 	/* A completed entry does not belong to its worker any more. */
 	expect_replay(t, "dead-done", "k", 1, 0, 1);
 	ck_assert_int_eq(try(t, "live-0", "k", 1, 0), IDEM_INFLIGHT);
-	ck_assert_uint_eq(idem_release_owner(t, 2222), 3);
-	ck_assert_uint_eq(idem_release_owner(t, 3333), 5);
+	ck_assert_uint_eq(idem_release_owner(t, 2222, 0, NULL), 3);
+	ck_assert_uint_eq(idem_release_owner(t, 3333, 0, NULL), 5);
 	ck_assert_uint_eq(idem_count(t), 1);
+	table_free(&m);
+}
+END_TEST
+
+/* Frames for test_adopt_owner: the one at 4096 made it, ending at 4160. */
+static int
+adopt_published(void *arg, uint64_t lsn, uint64_t *end)
+{
+	(void)arg;
+	if (lsn != 4096)
+		return 0;
+	*end = 4160;
+	return 1;
+}
+
+/* Key "k" totals 42; "gone" is not held. */
+static int
+adopt_total(void *arg, const char *key, size_t len, int64_t *total)
+{
+	(void)arg;
+	if (len != 1 || key[0] != 'k')
+		return -1;
+	*total = 42;
+	return 0;
+}
+
+START_TEST(test_adopt_owner)
+{
+	struct mapping m;
+	struct idem_table *t = table_new(&m, 100, 16);
+	struct idem_entry *e;
+	uint64_t kept = 99;
+	int st;
+	int64_t tot;
+
+	/* Journaled in a frame that made it, in one that did not, not yet
+	 * journaled, journaled but its key no longer held; another's. */
+	ck_assert_int_eq(begin(t, "made", "k", 1, 0, 1111, &e, &st, &tot),
+	    IDEM_NEW);
+	idem_journaled(t, e, 4096);
+	ck_assert_int_eq(begin(t, "lost", "k", 2, 0, 1111, &e, &st, &tot),
+	    IDEM_NEW);
+	idem_journaled(t, e, 8192);
+	ck_assert_int_eq(begin(t, "unwritten", "k", 3, 0, 1111, &e, &st,
+	    &tot), IDEM_NEW);
+	ck_assert_int_eq(begin(t, "gone", "gone", 4, 0, 1111, &e, &st, &tot),
+	    IDEM_NEW);
+	idem_journaled(t, e, 4096);
+	ck_assert_int_eq(begin(t, "live", "k", 5, 0, 2222, &e, &st, &tot),
+	    IDEM_NEW);
+	idem_journaled(t, e, 4096);
+
+	/* The master keeps the journaled ones in flight. */
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 1, &kept), 1);
+	ck_assert_uint_eq(kept, 3);
+	ck_assert_int_eq(try(t, "unwritten", "k", 3, 0), IDEM_NEW);
+	ck_assert_int_eq(try(t, "made", "k", 1, 0), IDEM_INFLIGHT);
+
+	/* Its successor: what made it is answered, the rest released. */
+	ck_assert_uint_eq(idem_adopt_owner(t, 1111, adopt_published,
+	    adopt_total, NULL, FAR), 1);
+	expect_replay(t, "made", "k", 1, 0, 42);
+	ck_assert_int_eq(idem_answered(t, "made", 4, "k", 1, 1, 4160, &tot),
+	    1);
+	ck_assert_int_eq(tot, 42);
+	ck_assert_int_eq(try(t, "lost", "k", 2, 0), IDEM_NEW);
+	ck_assert_int_eq(try(t, "gone", "gone", 4, 0), IDEM_NEW);
+	/* Another worker's claim is not touched, and nothing is left. */
+	ck_assert_int_eq(try(t, "live", "k", 5, 0), IDEM_INFLIGHT);
+	ck_assert_uint_eq(idem_adopt_owner(t, 1111, adopt_published,
+	    adopt_total, NULL, FAR), 0);
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 1, &kept), 0);
+	ck_assert_uint_eq(kept, 0);
 	table_free(&m);
 }
 END_TEST
@@ -462,8 +535,8 @@ START_TEST(test_release_reads_slots_in_use)
 	before = resident_pages(&m);
 	ck_assert_uint_lt(before, 400);
 	/* Six of its sixty were completed: they are nobody's now. */
-	ck_assert_uint_eq(idem_release_owner(t, 1111), 54);
-	ck_assert_uint_eq(idem_release_owner(t, 1111), 0);
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 0, NULL), 54);
+	ck_assert_uint_eq(idem_release_owner(t, 1111, 0, NULL), 0);
 	ck_assert_uint_le(resident_pages(&m), before);
 	ck_assert_uint_eq(idem_count(t), 46);
 	ck_assert_int_eq(try(t, "rel-1", "k", 1, 1), IDEM_NEW);
@@ -1138,6 +1211,7 @@ idem_suite(void)
 	tcase_add_test(tc, test_expiry);
 	tcase_add_test(tc, test_sweep);
 	tcase_add_test(tc, test_release_owner);
+	tcase_add_test(tc, test_adopt_owner);
 	tcase_add_test(tc, test_release_reads_slots_in_use);
 	suite_add_tcase(s, tc);
 

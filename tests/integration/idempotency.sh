@@ -3,8 +3,8 @@
 # for a key reused for another request, 409 while the first use is in
 # flight, retry storms across workers, kill -9 before and after the flush
 # and in the middle of keyed load, replays after a restart answering the
-# total first answered, two nodes on one PostgreSQL, expiry, a
-# full key table (kept keys given up once flushed, then looked up in
+# total first answered, a worker killed between its frame and its answer,
+# two nodes on one PostgreSQL, expiry, a full key table (kept keys given up once flushed, then looked up in
 # PostgreSQL), a restart with fewer keys allowed than the journal holds,
 # keyed requests refused until the keys are read back from
 # PostgreSQL, and a key reused for another request on a node that did not
@@ -841,6 +841,47 @@ assert_eq "first total: the column added to an earlier table" 1 \
 replay "first total: a row without it, the total now" reb1 reb 1 120
 tallyd_stop TERM
 assert_eq "SIGTERM: exit status" 0 "$TALLYD_STATUS"
+
+# A worker that dies after its frame is in the journal, before it
+# answers: the increment counts (its successor settles it), so a retry is
+# a replay of it, with the total it made, not a second increment that the
+# node would count until the flush left it out.  gdb holds the worker as
+# it answers.
+phase "a worker killed between its frame and its answer"
+node_conf nwk "[postgres]" "flush_interval = 1h"
+sed -i 's/^workers = 2$/workers = 1/' "$T/nwk.conf"
+use_node nwk
+tallyd_start
+assert_eq "dead worker: unkeyed 100" 202 "$(post wk 100)"
+worker=$(role_pids worker)
+gdb_attach "$worker" "$T/gdb-wk.out" -ex 'break idem_complete' \
+    -ex continue -ex 'shell sleep 600'
+curl -s -o /dev/null -m 30 -H 'Content-Type: application/json' \
+    -H 'Idempotency-Key: wk1' --data-binary '{"key":"wk","value":5}' \
+    "$BASE/increment" &
+first=$!
+BGPIDS+=("$first")
+wait_grep 30 "$T/gdb-wk.out" '^Breakpoint 1, '
+assert_match "dead worker: gdb holds the worker as it answers" \
+    'Breakpoint 1, .*idem_complete' "$(cat "$T/gdb-wk.out")"
+kill -9 "$worker" "$GDB_PID" $(ps -o pid= --ppid "$GDB_PID")
+wait "$first"
+# 409 until the next worker has settled it.
+for i in $(seq 100); do
+	[ "$(ipost wk1 wk 5)" = 202 ] && break
+	sleep 0.1
+done
+replay "dead worker: the retry" wk1 wk 5 105
+assert_match "dead worker: its successor kept the key" \
+    'settled the Idempotency-Keys worker [0-9]+ left in flight: 1 in the journal' \
+    "$(cat "$TALLYD_LOG")"
+assert_eq "dead worker: the key's total" '{"wk":105}' "$(get wk)"
+flush
+assert_eq "dead worker: PostgreSQL counts it once" 105 "$(pg_value wk)"
+assert_eq "dead worker: tally_idempotency keeps the total answered" 105 \
+    "$(pg_sql "select total from tally_idempotency where idem_key = 'wk1'")"
+# The log names the worker this test killed.
+tallyd_kill9_all
 
 # ================================================================ keys not loaded
 # The keys this node flushed are no longer in its journal after a restart;
