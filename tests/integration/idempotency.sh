@@ -4,12 +4,13 @@
 # flight, retry storms across workers, kill -9 before and after the flush
 # and in the middle of keyed load, replays after a restart answering the
 # total first answered, a worker killed between its frame and its answer,
-# two nodes on one PostgreSQL, expiry, a full key table (kept keys given up once flushed, then looked up in
-# PostgreSQL), a restart with fewer keys allowed than the journal holds,
-# keyed requests refused until the keys are read back from
-# PostgreSQL, and a key reused for another request on a node that did not
-# know it, parked at flush.  Whatever the retries, PostgreSQL counts each
-# keyed increment once, and no acknowledged increment vanishes unseen.
+# two nodes on one PostgreSQL, expiry, a full key table (kept keys given
+# up once flushed, then looked up in PostgreSQL), a restart with fewer
+# keys allowed than the journal holds, keyed requests refused until the
+# keys are read back from PostgreSQL, and a key reused for another
+# request on a node that did not know it, parked at flush.  Whatever the
+# retries, PostgreSQL counts each keyed increment once, and no
+# acknowledged increment vanishes unseen.
 . "$(dirname "$0")/lib.sh"
 need h2load psql xargs gdb
 
