@@ -755,6 +755,20 @@ counters_peek_try(struct counters *c, const char *key, size_t len,
 	return COUNTERS_PEEK_HELD;
 }
 
+int
+counters_peek_total(struct counters *c, const char *key, size_t len,
+    int64_t *total)
+{
+	int64_t committed = 0, unflushed = 0;
+	int known = 0, rc;
+
+	rc = counters_peek(c, key, len, &committed, &unflushed, &known);
+	if (rc == COUNTERS_PEEK_NONE || !known ||
+	    __builtin_add_overflow(committed, unflushed, total))
+		return -1;
+	return rc;
+}
+
 size_t
 counters_slot_key(struct counters *c, uint64_t i, char *buf)
 {

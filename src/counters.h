@@ -278,6 +278,14 @@ int	counters_peek(struct counters *c, const char *key, size_t len,
  */
 int	counters_peek_try(struct counters *c, const char *key, size_t len,
 	    int64_t *committed, int64_t *unflushed, int *known, int tries);
+/*
+ * key's total as a node answers it (committed + unflushed), when held
+ * and PostgreSQL's part is known: counters_peek's COUNTERS_PEEK_HELD or
+ * COUNTERS_PEEK_BARE, with *total set.  -1 when not held, not known, or
+ * beyond 64 bits.
+ */
+int	counters_peek_total(struct counters *c, const char *key, size_t len,
+	    int64_t *total);
 
 uint64_t counters_count(const struct counters *c);
 

@@ -780,13 +780,7 @@ flusher_load_cb(void *arg, const char *ik, size_t ik_len, const char *key,
 static int
 flusher_sum(void *arg, const char *key, size_t len, int64_t *sum)
 {
-	int64_t c, u;
-	int known;
-
-	if (counters_peek(arg, key, len, &c, &u, &known) <= 0 || !known ||
-	    __builtin_add_overflow(c, u, sum))
-		return -1;
-	return 0;
+	return counters_peek_total(arg, key, len, sum) == -1 ? -1 : 0;
 }
 
 /*

@@ -87,15 +87,9 @@ worker_frame_answerable(void *arg, uint64_t lsn, uint64_t *end)
 static int
 worker_key_total(void *arg, const char *key, size_t len, int64_t *total)
 {
-	int64_t committed, unflushed;
-	int known;
-
 	(void)arg;
-	if (counters_peek(W.shm->counters, key, len, &committed, &unflushed,
-	    &known) != COUNTERS_PEEK_HELD || !known ||
-	    __builtin_add_overflow(committed, unflushed, total))
-		return -1;
-	return 0;
+	return counters_peek_total(W.shm->counters, key, len, total) ==
+	    COUNTERS_PEEK_HELD ? 0 : -1;
 }
 
 /*

@@ -306,8 +306,7 @@ post_idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
 	struct lookup *l = arg;
 	struct post *p = &l->post;
 	h2o_req_t *req = l->req;
-	int64_t committed, unflushed, total;
-	int known;
+	int64_t total;
 
 	W.lookups--;
 	if (req == NULL) {
@@ -329,12 +328,8 @@ post_idem_checked(void *arg, int status, int64_t pg_total, uint64_t used_us)
 		 * Answered before: with the total PostgreSQL kept, or for a
 		 * row an earlier version wrote, the total known now.
 		 */
-		if (status == 3)
-			total = pg_total;
-		else if (counters_peek(W.shm->counters, p->key, p->key_len,
-		    &committed, &unflushed, &known) != COUNTERS_PEEK_HELD ||
-		    !known || __builtin_add_overflow(committed, unflushed,
-		    &total))
+		if (status == 3 || counters_peek_total(W.shm->counters,
+		    p->key, p->key_len, &total) != COUNTERS_PEEK_HELD)
 			total = pg_total;
 		idem_complete(W.shm->idem, p->ie, 202, total,
 		    used_us + W.cf->idem_ttl_us, 0);

@@ -948,7 +948,7 @@ START_TEST(test_peek_bare)
 	struct counters *c = table_new(&m, 4, 16);
 	struct counter_owner *o = owner_new(&om, 1, 64);
 	struct counter_entry *e;
-	int64_t cm, un;
+	int64_t cm, un, tot;
 	uint64_t idx;
 	int known;
 
@@ -970,6 +970,14 @@ START_TEST(test_peek_bare)
 	    COUNTERS_OK);
 	ck_assert_int_eq(held(c, "p", &cm, &un, &known), COUNTERS_PEEK_HELD);
 	ck_assert_int_eq(cm, 7);
+	/* The total as answered: only for a held key whose total is known. */
+	ck_assert_int_eq(counters_peek_total(c, "p", 1, &tot),
+	    COUNTERS_PEEK_HELD);
+	ck_assert_int_eq(tot, 7);
+	ck_assert_int_eq(counters_peek_total(c, "x", 1, &tot), -1);
+	ck_assert_int_eq(held(c, "n", &cm, &un, &known), COUNTERS_PEEK_HELD);
+	ck_assert_int_eq(counters_peek_total(c, "n", 1, &tot),
+	    known ? COUNTERS_PEEK_HELD : -1);
 	counters_release_head(c, o);
 	table_free(&om);
 	table_free(&m);
